@@ -1,0 +1,101 @@
+"""The ``searchmerge`` command: thin subcommands over the Python API.
+
+Each subcommand parses its flags and calls one library function; everything here
+can be done from Python too. Problems with the user's input are printed as one
+``searchmerge: error: ...`` line with a non-zero exit status, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from searchmerge.errors import SearchmergeError
+
+
+def _is_study_file(argument: str) -> bool:
+    return argument.endswith((".yaml", ".yml")) or Path(argument).is_file()
+
+
+def load_workload_argument(arguments: Sequence[str]):  # type: ignore[no-untyped-def]
+    """A study file, or a list of architecture names / factory paths."""
+    from searchmerge.workload import from_models, load_study_file
+
+    if len(arguments) == 1 and _is_study_file(arguments[0]):
+        workload, _ = load_study_file(arguments[0])
+        return workload
+    study_files = [a for a in arguments if _is_study_file(a)]
+    if study_files:
+        raise SearchmergeError(f"give either one study file or model names, not both ({study_files[0]!r})")
+    return from_models(arguments)
+
+
+def _batch_sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"batch sizes must be comma-separated integers, got {text!r}") from None
+    if not sizes or any(size < 1 for size in sizes):
+        raise argparse.ArgumentTypeError(f"batch sizes must be positive integers, got {text!r}")
+    return sizes
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    workload = load_workload_argument(args.models)  # validated before torch is imported
+
+    from searchmerge.analysis import analyze
+    from searchmerge.report import format_analysis
+
+    batch_sizes = args.batch_sizes if args.activations else []
+    if batch_sizes and not args.json:
+        print(f"measuring activation memory at batch sizes {batch_sizes} ...", file=sys.stderr, flush=True)
+    result = analyze(workload, share_norm=args.share_norm, batch_sizes=batch_sizes, device=args.device)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        print(format_analysis(result, max_groups=args.max_groups))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="searchmerge", description="Merge the layers that several vision models have in common."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    analyze = commands.add_parser(
+        "analyze",
+        help="which layers could these models share, and how much memory would that save",
+        description="Find the shareable layer groups of a workload and account for its memory.",
+    )
+    analyze.add_argument("models", nargs="+", metavar="MODEL|STUDY.yaml", help="torchvision names, "
+                         "'package.module:factory' paths, or one YAML study file")
+    analyze.add_argument("--share-norm", action="store_true", help="share normalisation layers too")
+    analyze.add_argument("--activations", action="store_true", help="also measure activation (run) memory")
+    analyze.add_argument("--batch-sizes", type=_batch_sizes, default=[1, 2, 4], metavar="1,2,4",
+                         help="batch sizes for --activations (default 1,2,4)")
+    analyze.add_argument("--device", default=None, help="device for --activations (default: cuda if present)")
+    analyze.add_argument("--max-groups", type=int, default=20, help="groups listed in the text output")
+    analyze.add_argument("--json", action="store_true", help="print one JSON document")
+    analyze.set_defaults(handler=cmd_analyze)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except SearchmergeError as exc:
+        print(f"searchmerge: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("searchmerge: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

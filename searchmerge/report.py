@@ -1,0 +1,89 @@
+"""Readable text for people: tables of models, pairs, groups and trials."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+MB = 1_000_000
+
+
+def megabytes(size: float) -> str:
+    """Bytes as megabytes (10^6 bytes, like the papers' tables)."""
+    return f"{size / MB:,.1f} MB"
+
+
+def percent(fraction: float) -> str:
+    return f"{100 * fraction:.1f}%"
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], *, title: str | None = None) -> str:
+    """A plain-text table; text columns left-aligned, numbers right-aligned."""
+    cells = [[str(c) for c in row] for row in rows]
+    widths = [max([len(h), *(len(row[i]) for row in cells)]) for i, h in enumerate(headers)]
+    numeric = [all(_looks_numeric(row[i]) for row in cells) and bool(cells) for i in range(len(headers))]
+
+    def line(values: Sequence[str]) -> str:
+        return "  ".join(v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric)).rstrip()
+
+    out = [title] if title else []
+    out += [line(headers), line(["-" * w for w in widths])]
+    out += [line(row) for row in cells]
+    return "\n".join(out)
+
+
+def format_analysis(result: Any, *, max_groups: int = 20) -> str:
+    """The analysis as the papers show it: Table 1, Figure 2, Table 3, then the groups."""
+    sizes = sorted({b for m in result.models for b in m.activation_bytes})
+    headers = ["model", "layers", "params", "buffers", "load"] + [f"run bs={b}" for b in sizes]
+    rows = [
+        [m.name, m.layers, megabytes(m.param_bytes), megabytes(m.buffer_bytes), megabytes(m.load_bytes)]
+        + [megabytes(m.run_bytes(b)) for b in sizes]
+        for m in result.models
+    ]
+    parts = [format_table(headers, rows, title="Models (load = parameters + buffers; run = load + activations)")]
+
+    pair_rows = [
+        [p.a, p.b, p.common_layers, percent(p.layers_fraction), megabytes(p.saved_bytes), percent(p.saved_fraction)]
+        for p in result.pairs
+    ]
+    parts.append(
+        format_table(
+            ["model a", "model b", "common layers", "% of smaller", "saved", "% of pair memory"],
+            pair_rows,
+            title="Pairs (layers in common, memory saved by sharing them)",
+        )
+    )
+
+    parts.append(
+        format_table(
+            ["workload", "no sharing", "max sharing", "saved", "groups"],
+            [
+                [
+                    f"{len(result.models)} models",
+                    megabytes(result.total_bytes),
+                    megabytes(result.max_sharing_bytes),
+                    percent(result.saved_fraction),
+                    len(result.groups),
+                ]
+            ],
+            title="Workload" + (" (normalisation layers shared too)" if result.share_norm else ""),
+        )
+    )
+
+    group_rows = [
+        [g.name, str(g.signature.kind), len(g.members), megabytes(g.bytes), megabytes(g.saved_bytes)]
+        for g in result.groups[:max_groups]
+    ]
+    title = f"Largest shareable groups ({min(max_groups, len(result.groups))} of {len(result.groups)}; --json lists all)"
+    parts.append(format_table(["group", "kind", "models", "size", "saved if shared"], group_rows, title=title))
+    return "\n\n".join(parts)
+
+
+def _looks_numeric(text: str) -> bool:
+    stripped = text.replace(",", "").replace("%", "").replace(" MB", "").strip()
+    try:
+        float(stripped)
+    except ValueError:
+        return False
+    return True

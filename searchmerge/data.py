@@ -628,8 +628,9 @@ def make_task_data(
 ) -> TaskData:
     """Real data for one task, seen through one camera, split for training.
 
-    The split depends only on ``seed`` and the task, not on the camera, so the same
-    scenes can be compared under a drifted camera. The camera's randomness depends on the
+    The split depends only on ``seed`` (it is stratified by digit, so it is the same for
+    every task and camera): the same scenes can be compared under a drifted camera, and a
+    model pretrained on one task's training images never saw another task's test images. The camera's randomness depends on the
     seed, task and condition, through a stable hash.
 
     Args:
@@ -662,7 +663,9 @@ def make_task_data(
     _check_int("channels", channels, minimum=1)
     images, digits = load_digit_images(image_size)
     labels = spec.label(digits)
-    parts = _split_indices(labels, _check_shares(splits), seed=seed, task=task)
+    # Split by the digit, not the task label: every task of one seed then uses the same
+    # images for training, so pretraining on one task never sees another task's test set.
+    parts = _split_indices(digits, _check_shares(splits), seed=seed, task=task)
 
     generator = torch.Generator().manual_seed(_stable_seed(seed, task, camera))
     seen = apply_camera(images, camera, generator)

@@ -1,0 +1,106 @@
+"""Small vision models for edge workloads that train in seconds on a CPU.
+
+CIFAR-style ResNets (``6n + 2`` layers) and a VGG-style network, built so that
+their convolutions have the same configuration where the architectures agree
+(3x3, stride 1, padding 1, no bias): two ResNets of one depth share every layer,
+ResNets of different depths share their common prefix, and the VGG net shares its
+same-width 3x3 convolutions and its head with them. Usable from study files as
+``searchmerge.zoo:small_resnet`` and ``searchmerge.zoo:small_vgg``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from searchmerge.errors import SearchmergeError
+
+
+def _conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convolutions with a residual connection (1x1 projection when the shape changes)."""
+
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = _conv3x3(cin, cout, stride)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = _conv3x3(cout, cout)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class SmallResNet(nn.Module):
+    """A CIFAR-style ResNet: a 3x3 stem, three stages of basic blocks, global pooling, a linear head."""
+
+    def __init__(self, blocks_per_stage: int, num_classes: int, widths: Sequence[int], in_channels: int) -> None:
+        super().__init__()
+        self.stem = _conv3x3(in_channels, widths[0])
+        self.bn = nn.BatchNorm2d(widths[0])
+        stages = []
+        cin = widths[0]
+        for index, width in enumerate(widths):
+            blocks = []
+            for block in range(blocks_per_stage):
+                stride = 2 if index > 0 and block == 0 else 1
+                blocks.append(BasicBlock(cin, width, stride))
+                cin = width
+            stages.append(nn.Sequential(*blocks))
+        self.layer1, self.layer2, self.layer3 = stages
+        self.fc = nn.Linear(cin, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.bn(self.stem(x)))
+        x = self.layer3(self.layer2(self.layer1(x)))
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+class SmallVGG(nn.Module):
+    """A VGG-style network: pairs of 3x3 convolutions with batch norm, max pooling between widths."""
+
+    def __init__(self, num_classes: int, widths: Sequence[int], in_channels: int) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        cin = in_channels
+        for index, width in enumerate(widths):
+            if index > 0:
+                layers.append(nn.MaxPool2d(2))
+            for _ in range(2):
+                layers += [_conv3x3(cin, width), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+                cin = width
+        self.features = nn.Sequential(*layers)
+        self.fc = nn.Linear(cin, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.features(x).mean(dim=(2, 3)))
+
+
+def small_resnet(
+    depth: int = 8, num_classes: int = 10, widths: Sequence[int] = (16, 32, 64), in_channels: int = 3
+) -> SmallResNet:
+    """A CIFAR-style ResNet of ``depth = 6n + 2`` layers (8, 14, 20, ...)."""
+    if depth < 8 or (depth - 2) % 6:
+        raise SearchmergeError(f"small_resnet depth must be 6n + 2 (8, 14, 20, ...), got {depth}")
+    _check_widths(widths)
+    return SmallResNet((depth - 2) // 6, num_classes, tuple(widths), in_channels)
+
+
+def small_vgg(num_classes: int = 10, widths: Sequence[int] = (16, 32, 64), in_channels: int = 3) -> SmallVGG:
+    """A VGG-style network with two 3x3 convolutions per width."""
+    _check_widths(widths)
+    return SmallVGG(num_classes, tuple(widths), in_channels)
+
+
+def _check_widths(widths: Sequence[int]) -> None:
+    if len(widths) != 3 or not all(isinstance(w, int) and w > 0 for w in widths):
+        raise SearchmergeError(f"widths must be three positive integers, got {list(widths)}")

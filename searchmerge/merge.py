@@ -63,7 +63,7 @@ def _tie_group(models: Mapping[str, nn.Module], group: ShareableGroup, init: Sha
             raise SearchmergeError(f"group {group.name!r}: tensor {tensor_name!r} differs in shape between members")
         start = values[0].clone() if init == "first" else torch.stack(values).mean(dim=0)
         is_parameter = tensor_name in members[0]._parameters
-        shared: torch.Tensor = nn.Parameter(start, requires_grad=values[0].requires_grad) if is_parameter else start
+        shared: torch.Tensor = nn.Parameter(start, requires_grad=owned[0][tensor_name].requires_grad) if is_parameter else start
         for module in members:
             if is_parameter:
                 module._parameters[tensor_name] = shared  # type: ignore[assignment]

@@ -1,0 +1,140 @@
+"""The settings of a study file beyond its models: target, data, training, evaluator.
+
+Parsed and validated once from the YAML document, so that a bad value is reported
+with its name before any training starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from searchmerge.errors import SearchmergeError
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Plain supervised training of one model (pretraining and fine-tuning the originals)."""
+
+    epochs: int = 8
+    lr: float = 0.003
+    batch_size: int = 64
+    weight_decay: float = 5e-4
+
+
+@dataclass(frozen=True)
+class EvaluatorSettings:
+    """How a plan is retrained and judged.
+
+    Attributes:
+        fraction: Share of each model's training split used (stratified subsample).
+        max_epochs: Retraining budget, in epochs of the subsample.
+        checks_per_epoch: How often validation accuracy is checked.
+        lr: Learning rate of the joint retraining (Adam).
+        batch_size: Samples per model per step.
+        init: How a shared copy starts: ``first`` member's weights or ``average``.
+        recalibrate: Recompute the batch-norm statistics of merged models before
+            the first check (cheap, and it removes most of a merge's first shock).
+        early_exit: Stop on success, or when a model cannot reach its target in
+            the remaining budget; off means full retraining judged at the end.
+        min_checks: Checks (after the one before training) before judging a plan hopeless.
+        optimism: Multiplies the recent learning rate of a model's curve when
+            extrapolating; above 1 keeps marginal plans alive longer.
+        confirm_margin: A pass within this margin above the target is confirmed
+            on the test split before it counts.
+    """
+
+    fraction: float = 0.5
+    max_epochs: int = 8
+    checks_per_epoch: int = 1
+    lr: float = 0.002
+    batch_size: int = 64
+    init: str = "average"
+    recalibrate: bool = True
+    early_exit: bool = True
+    min_checks: int = 2
+    optimism: float = 1.5
+    confirm_margin: float = 0.02
+
+    def __post_init__(self) -> None:
+        if not 0 < self.fraction <= 1:
+            raise SearchmergeError(f"evaluator.fraction must be in (0, 1], got {self.fraction}")
+        if self.init not in ("first", "average"):
+            raise SearchmergeError(f"evaluator.init must be 'first' or 'average', got {self.init!r}")
+        for name in ("max_epochs", "checks_per_epoch", "batch_size"):
+            if getattr(self, name) < 1:
+                raise SearchmergeError(f"evaluator.{name} must be at least 1, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class StudySettings:
+    """Everything a study file sets besides its models."""
+
+    target: float = 0.95
+    seed: int = 0
+    image_size: int = 32
+    channels: int = 3
+    pretrain_task: str = "digit"
+    pretrain: TrainSettings = field(default_factory=TrainSettings)
+    finetune: TrainSettings = field(default_factory=TrainSettings)
+    evaluator: EvaluatorSettings = field(default_factory=EvaluatorSettings)
+
+    def __post_init__(self) -> None:
+        check_target(self.target)
+
+    @classmethod
+    def from_document(cls, document: Mapping[str, Any]) -> StudySettings:
+        """Read the settings of a study file's YAML document (missing keys keep their defaults)."""
+        data = document.get("data") or {}
+        pretrain = dict(document.get("pretrain") or {})
+        task = pretrain.pop("task", cls.pretrain_task)
+        return cls(
+            target=_number(document.get("target", cls.target), "target"),
+            seed=int(document.get("seed", cls.seed)),
+            image_size=int(data.get("image_size", cls.image_size)),
+            channels=int(data.get("channels", cls.channels)),
+            pretrain_task=str(task),
+            pretrain=_section(TrainSettings, pretrain, "pretrain"),
+            finetune=_section(TrainSettings, document.get("finetune") or {}, "finetune"),
+            evaluator=_section(EvaluatorSettings, document.get("evaluator") or {}, "evaluator"),
+        )
+
+    def with_target(self, target: float | None) -> StudySettings:
+        return self if target is None else dataclasses.replace(self, target=target)
+
+    def with_evaluator(self, **changes: Any) -> StudySettings:
+        return dataclasses.replace(self, evaluator=dataclasses.replace(self.evaluator, **changes))
+
+
+def check_target(target: float) -> float:
+    """An accuracy target is a share of the original accuracy, in (0, 1]."""
+    if not isinstance(target, (int, float)) or not 0 < target <= 1:
+        raise SearchmergeError(f"target must be in (0, 1] (a share of each model's original accuracy), got {target}")
+    return float(target)
+
+
+def _number(value: Any, name: str) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise SearchmergeError(f"{name} must be a number, got {value!r}") from None
+
+
+def _section(kind: type, values: Mapping[str, Any], name: str) -> Any:
+    if not isinstance(values, Mapping):
+        raise SearchmergeError(f"{name} must be a mapping, got {values!r}")
+    known = {f.name: f.type for f in dataclasses.fields(kind)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise SearchmergeError(f"{name}: unknown setting(s) {unknown}; known: {sorted(known)}")
+    defaults = kind()
+    converted = {}
+    for key, value in values.items():
+        default = getattr(defaults, key)
+        try:
+            converted[key] = type(default)(value) if not isinstance(default, bool) else bool(value)
+        except (TypeError, ValueError):
+            raise SearchmergeError(f"{name}.{key} must be a {type(default).__name__}, got {value!r}") from None
+    return kind(**converted)

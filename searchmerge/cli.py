@@ -60,6 +60,61 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _open_study(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from searchmerge.study import open_study_file
+
+    return open_study_file(args.study, storage=args.storage, blob_dir=args.blob_dir, target=getattr(args, "target", None))
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from searchmerge.study import prepare_study
+
+    study = _open_study(args)
+    prepared = prepare_study(study, force=args.force, progress=_say)
+    for name, baseline in prepared.baselines.items():
+        print(f"{name}: val accuracy {baseline.val_accuracy:.3f}, test accuracy {baseline.test_accuracy:.3f}"
+              f" (checkpoint {baseline.checkpoint_id})")
+    print(f"originals stored in {study.storage}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from searchmerge.study import evaluate_plan
+
+    study = _open_study(args)
+    evaluation, checkpoint = evaluate_plan(study, args.share, seed=args.seed, progress=None if args.json else _say)
+    if args.json:
+        print(json.dumps({**evaluation.to_dict(), "checkpoint": checkpoint}, indent=2))
+    else:
+        from searchmerge.report import format_evaluation
+
+        saved_bound = evaluation.saved_bytes if args.share == "all" else None
+        print(format_evaluation(evaluation, bound_saved_bytes=saved_bound, checkpoint=checkpoint))
+    return 0
+
+
+def _add_study_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("study", metavar="STUDY.yaml", help="a study file with tasks per model (see studies/)")
+    parser.add_argument("--storage", default=None,
+                        help="storage URL (default: sqlite:///NAME.db in the working directory)")
+    parser.add_argument("--blob-dir", default=None,
+                        help="folder for checkpoint files (default: next to a SQLite file; required otherwise)")
+
+
+def _target(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"target must be a number in (0, 1], got {text!r}") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"target must be in (0, 1], got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="searchmerge", description="Merge the layers that several vision models have in common."
@@ -81,6 +136,30 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--max-groups", type=int, default=20, help="groups listed in the text output")
     analyze.add_argument("--json", action="store_true", help="print one JSON document")
     analyze.set_defaults(handler=cmd_analyze)
+
+    prepare = commands.add_parser(
+        "prepare",
+        help="train and store the original models of a study file",
+        description="Pretrain each architecture, fine-tune one copy per camera task, store the originals and"
+        " their baseline accuracy. Already stored originals are reused unless --force.",
+    )
+    _add_study_arguments(prepare)
+    prepare.add_argument("--force", action="store_true", help="retrain even if the originals are stored")
+    prepare.set_defaults(handler=cmd_prepare)
+
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="retrain a sharing plan and tell whether every model keeps its accuracy",
+        description="Merge the models by a plan, retrain them jointly on a subsample with early exit, and report"
+        " per-model accuracy, feasibility, memory and cost. Prepares the originals first if needed.",
+    )
+    _add_study_arguments(evaluate)
+    evaluate.add_argument("--share", default="none", metavar="none|all|GROUP,...",
+                          help="the plan: none, all, or comma-separated group names (see 'analyze')")
+    evaluate.add_argument("--target", type=_target, default=None, help="override the study's accuracy target")
+    evaluate.add_argument("--seed", type=int, default=0, help="seed of the retraining")
+    evaluate.add_argument("--json", action="store_true", help="print one JSON document")
+    evaluate.set_defaults(handler=cmd_evaluate)
     return parser
 
 

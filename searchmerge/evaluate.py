@@ -98,6 +98,7 @@ class Evaluator:
         target: Share of its baseline accuracy each model must keep, in (0, 1].
         analysis: The workload's analysis (computed from the originals if not given).
         device: Where to retrain (CUDA when present by default).
+        progress: Called with one line after every check of a long evaluation.
     """
 
     def __init__(
@@ -108,12 +109,14 @@ class Evaluator:
         *,
         analysis: AnalysisResult | None = None,
         device: torch.device | str | None = None,
+        progress: Callable[[str], None] | None = None,
     ) -> None:
         self.prepared = prepared
         self.settings = settings
         self.target = check_target(target)
         self.analysis = analysis or analyze(prepared.workload, built=prepared.models)
         self.device = torch.device(device) if device is not None else default_device()
+        self.progress = progress
 
     def evaluate(
         self,
@@ -152,6 +155,11 @@ class Evaluator:
         epoch_steps = max(steps_per_epoch(s, settings.batch_size) for s in train.values())
         check_every = max(1, epoch_steps // settings.checks_per_epoch)
         total_checks = max(1, math.ceil(settings.max_epochs * epoch_steps / check_every))
+        schedule = (
+            torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, total_checks * check_every)
+            if optimizer is not None
+            else None
+        )
         history: list[dict[str, float]] = []
         steps = 0
         outcome: tuple[bool, str, dict[str, float], dict[str, float | None]] | None = None
@@ -165,9 +173,17 @@ class Evaluator:
                     loss = sum(loss_fn(merged[n](x), y) for n in names for x, y in [next(streams[n])])
                     loss.backward()  # type: ignore[union-attr]
                     optimizer.step()
+                    schedule.step()  # type: ignore[union-attr]
                     steps += 1
+                if settings.recalibrate:
+                    for name in touched:
+                        recalibrate_batch_norm(merged[name], train[name], device=self.device)
             ratios = self._ratios(merged)
             history.append(ratios)
+            if self.progress is not None:
+                worst = min(ratios, key=ratios.__getitem__)
+                self.progress(f"check {check}/{total_checks} after {steps} steps: worst accuracy ratio"
+                              f" {ratios[worst]:.3f} ({worst}), target {self.target}")
             confirmed = self._confirm(merged, ratios)
             last = check == total_checks or optimizer is None
             if confirmed is not None and (settings.early_exit or last):

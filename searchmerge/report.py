@@ -87,3 +87,34 @@ def _looks_numeric(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def format_evaluation(evaluation: Any, *, bound_saved_bytes: int | None = None, checkpoint: str | None = None) -> str:
+    """One evaluated plan: per-model accuracy against the target, memory, cost."""
+    plan = sorted(evaluation.plan.shared)
+    shown = ", ".join(plan[:8]) + (f", ... ({len(plan) - 8} more)" if len(plan) > 8 else "")
+    lines = [f"plan: {len(plan)} group(s) shared" + (f": {shown}" if plan else " (no sharing)")]
+    rows = [
+        [
+            m.name,
+            f"{m.accuracy:.3f}",
+            f"{m.baseline:.3f}",
+            f"{m.ratio:.3f}",
+            "-" if m.test_ratio is None else f"{m.test_ratio:.3f}",
+            "yes" if m.meets_target else "NO",
+        ]
+        for m in evaluation.models
+    ]
+    lines.append(format_table(["model", "accuracy", "baseline", "ratio", "test ratio", "meets target"], rows))
+    verdict = "FEASIBLE" if evaluation.feasible else "infeasible"
+    lines.append(f"{verdict}: every model must keep {evaluation.target:.2f} of its baseline accuracy"
+                 f" (stopped: {evaluation.stop_reason})")
+    saved = f"saved {megabytes(evaluation.saved_bytes)}"
+    if bound_saved_bytes:
+        saved += f", {percent(evaluation.saved_bytes / bound_saved_bytes)} of the max-sharing saving"
+    lines.append(f"memory: {megabytes(evaluation.unique_bytes)} unique ({saved})")
+    cost = evaluation.cost
+    lines.append(f"cost: {cost.steps} steps, {cost.samples:,} samples, {cost.checks} checks, {cost.seconds:.1f} s")
+    if checkpoint:
+        lines.append(f"merged weights: checkpoint {checkpoint}")
+    return "\n".join(lines)

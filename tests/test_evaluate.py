@@ -1,0 +1,148 @@
+"""Preparation, the retraining evaluator and the `prepare` / `evaluate` commands on a tiny workload."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from searchmerge.analysis import analyze
+from searchmerge.cli import main
+from searchmerge.errors import SearchmergeError
+from searchmerge.evaluate import Evaluator
+from searchmerge.space import SharingPlan
+from searchmerge.store import CheckpointCorruptError
+from searchmerge.study import evaluate_plan, open_study_file, prepare_study
+
+TINY_STUDY = """
+name: tiny-digits
+seed: 0
+target: 0.9
+data: {image_size: 16, channels: 1}
+pretrain: {task: digit, epochs: 2, lr: 0.01}
+finetune: {epochs: 2, lr: 0.01}
+evaluator: {fraction: 0.5, max_epochs: 2, lr: 0.003, init: first}
+models:
+  - {name: a, factory: "searchmerge.zoo:small_resnet", kwargs: {num_classes: 10, widths: [4, 8, 8], in_channels: 1},
+     task: digit, camera: {noise_std: 0.05}}
+  - {name: b, factory: "searchmerge.zoo:small_resnet", kwargs: {num_classes: 2, widths: [4, 8, 8], in_channels: 1},
+     task: parity, camera: {blur_sigma: 0.8}}
+  - {name: c, factory: "searchmerge.zoo:small_vgg", kwargs: {num_classes: 2, widths: [4, 8, 8], in_channels: 1},
+     task: high}
+"""
+
+
+@pytest.fixture(scope="module")
+def study_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("study")
+    (folder / "tiny.yaml").write_text(TINY_STUDY)
+    study = open_study_file(folder / "tiny.yaml", storage=f"sqlite:///{folder / 'tiny.db'}")
+    prepare_study(study)
+    return folder
+
+
+def open_tiny(folder: Path, **kwargs: object):  # type: ignore[no-untyped-def]
+    return open_study_file(folder / "tiny.yaml", storage=f"sqlite:///{folder / 'tiny.db'}", **kwargs)
+
+
+def test_prepare_stores_originals_and_reuses_them(study_dir: Path) -> None:
+    study = open_tiny(study_dir)
+    prepared = prepare_study(study)  # loaded, not retrained
+    assert set(prepared.baselines) == {"a", "b", "c"}
+    for baseline in prepared.baselines.values():
+        assert 0.5 < baseline.val_accuracy <= 1 and 0 < baseline.test_accuracy <= 1
+    records = study.store.list(prepared.workload_fingerprint, kind="original")
+    assert {r.id for r in records} == {b.checkpoint_id for b in prepared.baselines.values()}
+
+
+def test_share_none_keeps_every_model_exactly(study_dir: Path) -> None:
+    study = open_tiny(study_dir)
+    evaluation, checkpoint = evaluate_plan(study, "none")
+    assert evaluation.feasible and evaluation.stop_reason == "success"
+    assert all(m.ratio == pytest.approx(1.0, abs=0.01) for m in evaluation.models)
+    prepared = prepare_study(study)
+    assert evaluation.unique_bytes == analyze(prepared.workload, built=prepared.models).total_bytes
+    assert evaluation.saved_bytes == 0
+    assert study.store.record(checkpoint).metadata["evaluation"]["feasible"] is True
+
+
+def test_share_all_reaches_the_max_sharing_bound(study_dir: Path) -> None:
+    study = open_tiny(study_dir)
+    prepared = prepare_study(study)
+    bound = analyze(prepared.workload, built=prepared.models)
+    evaluation, checkpoint = evaluate_plan(study, "all")
+    assert evaluation.unique_bytes == bound.max_sharing_bytes
+    assert evaluation.cost.steps > 0 and evaluation.cost.samples == evaluation.cost.steps * 64 * 3
+    assert len(evaluation.curve) == evaluation.cost.checks
+    tensors = study.store.load(checkpoint)
+    assert any(key.startswith("a/") for key in tensors)
+
+
+def test_evaluation_is_repeatable(study_dir: Path) -> None:
+    study = open_tiny(study_dir)
+    prepared = prepare_study(study)
+    evaluator = Evaluator(prepared, study.settings.evaluator, 0.9)
+    plan = SharingPlan.of([evaluator.analysis.groups[0].name])
+    first, _ = evaluator.evaluate(plan, seed=3)
+    second, _ = evaluator.evaluate(plan, seed=3)
+    assert [m.ratio for m in first.models] == [m.ratio for m in second.models]
+    assert first.cost.steps == second.cost.steps
+
+
+def test_hopeless_plans_stop_early_and_pruner_stops(study_dir: Path) -> None:
+    study = open_tiny(study_dir)
+    prepared = prepare_study(study)
+    settings = study.settings.with_evaluator(max_epochs=6, min_checks=1).evaluator
+    evaluator = Evaluator(prepared, settings, 1.0)  # unreachable: keep 100% after sharing everything
+    names = [g.name for g in evaluator.analysis.groups]
+    evaluation, _ = evaluator.evaluate(SharingPlan.of(names))
+    if not evaluation.feasible:
+        assert evaluation.stop_reason in ("hopeless", "budget")
+    calls: list[int] = []
+    pruned, _ = evaluator.evaluate(SharingPlan.of(names), report=lambda check, _v: calls.append(check) or True)
+    assert pruned.stop_reason in ("pruned", "success") and calls[:1] == [0]
+
+
+def test_bad_plans_and_targets(study_dir: Path) -> None:
+    study = open_tiny(study_dir)
+    with pytest.raises(SearchmergeError, match="do not exist: no-such-group"):
+        evaluate_plan(study, "no-such-group")
+    with pytest.raises(SearchmergeError, match=r"target must be in \(0, 1\]"):
+        open_tiny(study_dir, target=1.5)
+    with pytest.raises(SearchmergeError, match=r"target must be in \(0, 1\]"):
+        Evaluator(prepare_study(study), study.settings.evaluator, 0.0)
+
+
+def test_corrupt_original_is_reported_not_loaded(tmp_path: Path, study_dir: Path) -> None:
+    import shutil
+
+    folder = tmp_path / "copy"
+    shutil.copytree(study_dir, folder)
+    study = open_tiny(folder)
+    record = study.store.list(kind="original")[0]
+    blob = Path(str(study.store.blob_dir)) / record.blob
+    data = bytearray(blob.read_bytes())
+    data[-5] ^= 0xFF
+    blob.write_bytes(bytes(data))
+    with pytest.raises(CheckpointCorruptError):
+        prepare_study(study)
+
+
+def test_models_that_do_not_fit_their_task(tmp_path: Path) -> None:
+    (tmp_path / "bad.yaml").write_text(TINY_STUDY.replace("num_classes: 2, widths", "num_classes: 5, widths", 1))
+    study = open_study_file(tmp_path / "bad.yaml", storage=f"sqlite:///{tmp_path / 'bad.db'}")
+    with pytest.raises(SearchmergeError, match="task 'parity' has 2 classes"):
+        prepare_study(study)
+
+
+def test_cli_evaluate_json_and_errors(study_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    arguments = ["evaluate", str(study_dir / "tiny.yaml"), "--storage", f"sqlite:///{study_dir / 'tiny.db'}"]
+    assert main([*arguments, "--share", "none", "--json"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert set(document) >= {"models", "feasible", "unique_bytes", "saved_bytes", "cost", "checkpoint"}
+    assert set(document["models"][0]) >= {"name", "accuracy", "ratio"}
+    assert main([*arguments, "--share", "bogus"]) == 2
+    assert "do not exist: bogus" in capsys.readouterr().err
+    assert main([*arguments, "--share", "none"]) == 0
+    assert "FEASIBLE" in capsys.readouterr().out

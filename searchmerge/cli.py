@@ -97,6 +97,66 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _search_for(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from searchmerge.search import MergeSearch
+
+    study = _open_study(args)
+    return MergeSearch(
+        study,
+        strategy=args.strategy,
+        study_name=args.study_name,
+        seed=args.seed,
+        heartbeat_interval=args.heartbeat,
+        progress=_say,
+    )
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from searchmerge.report import format_search
+
+    if args.n_trials < 1:
+        raise SearchmergeError(f"--n-trials must be at least 1, got {args.n_trials}")
+    search = _search_for(args)
+    search.run(args.n_trials)
+    print(format_search(search, max_rows=10))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from searchmerge.report import format_search, plot_searches
+    from searchmerge.search import load_search, searchmerge_studies
+
+    study = _open_study(args)
+    names = [args.study_name] if args.study_name else searchmerge_studies(study)
+    if not names:
+        raise SearchmergeError(f"no searchmerge study for {study.workload.name!r} in {study.storage}; run 'search' first")
+    searches = [load_search(study, study_name=name) for name in names]
+    for search in searches:
+        print(format_search(search))
+        print()
+    for path in plot_searches(searches, args.out):
+        print(f"wrote {path}")
+    if args.export:
+        print(f"exported the best plan of {searches[0].study_name!r} to {searches[0].export_best(args.export)}")
+    return 0
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    import optuna_dashboard
+
+    storage = args.storage
+    if storage is None:
+        from searchmerge.study import default_storage
+        from searchmerge.workload import load_study_file
+
+        storage = default_storage(load_study_file(args.study)[0].name) if args.study else None
+    if storage is None:
+        raise SearchmergeError("give a study file or --storage URL")
+    print(f"optuna-dashboard for {storage} on http://{args.host}:{args.port}/ (Ctrl-C stops it)", flush=True)
+    optuna_dashboard.run_server(storage, host=args.host, port=args.port)
+    return 0
+
+
 def _add_study_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("study", metavar="STUDY.yaml", help="a study file with tasks per model (see studies/)")
     parser.add_argument("--storage", default=None,
@@ -160,6 +220,41 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--seed", type=int, default=0, help="seed of the retraining")
     evaluate.add_argument("--json", action="store_true", help="print one JSON document")
     evaluate.set_defaults(handler=cmd_evaluate)
+
+    from searchmerge.strategies import STRATEGIES
+
+    for command, text in (
+        ("search", "search for the sharing plan that saves the most memory while every model keeps its target"),
+        ("worker", "the same as 'search': run one more worker on a shared (PostgreSQL) study"),
+    ):
+        search = commands.add_parser(
+            command,
+            help=text,
+            description=text + ". Running the same command again resumes the study; the run stops when the study"
+            " has N finished (complete or pruned) trials in total.",
+        )
+        _add_study_arguments(search)
+        search.add_argument("--strategy", choices=STRATEGIES, default="greedy", help="how plans are proposed")
+        search.add_argument("--n-trials", type=int, default=20, help="finished trials the study should have in total")
+        search.add_argument("--study-name", default=None, help="default: WORKLOAD-STRATEGY")
+        search.add_argument("--seed", type=int, default=0, help="seed of the sampler and the retraining")
+        search.add_argument("--heartbeat", type=int, default=10, metavar="SECONDS",
+                            help="heartbeat of running trials; a trial silent for twice this is failed and retried")
+        search.set_defaults(handler=cmd_search)
+
+    report = commands.add_parser("report", help="best plan, trials and plots of a study file's searches")
+    _add_study_arguments(report)
+    report.add_argument("--study-name", default=None, help="one study (default: every search of this workload)")
+    report.add_argument("--out", default="searchmerge-report", help="folder for the plots")
+    report.add_argument("--export", default=None, metavar="DIR", help="also export the best plan's merged deployment")
+    report.set_defaults(handler=cmd_report)
+
+    dashboard = commands.add_parser("dashboard", help="start optuna-dashboard on the study storage")
+    dashboard.add_argument("study", nargs="?", metavar="STUDY.yaml", help="a study file (for its default storage)")
+    dashboard.add_argument("--storage", default=None, help="storage URL (default: the study file's)")
+    dashboard.add_argument("--host", default="127.0.0.1")
+    dashboard.add_argument("--port", type=int, default=8080)
+    dashboard.set_defaults(handler=cmd_dashboard)
     return parser
 
 

@@ -82,6 +82,7 @@ def workload_data(workload: Workload, settings: StudySettings) -> dict[str, Task
 def workload_fingerprint(workload: Workload, settings: StudySettings) -> str:
     """Identifies the originals: same models, tasks and training settings, same fingerprint."""
     described = {
+        "workload": workload.name,
         "models": [
             {"name": m.name, "arch": m.arch, "kwargs": dict(m.kwargs), "options": dict(m.options)}
             for m in workload.models

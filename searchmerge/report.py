@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 MB = 1_000_000
@@ -118,3 +119,85 @@ def format_evaluation(evaluation: Any, *, bound_saved_bytes: int | None = None, 
     if checkpoint:
         lines.append(f"merged weights: checkpoint {checkpoint}")
     return "\n".join(lines)
+
+
+def format_search(search: Any, *, max_rows: int = 40) -> str:
+    """A search's best feasible plan and its trials."""
+    history = search.history()
+    best = search.best()
+    bound = search.space.max_saved_bytes
+    lines = [f"study {search.study_name!r} ({search.strategy}): {len(history)} finished trials,"
+             f" max-sharing saving {megabytes(bound)}"]
+    if best is None:
+        lines.append("best feasible plan: none yet")
+    else:
+        groups = ", ".join(sorted(best.plan.shared)) or "(no sharing)"
+        lines.append(f"best feasible plan: trial {best.number}, saves {megabytes(best.saved_bytes)}"
+                     f" ({percent(best.saved_bytes / bound if bound else 0)} of the bound),"
+                     f" worst accuracy ratio {best.worst_ratio:.3f}")
+        lines.append(f"  shares {len(best.plan)} group(s): {groups}")
+        lines.append(f"  merged weights: checkpoint {best.checkpoint}")
+    rows = [
+        [t.number, t.state.lower(), "yes" if t.feasible else "no", len(t.plan), megabytes(t.saved_bytes),
+         f"{t.worst_ratio:.3f}", f"{t.seconds:.1f}"]
+        for t in history[-max_rows:]
+    ]
+    title = "trials" + (f" (last {max_rows})" if len(history) > max_rows else "")
+    lines.append(format_table(["trial", "state", "feasible", "groups", "saved", "worst ratio", "seconds"], rows,
+                              title=title))
+    return "\n".join(lines)
+
+
+def best_so_far(trials: Sequence[Any]) -> list[float]:
+    """Best feasible bytes saved after each trial (0 before the first feasible one)."""
+    best, curve = 0.0, []
+    for trial in trials:
+        if trial.feasible:
+            best = max(best, float(trial.saved_bytes))
+        curve.append(best)
+    return curve
+
+
+def plot_searches(searches: Sequence[Any], directory: str | Path) -> list[Path]:
+    """Write ``savings_vs_trials.png`` and ``accuracy_vs_memory.png`` for one or more searches."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder = Path(directory)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    bound = max((s.space.max_saved_bytes for s in searches), default=0)
+    for search in searches:
+        curve = best_so_far(search.history())
+        ax.step(range(1, len(curve) + 1), [c / MB for c in curve], where="post", label=search.strategy)
+    if bound:
+        ax.axhline(bound / MB, color="grey", linestyle="--", label="max-sharing bound")
+    ax.set_xlabel("trials")
+    ax.set_ylabel("best feasible saving (MB)")
+    ax.set_title("Memory saved vs trials")
+    ax.legend()
+    fig.tight_layout()
+    paths.append(folder / "savings_vs_trials.png")
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for search in searches:
+        trials = search.history()
+        ax.scatter([t.unique_bytes / MB for t in trials], [t.worst_ratio for t in trials], label=search.strategy,
+                   marker="o", alpha=0.7)
+    if searches:
+        ax.axhline(searches[0].study_file.settings.target, color="red", linestyle=":", label="target")
+    ax.set_xlabel("merged workload memory (MB)")
+    ax.set_ylabel("worst accuracy ratio")
+    ax.set_title("Accuracy vs memory")
+    ax.legend()
+    fig.tight_layout()
+    paths.append(folder / "accuracy_vs_memory.png")
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+    return paths

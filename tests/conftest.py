@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny hand-built models whose shareable layers are known by construction."""
+"""Shared fixtures: tiny hand-built models whose shareable layers are known by construction,
+and a tiny digits study whose retraining takes seconds."""
 
 from __future__ import annotations
 
@@ -31,3 +32,22 @@ def tiny_net(classes: int = 10, width: int = 8) -> nn.Module:
 
 def not_a_module() -> str:
     return "I am not a model"
+
+
+#: A three-model digits study small enough that one evaluation takes a few seconds on a CPU.
+TINY_STUDY = """
+name: tiny-digits
+seed: 0
+target: 0.9
+data: {image_size: 16, channels: 1}
+pretrain: {task: digit, epochs: 2, lr: 0.01}
+finetune: {epochs: 2, lr: 0.01}
+evaluator: {fraction: 0.5, max_epochs: 2, lr: 0.003, init: first}
+models:
+  - {name: a, factory: "searchmerge.zoo:small_resnet", kwargs: {num_classes: 10, widths: [4, 8, 8], in_channels: 1},
+     task: digit, camera: {noise_std: 0.05}}
+  - {name: b, factory: "searchmerge.zoo:small_resnet", kwargs: {num_classes: 2, widths: [4, 8, 8], in_channels: 1},
+     task: parity, camera: {blur_sigma: 0.8}}
+  - {name: c, factory: "searchmerge.zoo:small_vgg", kwargs: {num_classes: 2, widths: [4, 8, 8], in_channels: 1},
+     task: high}
+"""

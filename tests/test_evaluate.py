@@ -14,23 +14,8 @@ from searchmerge.evaluate import Evaluator
 from searchmerge.space import SharingPlan
 from searchmerge.store import CheckpointCorruptError
 from searchmerge.study import evaluate_plan, open_study_file, prepare_study
+from tests.conftest import TINY_STUDY
 
-TINY_STUDY = """
-name: tiny-digits
-seed: 0
-target: 0.9
-data: {image_size: 16, channels: 1}
-pretrain: {task: digit, epochs: 2, lr: 0.01}
-finetune: {epochs: 2, lr: 0.01}
-evaluator: {fraction: 0.5, max_epochs: 2, lr: 0.003, init: first}
-models:
-  - {name: a, factory: "searchmerge.zoo:small_resnet", kwargs: {num_classes: 10, widths: [4, 8, 8], in_channels: 1},
-     task: digit, camera: {noise_std: 0.05}}
-  - {name: b, factory: "searchmerge.zoo:small_resnet", kwargs: {num_classes: 2, widths: [4, 8, 8], in_channels: 1},
-     task: parity, camera: {blur_sigma: 0.8}}
-  - {name: c, factory: "searchmerge.zoo:small_vgg", kwargs: {num_classes: 2, widths: [4, 8, 8], in_channels: 1},
-     task: high}
-"""
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,352 @@
+"""The search as an Optuna study: create, resume, run, read.
+
+Every strategy is an Optuna sampler, so storage, resume after a crash
+(heartbeats fail trials left RUNNING by a killed process and retry their plans),
+distributed workers on PostgreSQL and optuna-dashboard work the same for all of
+them. One trial is one sharing plan: the objective is the bytes it saves, and
+the constraint ``target - worst accuracy ratio`` (feasible when <= 0) says
+whether every model kept its accuracy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.trial import FrozenTrial, TrialState
+
+from searchmerge.errors import SearchmergeError
+from searchmerge.space import GroupInfo, SearchSpace, SharingPlan
+from searchmerge.store import CheckpointKey
+from searchmerge.study import StudyFile
+
+Progress = Callable[[str], None]
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+_ATTR_PREFIX = "searchmerge:"
+_WORKER = f"{socket.gethostname()}:{os.getpid()}"
+
+
+def constraint_of(trial: FrozenTrial) -> tuple[float]:
+    """The constraint every sampler stores: ``target - worst ratio`` (feasible when <= 0)."""
+    return (float(trial.user_attrs.get("constraint", 1.0)),)
+
+
+def default_study_name(study: StudyFile, strategy: str) -> str:
+    return f"{study.workload.name}-{strategy}"
+
+
+@dataclass(frozen=True)
+class TrialSummary:
+    """One evaluated plan as the study recorded it."""
+
+    number: int
+    state: str
+    plan: SharingPlan
+    feasible: bool
+    saved_bytes: int
+    unique_bytes: int
+    worst_ratio: float
+    seconds: float
+    checkpoint: str | None
+    strategy: str
+
+    @classmethod
+    def from_trial(cls, trial: FrozenTrial, space: SearchSpace, strategy: str) -> TrialSummary:
+        attrs = trial.user_attrs
+        return cls(
+            number=trial.number,
+            state=trial.state.name,
+            plan=space.plan_from_params(trial.params),
+            feasible=bool(attrs.get("feasible", False)),
+            saved_bytes=int(attrs.get("saved_bytes", 0)),
+            unique_bytes=int(attrs.get("unique_bytes", 0)),
+            worst_ratio=float(attrs.get("worst_ratio", 0.0)),
+            seconds=float(attrs.get("cost_seconds", 0.0)),
+            checkpoint=attrs.get("checkpoint"),
+            strategy=strategy,
+        )
+
+
+class MergeSearch:
+    """A resumable search for the best sharing plan of one study file.
+
+    Args:
+        study: The loaded study file (workload, settings, storage, checkpoint store).
+        strategy: ``greedy``, ``tpe``, ``gp``, ``nsga2``, ``surrogate`` or ``random``.
+        study_name: The Optuna study name (default: workload name and strategy).
+        seed: Seed of the sampler and of the retraining.
+        heartbeat_interval: Seconds between heartbeats of a running trial; a trial
+            whose heartbeat is older than ``grace_period`` is failed and its plan
+            retried by the next worker that starts a trial.
+        progress: Called with one line per event of a long run.
+
+    Example:
+        >>> from searchmerge.study import open_study_file
+        >>> search = MergeSearch(open_study_file("studies/digits-edge.yaml"), strategy="greedy")  # doctest: +SKIP
+        >>> search.run(10)  # doctest: +SKIP
+        >>> search.best()  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        study: StudyFile,
+        *,
+        strategy: str = "greedy",
+        study_name: str | None = None,
+        seed: int = 0,
+        heartbeat_interval: int = 10,
+        grace_period: int | None = None,
+        progress: Progress | None = None,
+    ) -> None:
+        from searchmerge.evaluate import Evaluator
+        from searchmerge.strategies import make_sampler
+
+        self.study_file = study
+        self.strategy = strategy
+        self.seed = seed
+        self.say = progress or (lambda _line: None)
+        self.prepared = _prepare(study, self.say)
+        self.evaluator = Evaluator(self.prepared, study.settings.evaluator, study.settings.target, progress=None)
+        self.space = SearchSpace([GroupInfo(g.name, g.saved_bytes, g.models) for g in self.evaluator.analysis.groups])
+        sampler = make_sampler(strategy, self.space, seed=seed, constraints_func=constraint_of)
+        storage = _open_storage(study.storage, heartbeat_interval, grace_period)
+        self.study_name = study_name or default_study_name(study, strategy)
+        self.optuna_study = optuna.create_study(
+            study_name=self.study_name,
+            storage=storage,
+            sampler=sampler,
+            direction="maximize",
+            load_if_exists=True,
+        )
+        self._claim_study()
+
+    # ----------------------------------------------------------------- identity
+    def _identity(self) -> dict[str, Any]:
+        settings = self.study_file.settings
+        return {
+            "workload_fingerprint": self.prepared.workload_fingerprint,
+            "data_fingerprint": self.prepared.data_fingerprint,
+            "space_fingerprint": self.space.fingerprint,
+            "target": settings.target,
+            "evaluator": dataclasses.asdict(settings.evaluator),
+        }
+
+    def _claim_study(self) -> None:
+        """Mark a new study as ours, or refuse one that belongs to another workload."""
+        attrs = self.optuna_study.user_attrs
+        identity = self._identity()
+        if f"{_ATTR_PREFIX}workload_fingerprint" not in attrs:
+            if self.optuna_study.trials:
+                raise SearchmergeError(
+                    f"study {self.study_name!r} exists in {self.study_file.storage} but was not made by searchmerge;"
+                    " choose another --study-name"
+                )
+            for key, value in identity.items():
+                self.optuna_study.set_user_attr(_ATTR_PREFIX + key, value)
+            self.optuna_study.set_user_attr(_ATTR_PREFIX + "workload", self.study_file.workload.name)
+            self.optuna_study.set_user_attr(_ATTR_PREFIX + "strategy", self.strategy)
+            self.optuna_study.set_user_attr(_ATTR_PREFIX + "max_saved_bytes", self.space.max_saved_bytes)
+            return
+        for key, value in identity.items():
+            if attrs.get(_ATTR_PREFIX + key) != value:
+                raise SearchmergeError(
+                    f"study {self.study_name!r} was made for a different workload or settings ({key} differs);"
+                    " refusing to mix trials: choose another --study-name"
+                )
+
+    # ----------------------------------------------------------------- running
+    def finished_trials(self) -> list[FrozenTrial]:
+        return self.optuna_study.get_trials(deepcopy=False, states=FINISHED)
+
+    def run(self, n_trials: int) -> None:
+        """Run until the study has ``n_trials`` finished (complete or pruned) trials in total."""
+        if n_trials < 1:
+            raise SearchmergeError(f"n-trials must be at least 1, got {n_trials}")
+        while True:
+            done = len(self.finished_trials())
+            running = len(self.optuna_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+            if done >= n_trials:
+                self.say(f"study {self.study_name!r}: {done} finished trials, target {n_trials} reached")
+                return
+            if done + running >= n_trials and running:
+                # Other workers hold the remaining trials: wait for them rather than overshoot.
+                time.sleep(1.0)
+                _fail_stale(self.optuna_study)
+                continue
+            self.optuna_study.optimize(self._objective, n_trials=1, catch=())
+
+    def _objective(self, trial: optuna.Trial) -> float:
+        plan = self.space.suggest(trial)
+        done = len(self.finished_trials())
+        self.say(f"trial {trial.number}: {len(plan)} of {len(self.space.names)} groups,"
+                 f" {self.space.saved_bytes(plan) / 1e6:.2f} MB to save ({done} finished so far)")
+        evaluation, checkpoint, cached = self._evaluate(plan, trial)
+        attrs = {**_trial_attributes(evaluation, checkpoint, cached), "worker": _WORKER}
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
+        verdict = "feasible" if evaluation.feasible else "infeasible"
+        self.say(f"trial {trial.number}: {verdict} (worst ratio {evaluation.worst_ratio:.3f}, {evaluation.stop_reason},"
+                 f" {'from the store' if cached else f'{evaluation.cost.seconds:.1f} s'})")
+        if evaluation.stop_reason in ("hopeless", "pruned"):
+            raise optuna.TrialPruned(f"stopped early: {evaluation.stop_reason}")
+        return float(evaluation.saved_bytes)
+
+    def _evaluate(self, plan: SharingPlan, trial: optuna.Trial) -> tuple[Any, str, bool]:
+        from searchmerge.evaluate import Evaluation
+
+        key = CheckpointKey(
+            self.prepared.workload_fingerprint, plan.plan_hash, self.prepared.data_fingerprint, "merged"
+        )
+        record = self.study_file.store.find(key)
+        signature = self._identity()
+        if record is not None and record.metadata.get("evaluated_with") == {**signature, "seed": self.seed}:
+            return _evaluation_from_dict(Evaluation, plan, record.metadata["evaluation"]), record.id, True
+
+        def report(check: int, worst_ratio: float) -> bool:
+            trial.report(worst_ratio, step=check)
+            return trial.should_prune()
+
+        evaluation, merged = self.evaluator.evaluate(plan, seed=self.seed, report=report)
+        tensors = {f"{name}/{k}": v for name, model in merged.items() for k, v in model.state_dict().items()}
+        metadata = {"evaluation": evaluation.to_dict(), "evaluated_with": {**signature, "seed": self.seed}}
+        checkpoint = self.study_file.store.put(key, tensors, metadata)
+        return evaluation, checkpoint, False
+
+    # ----------------------------------------------------------------- reading
+    def history(self) -> list[TrialSummary]:
+        return [TrialSummary.from_trial(t, self.space, self.strategy) for t in self.finished_trials()]
+
+    def best(self) -> TrialSummary | None:
+        """The feasible trial that saves the most bytes (``None`` before any feasible one)."""
+        feasible = [t for t in self.history() if t.feasible]
+        return max(feasible, key=lambda t: (t.saved_bytes, -t.number)) if feasible else None
+
+    def pareto_front(self) -> list[TrialSummary]:
+        """Trials no other trial beats on both bytes saved and worst accuracy ratio."""
+        trials = self.history()
+        return [
+            t
+            for t in trials
+            if not any(
+                o.saved_bytes >= t.saved_bytes
+                and o.worst_ratio >= t.worst_ratio
+                and (o.saved_bytes, o.worst_ratio) != (t.saved_bytes, t.worst_ratio)
+                for o in trials
+            )
+        ]
+
+    def export_best(self, directory: str | Path) -> Path:
+        """Write the best feasible plan's merged deployment (weights and manifest) to ``directory``."""
+        from searchmerge.deployment import export_deployment
+        from searchmerge.merge import merge_models
+
+        best = self.best()
+        if best is None or best.checkpoint is None:
+            raise SearchmergeError(f"study {self.study_name!r} has no feasible plan yet; run more trials")
+        merged = merge_models(self.prepared.models, self.evaluator.analysis.groups, best.plan)
+        tensors = self.study_file.store.load(best.checkpoint)
+        for name, model in merged.items():
+            model.load_state_dict({k.split("/", 1)[1]: v for k, v in tensors.items() if k.split("/", 1)[0] == name})
+        metadata = {"study": self.study_name, "trial": best.number, "checkpoint": best.checkpoint}
+        return export_deployment(directory, self.prepared.workload, merged, plan=best.plan, metadata=metadata)
+
+
+def _prepare(study: StudyFile, say: Progress) -> Any:
+    from searchmerge.study import prepare_study
+
+    return prepare_study(study, progress=say)
+
+
+def _open_storage(url: str, heartbeat_interval: int, grace_period: int | None) -> RDBStorage:
+    """An RDB storage with heartbeats: stale RUNNING trials are failed and their plans retried."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return RDBStorage(
+                url,
+                heartbeat_interval=heartbeat_interval,
+                grace_period=grace_period or 2 * heartbeat_interval,
+                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3),
+            )
+    except Exception as exc:  # noqa: BLE001 - any failure to open means an unusable URL
+        raise SearchmergeError(f"cannot open storage {url!r}: {str(exc).splitlines()[0]}") from None
+
+
+def _fail_stale(study: optuna.Study) -> None:
+    from optuna.storages import fail_stale_trials
+
+    fail_stale_trials(study)
+
+
+def _trial_attributes(evaluation: Any, checkpoint: str, cached: bool) -> dict[str, Any]:
+    attrs: dict[str, Any] = {
+        "feasible": evaluation.feasible,
+        "constraint": evaluation.target - evaluation.worst_ratio,
+        "worst_ratio": evaluation.worst_ratio,
+        "stop_reason": evaluation.stop_reason,
+        "unique_bytes": evaluation.unique_bytes,
+        "saved_bytes": evaluation.saved_bytes,
+        "unique_mb": round(evaluation.unique_bytes / 1e6, 4),
+        "saved_mb": round(evaluation.saved_bytes / 1e6, 4),
+        "cost_steps": evaluation.cost.steps,
+        "cost_samples": evaluation.cost.samples,
+        "cost_seconds": round(evaluation.cost.seconds, 3),
+        "checkpoint": checkpoint,
+        "from_store": cached,
+        "plan_hash": evaluation.plan.plan_hash,
+    }
+    for model in evaluation.models:
+        attrs[f"accuracy:{model.name}"] = round(model.accuracy, 5)
+        attrs[f"ratio:{model.name}"] = round(model.ratio, 5)
+    return attrs
+
+
+def _evaluation_from_dict(kind: type, plan: SharingPlan, data: dict[str, Any]) -> Any:
+    from searchmerge.evaluate import Cost, ModelOutcome
+
+    return kind(
+        plan=plan,
+        feasible=data["feasible"],
+        stop_reason=data["stop_reason"],
+        target=data["target"],
+        models=tuple(ModelOutcome(**m) for m in data["models"]),
+        unique_bytes=data["unique_bytes"],
+        saved_bytes=data["saved_bytes"],
+        cost=Cost(**data["cost"]),
+        curve=tuple(data["curve"]),
+    )
+
+
+def load_search(
+    study: StudyFile, *, strategy: str | None = None, study_name: str | None = None, seed: int = 0
+) -> MergeSearch:
+    """Open an existing search for reading (report, export)."""
+    name = study_name or default_study_name(study, strategy or "greedy")
+    try:
+        summaries = optuna.get_all_study_summaries(study.storage)
+    except Exception as exc:  # noqa: BLE001
+        raise SearchmergeError(f"cannot open storage {study.storage!r}: {str(exc).splitlines()[0]}") from None
+    found = next((s for s in summaries if s.study_name == name), None)
+    if found is None:
+        known = ", ".join(s.study_name for s in summaries) or "none"
+        raise SearchmergeError(f"no study named {name!r} in {study.storage} (studies there: {known})")
+    strategy = strategy or str(found.user_attrs.get(_ATTR_PREFIX + "strategy", "greedy"))
+    return MergeSearch(study, strategy=strategy, study_name=name, seed=seed)
+
+
+def searchmerge_studies(study: StudyFile) -> list[str]:
+    """Names of the searchmerge studies of this study file's workload in its storage."""
+    try:
+        summaries = optuna.get_all_study_summaries(study.storage)
+    except Exception as exc:  # noqa: BLE001
+        raise SearchmergeError(f"cannot open storage {study.storage!r}: {str(exc).splitlines()[0]}") from None
+    return [s.study_name for s in summaries if s.user_attrs.get(_ATTR_PREFIX + "workload") == study.workload.name]

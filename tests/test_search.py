@@ -1,0 +1,206 @@
+"""The search as an Optuna study: resume after SIGKILL, PostgreSQL workers, the dashboard, the API."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import optuna
+import pytest
+
+from searchmerge.errors import SearchmergeError
+from searchmerge.search import MergeSearch
+from searchmerge.study import open_study_file, prepare_study
+from tests.conftest import TINY_STUDY
+
+REPO = Path(__file__).resolve().parents[1]
+POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
+@pytest.fixture()
+def tiny(tmp_path: Path) -> tuple[Path, str]:
+    """A tiny study file whose originals are already prepared in a SQLite file."""
+    (tmp_path / "tiny.yaml").write_text(TINY_STUDY)
+    storage = f"sqlite:///{tmp_path / 'tiny.db'}"
+    prepare_study(open_study_file(tmp_path / "tiny.yaml", storage=storage))
+    return tmp_path / "tiny.yaml", storage
+
+
+def cli(*arguments: str) -> list[str]:
+    return [sys.executable, "-m", "searchmerge.cli", *arguments]
+
+
+def finished(storage: str, name: str) -> list[optuna.trial.FrozenTrial]:
+    study = optuna.load_study(study_name=name, storage=storage)
+    return study.get_trials(states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED))
+
+
+def assert_no_plan_retrained_twice(trials: list[optuna.trial.FrozenTrial]) -> None:
+    retrained = Counter(t.user_attrs["plan_hash"] for t in trials if not t.user_attrs["from_store"])
+    assert all(count == 1 for count in retrained.values()), retrained
+
+
+def test_python_api_best_history_pareto_and_export(tiny: tuple[Path, str], tmp_path: Path) -> None:
+    path, storage = tiny
+    search = MergeSearch(open_study_file(path, storage=storage), strategy="greedy")
+    search.run(4)
+    history = search.history()
+    assert len(history) == 4
+    trial = search.optuna_study.trials[0]
+    assert {"feasible", "constraint", "unique_bytes", "saved_mb", "cost_seconds", "checkpoint"} <= set(trial.user_attrs)
+    assert any(key.startswith("ratio:") for key in trial.user_attrs)
+    assert trial.system_attrs.get("constraints") is not None
+    assert search.pareto_front()
+    best = search.best()
+    if best is not None:
+        exported = search.export_best(tmp_path / "deploy")
+        assert (exported / "manifest.json").exists()
+    # Running again with the same total does nothing more.
+    search.run(4)
+    assert len(search.history()) == 4
+
+
+def test_a_study_name_of_another_workload_is_refused(tiny: tuple[Path, str], tmp_path: Path) -> None:
+    path, storage = tiny
+    MergeSearch(open_study_file(path, storage=storage), strategy="random", study_name="shared-name")
+    other = tmp_path / "other.yaml"
+    other.write_text(TINY_STUDY.replace("target: 0.9", "target: 0.8"))
+    with pytest.raises(SearchmergeError, match="refusing to mix trials"):
+        MergeSearch(open_study_file(other, storage=storage), strategy="random", study_name="shared-name")
+
+
+def test_bad_search_input(tiny: tuple[Path, str]) -> None:
+    path, storage = tiny
+    with pytest.raises(SearchmergeError, match="unknown strategy"):
+        MergeSearch(open_study_file(path, storage=storage), strategy="annealing")
+    search = MergeSearch(open_study_file(path, storage=storage), strategy="random")
+    with pytest.raises(SearchmergeError, match="at least 1"):
+        search.run(0)
+    completed = subprocess.run(
+        cli("search", str(path), "--storage", "postgresql+psycopg://nobody@127.0.0.1:1/none", "--blob-dir", "x"),
+        capture_output=True, text=True, cwd=REPO,
+    )
+    assert completed.returncode == 2 and "Traceback" not in completed.stderr
+    assert "searchmerge: error:" in completed.stderr
+
+
+def test_sigkill_mid_trial_then_resume_completes_exactly_n(tiny: tuple[Path, str]) -> None:
+    path, storage = tiny
+    name = "killed"
+    command = cli("search", str(path), "--storage", storage, "--strategy", "random", "--n-trials", "4",
+                  "--study-name", name, "--heartbeat", "1")
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    killed = False
+    while time.time() < deadline and process.poll() is None:
+        try:
+            study = optuna.load_study(study_name=name, storage=storage)
+            done = len([t for t in study.trials if t.state.is_finished()])
+            running = study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
+        except KeyError:
+            done, running = 0, []
+        if done >= 1 and running:
+            os.kill(process.pid, signal.SIGKILL)
+            killed = True
+            break
+        time.sleep(0.2)
+    process.wait()
+    assert killed, "the search finished before it could be killed mid-trial"
+    time.sleep(2.5)  # let the killed trial's heartbeat go stale
+
+    completed = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr
+    study = optuna.load_study(study_name=name, storage=storage)
+    states = Counter(t.state for t in study.trials)
+    trials = finished(storage, name)
+    assert len(trials) == 4
+    assert states[optuna.trial.TrialState.FAIL] >= 1
+    assert states[optuna.trial.TrialState.RUNNING] == 0
+    failed = next(t for t in study.trials if t.state == optuna.trial.TrialState.FAIL)
+    retried = [t for t in trials if t.system_attrs.get("failed_trial") == failed.number]
+    assert retried and retried[0].params == failed.params  # the killed plan was retried
+    assert_no_plan_retrained_twice(trials)
+
+
+def _postgres_available() -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", 5432), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _postgres_available(), reason="no PostgreSQL server on 127.0.0.1:5432")
+def test_two_workers_share_one_postgres_study(tmp_path: Path) -> None:
+    # A workload name of its own: the PostgreSQL database outlives this test's blob folder.
+    (tmp_path / "tiny.yaml").write_text(TINY_STUDY.replace("name: tiny-digits", f"name: tiny-{uuid.uuid4().hex[:8]}"))
+    blobs = tmp_path / "blobs"
+    prepare_study(open_study_file(tmp_path / "tiny.yaml", storage=POSTGRES, blob_dir=blobs))
+    name = f"workers-{uuid.uuid4().hex[:8]}"
+    command = cli("worker", str(tmp_path / "tiny.yaml"), "--storage", POSTGRES, "--blob-dir", str(blobs),
+                  "--strategy", "random", "--n-trials", "6", "--study-name", name)
+    try:
+        workers = [subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                   for _ in range(2)]
+        outputs = [w.communicate(timeout=400) for w in workers]
+        assert all(w.returncode == 0 for w in workers), [o[1][-2000:] for o in outputs]
+        study = optuna.load_study(study_name=name, storage=POSTGRES)
+        trials = finished(POSTGRES, name)
+        assert len(trials) == 6
+        assert len({t.number for t in trials}) == 6
+        assert all(t.state != optuna.trial.TrialState.RUNNING for t in study.trials)
+        # Every trial names the worker process that ran it; there were two.
+        assert 1 <= len({t.user_attrs["worker"] for t in trials}) <= 2
+        assert_no_plan_retrained_twice(trials)
+    finally:
+        try:
+            optuna.delete_study(study_name=name, storage=POSTGRES)
+        except KeyError:
+            pass
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_dashboard_shows_user_attributes_and_constraints(tiny: tuple[Path, str]) -> None:
+    path, storage = tiny
+    search = MergeSearch(open_study_file(path, storage=storage), strategy="greedy", study_name="shown")
+    search.run(2)
+    port = _free_port()
+    server = subprocess.Popen(cli("dashboard", "--storage", storage, "--port", str(port)), cwd=REPO,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        studies = None
+        for _ in range(100):
+            try:
+                with urllib.request.urlopen(f"{base}/api/studies", timeout=2) as response:
+                    studies = json.load(response)["study_summaries"]
+                break
+            except OSError:
+                time.sleep(0.3)
+        assert studies is not None, "the dashboard did not start"
+        study_id = next(s["study_id"] for s in studies if s["study_name"] == "shown")
+        with urllib.request.urlopen(f"{base}/api/studies/{study_id}", timeout=10) as response:
+            detail = json.load(response)
+        trials = detail["trials"]
+        assert len(trials) == 2
+        for trial in trials:
+            attrs = {a["key"]: a["value"] for a in trial["user_attrs"]}
+            assert {"feasible", "saved_mb", "worst_ratio", "checkpoint"} <= set(attrs)
+            assert len(trial["constraints"]) == 1
+    finally:
+        server.kill()
+        server.wait()

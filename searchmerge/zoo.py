@@ -22,18 +22,27 @@ def _conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
 
 
+def _norm(width: int, affine: bool) -> nn.BatchNorm2d:
+    """Batch norm; without ``affine`` it only normalises and learns nothing of its own.
+
+    A private affine batch norm lets a model adapt every shared layer's output to
+    itself; without it, what two models share constrains them fully.
+    """
+    return nn.BatchNorm2d(width, affine=affine)
+
+
 class BasicBlock(nn.Module):
     """Two 3x3 convolutions with a residual connection (1x1 projection when the shape changes)."""
 
-    def __init__(self, cin: int, cout: int, stride: int) -> None:
+    def __init__(self, cin: int, cout: int, stride: int, affine: bool = True) -> None:
         super().__init__()
         self.conv1 = _conv3x3(cin, cout, stride)
-        self.bn1 = nn.BatchNorm2d(cout)
+        self.bn1 = _norm(cout, affine)
         self.conv2 = _conv3x3(cout, cout)
-        self.bn2 = nn.BatchNorm2d(cout)
+        self.bn2 = _norm(cout, affine)
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), _norm(cout, affine))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.relu(self.bn1(self.conv1(x)))
@@ -43,17 +52,19 @@ class BasicBlock(nn.Module):
 class SmallResNet(nn.Module):
     """A CIFAR-style ResNet: a 3x3 stem, three stages of basic blocks, global pooling, a linear head."""
 
-    def __init__(self, blocks_per_stage: int, num_classes: int, widths: Sequence[int], in_channels: int) -> None:
+    def __init__(
+        self, blocks_per_stage: int, num_classes: int, widths: Sequence[int], in_channels: int, affine: bool = True
+    ) -> None:
         super().__init__()
         self.stem = _conv3x3(in_channels, widths[0])
-        self.bn = nn.BatchNorm2d(widths[0])
+        self.bn = _norm(widths[0], affine)
         stages = []
         cin = widths[0]
         for index, width in enumerate(widths):
             blocks = []
             for block in range(blocks_per_stage):
                 stride = 2 if index > 0 and block == 0 else 1
-                blocks.append(BasicBlock(cin, width, stride))
+                blocks.append(BasicBlock(cin, width, stride, affine))
                 cin = width
             stages.append(nn.Sequential(*blocks))
         self.layer1, self.layer2, self.layer3 = stages
@@ -68,7 +79,7 @@ class SmallResNet(nn.Module):
 class SmallVGG(nn.Module):
     """A VGG-style network: pairs of 3x3 convolutions with batch norm, max pooling between widths."""
 
-    def __init__(self, num_classes: int, widths: Sequence[int], in_channels: int) -> None:
+    def __init__(self, num_classes: int, widths: Sequence[int], in_channels: int, affine: bool = True) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         cin = in_channels
@@ -76,7 +87,7 @@ class SmallVGG(nn.Module):
             if index > 0:
                 layers.append(nn.MaxPool2d(2))
             for _ in range(2):
-                layers += [_conv3x3(cin, width), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+                layers += [_conv3x3(cin, width), _norm(width, affine), nn.ReLU(inplace=True)]
                 cin = width
         self.features = nn.Sequential(*layers)
         self.fc = nn.Linear(cin, num_classes)
@@ -86,19 +97,25 @@ class SmallVGG(nn.Module):
 
 
 def small_resnet(
-    depth: int = 8, num_classes: int = 10, widths: Sequence[int] = (16, 32, 64), in_channels: int = 3
+    depth: int = 8,
+    num_classes: int = 10,
+    widths: Sequence[int] = (16, 32, 64),
+    in_channels: int = 3,
+    affine_norm: bool = True,
 ) -> SmallResNet:
     """A CIFAR-style ResNet of ``depth = 6n + 2`` layers (8, 14, 20, ...)."""
     if depth < 8 or (depth - 2) % 6:
         raise SearchmergeError(f"small_resnet depth must be 6n + 2 (8, 14, 20, ...), got {depth}")
     _check_widths(widths)
-    return SmallResNet((depth - 2) // 6, num_classes, tuple(widths), in_channels)
+    return SmallResNet((depth - 2) // 6, num_classes, tuple(widths), in_channels, affine_norm)
 
 
-def small_vgg(num_classes: int = 10, widths: Sequence[int] = (16, 32, 64), in_channels: int = 3) -> SmallVGG:
+def small_vgg(
+    num_classes: int = 10, widths: Sequence[int] = (16, 32, 64), in_channels: int = 3, affine_norm: bool = True
+) -> SmallVGG:
     """A VGG-style network with two 3x3 convolutions per width."""
     _check_widths(widths)
-    return SmallVGG(num_classes, tuple(widths), in_channels)
+    return SmallVGG(num_classes, tuple(widths), in_channels, affine_norm)
 
 
 def _check_widths(widths: Sequence[int]) -> None:

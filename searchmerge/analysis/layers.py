@@ -87,7 +87,7 @@ def layer_signature(module: nn.Module) -> LayerSignature | None:
         kind = "Linear"
     elif isinstance(module, (nn.modules.batchnorm._NormBase, FrozenBatchNorm2d)):
         # FrozenBatchNorm2d (torchvision detectors) holds the same tensors as BatchNorm2d.
-        num_features = module.weight.shape[0]
+        num_features = getattr(module, "num_features", None) or module.weight.shape[0]
         config = {"features": num_features, "tensors": tuple(sorted(tensors))}
         kind = "BatchNorm2d" if isinstance(module, FrozenBatchNorm2d) else type(module).__name__
     else:

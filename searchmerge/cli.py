@@ -175,6 +175,13 @@ def _target(text: str) -> float:
     return value
 
 
+def _quiet_optuna() -> None:
+    """searchmerge prints its own progress line per trial; Optuna's INFO lines would repeat them."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="searchmerge", description="Merge the layers that several vision models have in common."
@@ -261,6 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    _quiet_optuna()
     try:
         return int(args.handler(args))
     except SearchmergeError as exc:

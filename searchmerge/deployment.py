@@ -30,7 +30,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +39,7 @@ import safetensors.torch
 import torch
 from torch import nn
 
+from searchmerge.atomic import write_atomic
 from searchmerge.errors import SearchmergeError
 from searchmerge.space import SharingPlan
 from searchmerge.workload import ModelSpec, Workload
@@ -124,8 +124,8 @@ def export_deployment(
     directory.mkdir(parents=True, exist_ok=True)
     # The manifest goes last: a crash in between leaves an old manifest whose
     # checksum no longer matches the weights, which loading reports.
-    _write_atomic(directory / WEIGHTS_FILE, data)
-    _write_atomic(directory / MANIFEST_FILE, manifest_bytes)
+    write_atomic(directory / WEIGHTS_FILE, data)
+    write_atomic(directory / MANIFEST_FILE, manifest_bytes)
     return directory
 
 
@@ -257,35 +257,6 @@ def _to_json_bytes(document: Any, what: str) -> bytes:
         return json.dumps(document, indent=2, sort_keys=True, allow_nan=False).encode() + b"\n"
     except (TypeError, ValueError) as exc:
         raise SearchmergeError(f"{what} cannot be written as JSON: {exc}") from None
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write ``path`` so that it only ever holds the old bytes or all the new ones."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as file:
-            if os.name == "posix":
-                # mkstemp makes the file private (0600); a deployment is meant to be copied and read by others.
-                os.fchmod(file.fileno(), 0o644)
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make a rename durable (POSIX needs the directory synced; Windows cannot)."""
-    if os.name != "posix":
-        return
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # --- load -------------------------------------------------------------------

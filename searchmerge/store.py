@@ -38,8 +38,6 @@ from __future__ import annotations
 import builtins
 import hashlib
 import json
-import os
-import tempfile
 import uuid
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
@@ -53,6 +51,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
+from searchmerge.atomic import write_atomic
 from searchmerge.errors import SearchmergeError
 
 __all__ = [
@@ -387,17 +386,7 @@ class CheckpointStore:
 
     def _write_blob(self, blob: str, data: bytes) -> None:
         """Write a blob so that its final name only ever holds complete bytes."""
-        fd, tmp = tempfile.mkstemp(dir=self.blob_dir, prefix=".tmp-", suffix=".part")
-        try:
-            with os.fdopen(fd, "wb") as file:
-                file.write(data)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(tmp, self.blob_dir / blob)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        _fsync_dir(self.blob_dir)
+        write_atomic(self.blob_dir / blob, data)
 
     def _read_verified(self, record: CheckpointRecord) -> bytes:
         """The blob's bytes, or CheckpointCorruptError if they are not the stored ones."""
@@ -507,17 +496,6 @@ def _create_table(engine: Engine) -> None:
     except SQLAlchemyError:
         if not sa.inspect(engine).has_table(TABLE_NAME):
             raise
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make a rename durable (POSIX needs the directory synced; Windows cannot)."""
-    if os.name != "posix":
-        return
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _shown_url(url: str) -> str:

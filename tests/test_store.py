@@ -229,7 +229,7 @@ def test_crash_while_renaming_blob_keeps_previous(
 
     assert store.find(key) is not None and store.find(key).id == first  # type: ignore[union-attr]
     _assert_same(store.load(key), _tensors(1))
-    assert not list(store.blob_dir.glob(".tmp-*")), "temporary file left behind"
+    assert not list(store.blob_dir.glob(".*.part")), "temporary file left behind"
 
 
 def test_crash_inside_db_transaction_keeps_previous(store: CheckpointStore, workload: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -29,7 +30,12 @@ def _optunas(cls: type, defaults: dict[str, Any] | None = None) -> Callable[...,
         kwargs = {**(defaults or {}), **options, "seed": seed}
         if constraints_func is not None:
             kwargs["constraints_func"] = constraints_func
-        return cls(**kwargs)
+        with warnings.catch_warnings():
+            # Optuna 5 prefers Trial.set_constraint, but optuna-dashboard shows only the
+            # constraints a sampler's constraints_func stores: keep it, deliberately.
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return cls(**kwargs)
 
     build.target = cls  # type: ignore[attr-defined]
     return build

@@ -15,6 +15,7 @@ import sqlalchemy as sa
 import torch
 
 from searchmerge import store as store_module
+from searchmerge import atomic as atomic_module
 from searchmerge.errors import SearchmergeError
 from searchmerge.store import (
     TABLE_NAME,
@@ -222,7 +223,7 @@ def test_crash_while_renaming_blob_keeps_previous(
     def crash(*_args: Any) -> None:
         raise OSError("simulated crash")
 
-    monkeypatch.setattr(store_module.os, "replace", crash)
+    monkeypatch.setattr(atomic_module.os, "replace", crash)
     with pytest.raises(OSError, match="simulated crash"):
         store.put(key, _tensors(2))
     monkeypatch.undo()

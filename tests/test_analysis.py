@@ -137,3 +137,14 @@ def test_detector_input_is_a_list_of_images() -> None:
     detector = ModelSpec(name="ssd", arch="ssdlite320_mobilenet_v3_large", kwargs={"weights_backbone": None}).build()
     inputs = example_inputs(detector, (3, 64, 64), 2, torch.device("cpu"))
     assert isinstance(inputs, list) and len(inputs) == 2
+
+
+def test_batch_norm_without_affine_parameters_is_a_norm_layer() -> None:
+    from searchmerge.zoo import small_resnet
+
+    plain, bare = small_resnet(8), small_resnet(8, affine_norm=False)
+    result = analyze({"plain": plain, "bare": bare}, share_norm=True)
+    norm_groups = [g for g in result.groups if g.signature.kind == "BatchNorm2d"]
+    # Affine and non-affine batch norms hold different tensors, so they never match.
+    assert norm_groups == []
+    assert len(analyze({"plain": plain, "bare": bare}).groups) == 10

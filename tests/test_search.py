@@ -204,3 +204,19 @@ def test_dashboard_shows_user_attributes_and_constraints(tiny: tuple[Path, str])
     finally:
         server.kill()
         server.wait()
+
+
+def test_report_prints_best_plan_and_writes_plots(tiny: tuple[Path, str], tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    from searchmerge.cli import main
+
+    path, storage = tiny
+    MergeSearch(open_study_file(path, storage=storage), strategy="random").run(2)
+    out = tmp_path / "report"
+    assert main(["report", str(path), "--storage", storage, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "tiny-digits-random" in printed and "best feasible plan" in printed
+    assert (out / "savings_vs_trials.png").stat().st_size > 0
+    assert (out / "accuracy_vs_memory.png").stat().st_size > 0
+    assert main(["report", str(path), "--storage", storage, "--study-name", "nope"]) == 2
+    assert "no study named 'nope'" in capsys.readouterr().err

@@ -10,8 +10,8 @@ MB = 1_000_000
 
 
 def megabytes(size: float) -> str:
-    """Bytes as megabytes (10^6 bytes, like the papers' tables)."""
-    return f"{size / MB:,.1f} MB"
+    """Bytes as megabytes (10^6 bytes, like the papers' tables); small sizes keep three decimals."""
+    return f"{size / MB:,.1f} MB" if abs(size) >= 10 * MB else f"{size / MB:.3f} MB"
 
 
 def percent(fraction: float) -> str:

@@ -167,23 +167,15 @@ def plot_searches(searches: Sequence[Any], directory: str | Path) -> list[Path]:
 
     folder = Path(directory)
     folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-
-    fig, ax = plt.subplots(figsize=(6, 4))
     bound = max((s.space.max_saved_bytes for s in searches), default=0)
+    fig, ax = plt.subplots(figsize=(6, 4))
     for search in searches:
         curve = best_so_far(search.history())
         ax.step(range(1, len(curve) + 1), [c / MB for c in curve], where="post", label=search.strategy)
     if bound:
         ax.axhline(bound / MB, color="grey", linestyle="--", label="max-sharing bound")
-    ax.set_xlabel("trials")
-    ax.set_ylabel("best feasible saving (MB)")
-    ax.set_title("Memory saved vs trials")
-    ax.legend()
-    fig.tight_layout()
-    paths.append(folder / "savings_vs_trials.png")
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
+    savings = _save(fig, ax, ("trials", "best feasible saving (MB)", "Memory saved vs trials"),
+                    folder / "savings_vs_trials.png")
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for search in searches:
@@ -192,12 +184,20 @@ def plot_searches(searches: Sequence[Any], directory: str | Path) -> list[Path]:
                    marker="o", alpha=0.7)
     if searches:
         ax.axhline(searches[0].study_file.settings.target, color="red", linestyle=":", label="target")
-    ax.set_xlabel("merged workload memory (MB)")
-    ax.set_ylabel("worst accuracy ratio")
-    ax.set_title("Accuracy vs memory")
+    accuracy = _save(fig, ax, ("merged workload memory (MB)", "worst accuracy ratio", "Accuracy vs memory"),
+                     folder / "accuracy_vs_memory.png")
+    return [savings, accuracy]
+
+
+def _save(fig: Any, ax: Any, labels: tuple[str, str, str], path: Path) -> Path:
+    """Label, lay out, write and close one figure."""
+    import matplotlib.pyplot as plt
+
+    ax.set_xlabel(labels[0])
+    ax.set_ylabel(labels[1])
+    ax.set_title(labels[2])
     ax.legend()
     fig.tight_layout()
-    paths.append(folder / "accuracy_vs_memory.png")
-    fig.savefig(paths[-1], dpi=120)
+    fig.savefig(path, dpi=120)
     plt.close(fig)
-    return paths
+    return path

@@ -87,6 +87,10 @@ class MergeSearch:
         heartbeat_interval: Seconds between heartbeats of a running trial; a trial
             whose heartbeat is older than ``grace_period`` is failed and its plan
             retried by the next worker that starts a trial.
+        pruner: An Optuna pruner consulted at every check of the evaluator. The
+            default never prunes: the evaluator's own learning-curve rule already stops
+            hopeless plans, and a pruner comparing a new plan's first checks (before
+            much retraining) with finished plans would stop feasible plans too.
         progress: Called with one line per event of a long run.
 
     Example:
@@ -105,6 +109,7 @@ class MergeSearch:
         seed: int = 0,
         heartbeat_interval: int = 10,
         grace_period: int | None = None,
+        pruner: optuna.pruners.BasePruner | None = None,
         progress: Progress | None = None,
     ) -> None:
         from searchmerge.evaluate import Evaluator
@@ -124,6 +129,7 @@ class MergeSearch:
             study_name=self.study_name,
             storage=storage,
             sampler=sampler,
+            pruner=pruner or optuna.pruners.NopPruner(),
             direction="maximize",
             load_if_exists=True,
         )

@@ -220,3 +220,13 @@ def test_report_prints_best_plan_and_writes_plots(tiny: tuple[Path, str], tmp_pa
     assert (out / "accuracy_vs_memory.png").stat().st_size > 0
     assert main(["report", str(path), "--storage", storage, "--study-name", "nope"]) == 2
     assert "no study named 'nope'" in capsys.readouterr().err
+
+
+def test_default_pruner_leaves_early_exit_to_the_evaluator(tiny: tuple[Path, str]) -> None:
+    path, storage = tiny
+    search = MergeSearch(open_study_file(path, storage=storage), strategy="random", study_name="no-pruner")
+    search.run(6)
+    # Check 0 is before any retraining; a median pruner would stop most plans there.
+    stopped = [t for t in search.optuna_study.trials if t.user_attrs.get("stop_reason") == "pruned"]
+    assert stopped == []
+    assert isinstance(search.optuna_study.pruner, optuna.pruners.NopPruner)

@@ -35,6 +35,10 @@ _ATTR_PREFIX = "searchmerge:"
 _WORKER = f"{socket.gethostname()}:{os.getpid()}"
 
 
+class _SurplusTrial(Exception):
+    """A trial started by one worker too many; it fails without evaluating anything."""
+
+
 def constraint_of(trial: FrozenTrial) -> tuple[float]:
     """The constraint every sampler stores: ``target - worst ratio`` (feasible when <= 0)."""
     return (float(trial.user_attrs.get("constraint", 1.0)),)
@@ -177,6 +181,7 @@ class MergeSearch:
         """Run until the study has ``n_trials`` finished (complete or pruned) trials in total."""
         if n_trials < 1:
             raise SearchmergeError(f"n-trials must be at least 1, got {n_trials}")
+        self._n_trials = n_trials
         while True:
             done = len(self.finished_trials())
             running = len(self.optuna_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
@@ -188,9 +193,10 @@ class MergeSearch:
                 time.sleep(1.0)
                 _fail_stale(self.optuna_study)
                 continue
-            self.optuna_study.optimize(self._objective, n_trials=1, catch=())
+            self.optuna_study.optimize(self._objective, n_trials=1, catch=(_SurplusTrial,))
 
     def _objective(self, trial: optuna.Trial) -> float:
+        self._check_not_surplus(trial, self._n_trials)
         plan = self.space.suggest(trial)
         done = len(self.finished_trials())
         self.say(f"trial {trial.number}: {len(plan)} of {len(self.space.names)} groups,"
@@ -206,6 +212,21 @@ class MergeSearch:
             raise optuna.TrialPruned(f"stopped early: {evaluation.stop_reason}")
         return float(evaluation.saved_bytes)
 
+    def _check_not_surplus(self, trial: optuna.Trial, n_trials: int) -> None:
+        """Give up a trial that workers started at the same moment would take past ``n_trials``.
+
+        Trial numbers are handed out atomically by the storage, so the trials with
+        lower numbers that are finished or still running have the first claim.
+        """
+        ahead = [
+            t
+            for t in self.optuna_study.get_trials(deepcopy=False)
+            if t.number < trial.number and (t.state in FINISHED or t.state == TrialState.RUNNING)
+        ]
+        if len(ahead) >= n_trials:
+            trial.set_user_attr("surplus", True)
+            raise _SurplusTrial(f"{len(ahead)} trials already finished or running for a study of {n_trials}")
+
     def _evaluate(self, plan: SharingPlan, trial: optuna.Trial) -> tuple[Any, str, bool]:
         from searchmerge.evaluate import Evaluation
 
@@ -214,8 +235,9 @@ class MergeSearch:
         )
         record = self.study_file.store.find(key)
         signature = self._identity()
-        if record is not None and record.metadata.get("evaluated_with") == {**signature, "seed": self.seed}:
-            return _evaluation_from_dict(Evaluation, plan, record.metadata["evaluation"]), record.id, True
+        reusable = record is not None and record.metadata["evaluation"]["stop_reason"] != "pruned"
+        if reusable and record.metadata.get("evaluated_with") == {**signature, "seed": self.seed}:  # type: ignore[union-attr]
+            return _evaluation_from_dict(Evaluation, plan, record.metadata["evaluation"]), record.id, True  # type: ignore[union-attr]
 
         def report(check: int, worst_ratio: float) -> bool:
             trial.report(worst_ratio, step=check)

@@ -160,11 +160,12 @@ class MergeSearch:
                     f"study {self.study_name!r} exists in {self.study_file.storage} but was not made by searchmerge;"
                     " choose another --study-name"
                 )
-            for key, value in identity.items():
-                self.optuna_study.set_user_attr(_ATTR_PREFIX + key, value)
             self.optuna_study.set_user_attr(_ATTR_PREFIX + "workload", self.study_file.workload.name)
             self.optuna_study.set_user_attr(_ATTR_PREFIX + "strategy", self.strategy)
             self.optuna_study.set_user_attr(_ATTR_PREFIX + "max_saved_bytes", self.space.max_saved_bytes)
+            # The workload fingerprint goes last: a worker that sees it sees the whole identity.
+            for key, value in sorted(identity.items(), key=lambda item: item[0] == "workload_fingerprint"):
+                self.optuna_study.set_user_attr(_ATTR_PREFIX + key, value)
             return
         for key, value in identity.items():
             if attrs.get(_ATTR_PREFIX + key) != value:

@@ -69,3 +69,18 @@ def _tie_group(models: Mapping[str, nn.Module], group: ShareableGroup, init: Sha
                 module._parameters[tensor_name] = shared  # type: ignore[assignment]
             else:
                 module._buffers[tensor_name] = shared
+
+
+def merged_state(models: Mapping[str, nn.Module]) -> dict[str, torch.Tensor]:
+    """All models' tensors in one flat dict (``model/param``) for the checkpoint store.
+
+    Tied tensors stay the same tensor object, so the store keeps them once.
+    """
+    return {f"{name}/{key}": value for name, model in models.items() for key, value in model.state_dict().items()}
+
+
+def load_merged_state(models: Mapping[str, nn.Module], tensors: Mapping[str, torch.Tensor]) -> None:
+    """Load what :func:`merged_state` saved into merged models built from the same plan."""
+    for name, model in models.items():
+        prefix = f"{name}/"
+        model.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,10 +23,10 @@ from searchmerge.data import CameraCondition, TaskData, make_task_data
 from searchmerge.errors import SearchmergeError
 from searchmerge.settings import StudySettings
 from searchmerge.store import CheckpointKey, CheckpointStore
+from searchmerge.study import Progress
 from searchmerge.train import accuracy, default_device, train_model
 from searchmerge.workload import ModelSpec, Workload
 
-Progress = Callable[[str], None]
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,6 @@ import os
 import socket
 import time
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,9 +26,8 @@ from optuna.trial import FrozenTrial, TrialState
 from searchmerge.errors import SearchmergeError
 from searchmerge.space import GroupInfo, SearchSpace, SharingPlan
 from searchmerge.store import CheckpointKey
-from searchmerge.study import StudyFile
+from searchmerge.study import Progress, StudyFile
 
-Progress = Callable[[str], None]
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 _ATTR_PREFIX = "searchmerge:"
 _WORKER = f"{socket.gethostname()}:{os.getpid()}"
@@ -230,6 +228,7 @@ class MergeSearch:
 
     def _evaluate(self, plan: SharingPlan, trial: optuna.Trial) -> tuple[Any, str, bool]:
         from searchmerge.evaluate import Evaluation
+        from searchmerge.merge import merged_state
 
         key = CheckpointKey(
             self.prepared.workload_fingerprint, plan.plan_hash, self.prepared.data_fingerprint, "merged"
@@ -245,7 +244,7 @@ class MergeSearch:
             return trial.should_prune()
 
         evaluation, merged = self.evaluator.evaluate(plan, seed=self.seed, report=report)
-        tensors = {f"{name}/{k}": v for name, model in merged.items() for k, v in model.state_dict().items()}
+        tensors = merged_state(merged)
         metadata = {"evaluation": evaluation.to_dict(), "evaluated_with": {**signature, "seed": self.seed}}
         checkpoint = self.study_file.store.put(key, tensors, metadata)
         return evaluation, checkpoint, False
@@ -276,15 +275,13 @@ class MergeSearch:
     def export_best(self, directory: str | Path) -> Path:
         """Write the best feasible plan's merged deployment (weights and manifest) to ``directory``."""
         from searchmerge.deployment import export_deployment
-        from searchmerge.merge import merge_models
+        from searchmerge.merge import load_merged_state, merge_models
 
         best = self.best()
         if best is None or best.checkpoint is None:
             raise SearchmergeError(f"study {self.study_name!r} has no feasible plan yet; run more trials")
         merged = merge_models(self.prepared.models, self.evaluator.analysis.groups, best.plan)
-        tensors = self.study_file.store.load(best.checkpoint)
-        for name, model in merged.items():
-            model.load_state_dict({k.split("/", 1)[1]: v for k, v in tensors.items() if k.split("/", 1)[0] == name})
+        load_merged_state(merged, self.study_file.store.load(best.checkpoint))
         metadata = {"study": self.study_name, "trial": best.number, "checkpoint": best.checkpoint}
         return export_deployment(directory, self.prepared.workload, merged, plan=best.plan, metadata=metadata)
 
@@ -360,10 +357,7 @@ def load_search(
 ) -> MergeSearch:
     """Open an existing search for reading (report, export)."""
     name = study_name or default_study_name(study, strategy or "greedy")
-    try:
-        summaries = optuna.get_all_study_summaries(study.storage)
-    except Exception as exc:  # noqa: BLE001
-        raise SearchmergeError(f"cannot open storage {study.storage!r}: {str(exc).splitlines()[0]}") from None
+    summaries = _study_summaries(study.storage)
     found = next((s for s in summaries if s.study_name == name), None)
     if found is None:
         known = ", ".join(s.study_name for s in summaries) or "none"
@@ -372,10 +366,14 @@ def load_search(
     return MergeSearch(study, strategy=strategy, study_name=name, seed=seed)
 
 
+def _study_summaries(storage: str) -> list[optuna.study.StudySummary]:
+    try:
+        return optuna.get_all_study_summaries(storage)
+    except Exception as exc:  # noqa: BLE001 - any failure to open means an unusable URL
+        raise SearchmergeError(f"cannot open storage {storage!r}: {str(exc).splitlines()[0]}") from None
+
+
 def searchmerge_studies(study: StudyFile) -> list[str]:
     """Names of the searchmerge studies of this study file's workload in its storage."""
-    try:
-        summaries = optuna.get_all_study_summaries(study.storage)
-    except Exception as exc:  # noqa: BLE001
-        raise SearchmergeError(f"cannot open storage {study.storage!r}: {str(exc).splitlines()[0]}") from None
+    summaries = _study_summaries(study.storage)
     return [s.study_name for s in summaries if s.user_attrs.get(_ATTR_PREFIX + "workload") == study.workload.name]

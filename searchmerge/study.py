@@ -17,6 +17,7 @@ from searchmerge.space import SharingPlan
 from searchmerge.store import CheckpointKey, CheckpointStore
 from searchmerge.workload import Workload, load_study_file
 
+#: Called with one line per step of long work.
 Progress = Callable[[str], None]
 
 
@@ -68,6 +69,7 @@ def evaluate_plan(
     checkpoint that keeps the merged weights (key: the plan's hash, kind ``merged``).
     """
     from searchmerge.evaluate import Evaluator
+    from searchmerge.merge import merged_state
 
     prepared = prepare_study(study, progress=progress)
     evaluator = Evaluator(prepared, study.settings.evaluator, study.settings.target, progress=progress)
@@ -75,7 +77,6 @@ def evaluate_plan(
     plan = share if isinstance(share, SharingPlan) else SharingPlan.parse(share, names)
     evaluation, merged = evaluator.evaluate(plan.checked(names), seed=seed)
     key = CheckpointKey(prepared.workload_fingerprint, plan.plan_hash, prepared.data_fingerprint, "merged")
-    tensors = {f"{name}/{k}": v for name, model in merged.items() for k, v in model.state_dict().items()}
-    checkpoint = study.store.put(key, tensors, {"evaluation": evaluation.to_dict()})
+    checkpoint = study.store.put(key, merged_state(merged), {"evaluation": evaluation.to_dict()})
     return evaluation, checkpoint
 

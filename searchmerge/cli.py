@@ -141,6 +141,39 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_drift_check(args: argparse.Namespace) -> int:
+    from searchmerge.drift import drift_check
+    from searchmerge.report import format_drift_check
+
+    study = _open_study(args)
+    check = drift_check(study, args.data, study_name=args.study_name, progress=None if args.json else _say)
+    print(json.dumps(check.to_dict(), indent=2) if args.json else format_drift_check(check))
+    return 0
+
+
+def cmd_research(args: argparse.Namespace) -> int:
+    from searchmerge.report import format_search
+    from searchmerge.research import research
+    from searchmerge.study import open_study_file
+
+    if args.n_trials < 1:
+        raise SearchmergeError(f"--n-trials must be at least 1, got {args.n_trials}")
+    parent_file = None
+    storage, blob_dir = args.storage, args.blob_dir
+    if args.parent_study_file:
+        # The re-search lives with its parent: the parent's storage, unless --storage says otherwise.
+        parent_file = open_study_file(args.parent_study_file, storage=storage, blob_dir=blob_dir)
+        storage, blob_dir = parent_file.storage, blob_dir or parent_file.store.blob_dir
+    study = open_study_file(args.study, storage=storage, blob_dir=blob_dir)
+    search = research(
+        study, scenario=args.data, parent_file=parent_file, parent_study=args.from_study, strategy=args.strategy,
+        n_trials=args.n_trials, study_name=args.study_name, seed=args.seed, heartbeat_interval=args.heartbeat,
+        progress=_say,
+    )
+    print(format_search(search, max_rows=10))
+    return 0
+
+
 def cmd_dashboard(args: argparse.Namespace) -> int:
     import optuna_dashboard
 
@@ -248,6 +281,38 @@ def build_parser() -> argparse.ArgumentParser:
         search.add_argument("--heartbeat", type=int, default=10, metavar="SECONDS",
                             help="heartbeat of running trials; a trial silent for twice this is failed and retried")
         search.set_defaults(handler=cmd_search)
+
+    drift = commands.add_parser(
+        "drift-check",
+        help="score the deployed plan's merged models on drifted data (night, moved, rain, ...)",
+        description="Load the best feasible plan of a search and its merged weights, and report per model the"
+        " accuracy before and after a drift scenario, which models now miss their target, and their shared groups.",
+    )
+    _add_study_arguments(drift)
+    drift.add_argument("--data", required=True, metavar="SCENARIO", help="drift scenario: night, moved, rain, or one"
+                       " from the study file's 'drift:' section")
+    drift.add_argument("--study-name", default=None, help="the search that deployed the plan (default: WORKLOAD-greedy)")
+    drift.add_argument("--json", action="store_true", help="print one JSON document")
+    drift.set_defaults(handler=cmd_drift_check)
+
+    research = commands.add_parser(
+        "research",
+        help="re-search incrementally from a deployed plan after a drift or a workload change",
+        description="Start a new study linked to an earlier one: re-validate its deployed plan from the stored merged"
+        " weights, back off from the groups of failing models, then search on. Running it again resumes.",
+    )
+    _add_study_arguments(research)
+    research.add_argument("--data", default=None, metavar="SCENARIO", help="drift scenario to search on")
+    research.add_argument("--from-study", default=None, metavar="NAME",
+                          help="the parent study (default: PARENT_WORKLOAD-greedy)")
+    research.add_argument("--parent-study-file", default=None, metavar="OLD.yaml",
+                          help="the parent's study file, when STUDY.yaml adds or retires a model")
+    research.add_argument("--strategy", choices=STRATEGIES, default="greedy", help="how plans are proposed")
+    research.add_argument("--n-trials", type=int, default=10, help="finished trials the re-search should have in total")
+    research.add_argument("--study-name", default=None, help="the new study (default: PARENT-SCENARIO)")
+    research.add_argument("--seed", type=int, default=0, help="seed of the sampler and the retraining")
+    research.add_argument("--heartbeat", type=int, default=10, metavar="SECONDS", help="heartbeat of running trials")
+    research.set_defaults(handler=cmd_research)
 
     report = commands.add_parser("report", help="best plan, trials and plots of a study file's searches")
     _add_study_arguments(report)

@@ -128,6 +128,14 @@ def format_search(search: Any, *, max_rows: int = 40) -> str:
     bound = search.space.max_saved_bytes
     lines = [f"study {search.study_name!r} ({search.strategy}): {len(history)} finished trials,"
              f" max-sharing saving {megabytes(bound)}"]
+    lineage = search.lineage()
+    if lineage:
+        parts = [f"re-search of {lineage['parent_study']!r}" if "parent_study" in lineage else "search"]
+        if "scenario" in lineage:
+            parts.append(f"on drift scenario {lineage['scenario']!r}")
+        if "parent_checkpoint" in lineage:
+            parts.append(f"from checkpoint {lineage['parent_checkpoint']}")
+        lines.append("lineage: " + " ".join(parts))
     if best is None:
         lines.append("best feasible plan: none yet")
     else:
@@ -145,6 +153,28 @@ def format_search(search: Any, *, max_rows: int = 40) -> str:
     title = "trials" + (f" (last {max_rows})" if len(history) > max_rows else "")
     lines.append(format_table(["trial", "state", "feasible", "groups", "saved", "worst ratio", "seconds"], rows,
                               title=title))
+    return "\n".join(lines)
+
+
+def format_drift_check(check: Any) -> str:
+    """The deployed plan's models before and after a drift, and what the misses implicate."""
+    lines = [f"deployed plan of {check.study_name!r} (trial {check.trial}, {len(check.plan)} shared group(s),"
+             f" saves {megabytes(check.saved_bytes)}) on drift scenario {check.scenario!r}"]
+    rows = [
+        [m.name, f"{m.accuracy_before:.3f}", f"{m.accuracy_after:.3f}", f"{m.baseline:.3f}", f"{m.ratio_before:.3f}",
+         f"{m.ratio_after:.3f}", f"{m.target:.2f}", "MISSES" if m.misses else "ok", len(m.groups)]
+        for m in check.models
+    ]
+    lines.append(format_table(["model", "acc before", "acc after", "baseline", "ratio before", "ratio after",
+                               "target", "now", "shared groups"], rows))
+    if not check.missing:
+        lines.append("every model still meets its target")
+    else:
+        names = ", ".join(m.name for m in check.missing)
+        groups = ", ".join(check.implicated_groups) or "(none: these models share nothing)"
+        lines.append(f"{len(check.missing)} model(s) miss their target: {names}")
+        lines.append(f"shared groups they take part in: {groups}")
+        lines.append(f"re-search: searchmerge research STUDY.yaml --data {check.scenario} --from-study {check.study_name}")
     return "\n".join(lines)
 
 

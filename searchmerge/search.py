@@ -15,6 +15,7 @@ import os
 import socket
 import time
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,21 @@ class TrialSummary:
         )
 
 
+@dataclass(frozen=True)
+class WarmStart:
+    """Where a re-search starts instead of the originals (see :mod:`searchmerge.research`).
+
+    Attributes:
+        parent_study: The earlier study whose deployed plan this search continues.
+        parent_checkpoint: The checkpoint of that plan's merged weights.
+        models: Per model, the module to merge from (the parent's merged weights, unmerged).
+    """
+
+    parent_study: str
+    parent_checkpoint: str
+    models: Mapping[str, Any]
+
+
 class MergeSearch:
     """A resumable search for the best sharing plan of one study file.
 
@@ -94,6 +110,10 @@ class MergeSearch:
             hopeless plans, and a pruner comparing a new plan's first checks (before
             much retraining) with finished plans would stop feasible plans too.
         progress: Called with one line per event of a long run.
+        scenario: A drift scenario (see :mod:`searchmerge.drift`): search on its data,
+            judged against the original baselines. Recorded in the study.
+        warm_start: Retrain from these models instead of the originals, and record the
+            parent study and checkpoint in the study and on every trial.
 
     Example:
         >>> from searchmerge.study import open_study_file
@@ -113,6 +133,8 @@ class MergeSearch:
         grace_period: int | None = None,
         pruner: optuna.pruners.BasePruner | None = None,
         progress: Progress | None = None,
+        scenario: str | None = None,
+        warm_start: WarmStart | None = None,
     ) -> None:
         from searchmerge.evaluate import Evaluator
         from searchmerge.strategies import make_sampler
@@ -122,6 +144,12 @@ class MergeSearch:
         self.seed = seed
         self.say = progress or (lambda _line: None)
         self.prepared = _prepare(study, self.say)
+        self.scenario = scenario
+        self.warm_start = warm_start
+        if scenario is not None:
+            from searchmerge.drift import drifted_workload
+
+            self.prepared = drifted_workload(study, self.prepared, scenario)
         self.evaluator = Evaluator(self.prepared, study.settings.evaluator, study.settings.target, progress=None)
         self.space = SearchSpace([GroupInfo(g.name, g.saved_bytes, g.models) for g in self.evaluator.analysis.groups])
         sampler = make_sampler(strategy, self.space, seed=seed, constraints_func=constraint_of)
@@ -146,6 +174,12 @@ class MergeSearch:
             "space_fingerprint": self.space.fingerprint,
             "target": settings.target,
             "evaluator": dataclasses.asdict(settings.evaluator),
+            **({"scenario": self.scenario} if self.scenario is not None else {}),
+            **(
+                {"parent_study": self.warm_start.parent_study, "parent_checkpoint": self.warm_start.parent_checkpoint}
+                if self.warm_start is not None
+                else {}
+            ),
         }
 
     def _claim_study(self) -> None:
@@ -202,6 +236,8 @@ class MergeSearch:
                  f" {self.space.saved_bytes(plan) / 1e6:.2f} MB to save ({done} finished so far)")
         evaluation, checkpoint, cached = self._evaluate(plan, trial)
         attrs = {**_trial_attributes(evaluation, checkpoint, cached), "worker": _WORKER}
+        if self.warm_start is not None:
+            attrs.update(parent_study=self.warm_start.parent_study, start_checkpoint=self.warm_start.parent_checkpoint)
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
         verdict = "feasible" if evaluation.feasible else "infeasible"
@@ -230,9 +266,9 @@ class MergeSearch:
         from searchmerge.evaluate import Evaluation
         from searchmerge.merge import merged_state
 
-        key = CheckpointKey(
-            self.prepared.workload_fingerprint, plan.plan_hash, self.prepared.data_fingerprint, "merged"
-        )
+        # Weights retrained from a parent's checkpoint are not those retrained from the originals.
+        kind = "merged" if self.warm_start is None else f"merged-from-{self.warm_start.parent_checkpoint}"
+        key = CheckpointKey(self.prepared.workload_fingerprint, plan.plan_hash, self.prepared.data_fingerprint, kind)
         record = self.study_file.store.find(key)
         signature = self._identity()
         reusable = record is not None and record.metadata["evaluation"]["stop_reason"] != "pruned"
@@ -243,13 +279,20 @@ class MergeSearch:
             trial.report(worst_ratio, step=check)
             return trial.should_prune()
 
-        evaluation, merged = self.evaluator.evaluate(plan, seed=self.seed, report=report)
+        start_from = self.warm_start.models if self.warm_start is not None else None
+        evaluation, merged = self.evaluator.evaluate(plan, seed=self.seed, report=report, start_from=start_from)
         tensors = merged_state(merged)
         metadata = {"evaluation": evaluation.to_dict(), "evaluated_with": {**signature, "seed": self.seed}}
         checkpoint = self.study_file.store.put(key, tensors, metadata)
         return evaluation, checkpoint, False
 
     # ----------------------------------------------------------------- reading
+    def lineage(self) -> dict[str, Any]:
+        """Where this study comes from: ``parent_study``, ``scenario``, ``parent_checkpoint`` (those set)."""
+        attrs = self.optuna_study.user_attrs
+        keys = ("parent_study", "scenario", "parent_checkpoint")
+        return {key: attrs[_ATTR_PREFIX + key] for key in keys if _ATTR_PREFIX + key in attrs}
+
     def history(self) -> list[TrialSummary]:
         return [TrialSummary.from_trial(t, self.space, self.strategy) for t in self.finished_trials()]
 
@@ -363,7 +406,8 @@ def load_search(
         known = ", ".join(s.study_name for s in summaries) or "none"
         raise SearchmergeError(f"no study named {name!r} in {study.storage} (studies there: {known})")
     strategy = strategy or str(found.user_attrs.get(_ATTR_PREFIX + "strategy", "greedy"))
-    return MergeSearch(study, strategy=strategy, study_name=name, seed=seed)
+    scenario = found.user_attrs.get(_ATTR_PREFIX + "scenario")  # a search on drifted data reads that data
+    return MergeSearch(study, strategy=strategy, study_name=name, seed=seed, scenario=scenario)
 
 
 def _study_summaries(storage: str) -> list[optuna.study.StudySummary]:

@@ -1,0 +1,356 @@
+"""Drift: the cameras change after deployment. Scenarios, drifted data, and the drift check.
+
+A deployed merge was found feasible on the data the originals were trained on. When a
+camera's picture changes (night, rain, a camera knocked to a new angle) the merged models
+may fall below their targets while the originals would not, or vice versa. This module
+makes that change reproducible and measurable:
+
+* a **drift scenario** is a set of changes to each model's own camera. Offsets add to the
+  camera's value (``rotation_deg``, ``rotation_jitter_deg``, ``shift_px``, ``blur_sigma``,
+  ``noise_std``, ``brightness``) and ``contrast`` multiplies it, so "night" means "this
+  camera, darker and flatter" whatever the camera was;
+* **drifted data** is made from the same real images through the changed cameras, with
+  splits of its own (seeded by the study seed and the scenario name), so it is new footage
+  rather than the training images re-coloured;
+* the **drift check** scores the deployed plan's stored merged weights on the drifted
+  data, without retraining: which models now miss their target, and which shared groups
+  they take part in (the groups a re-search should back off from first).
+
+Baselines stay the originals' validation accuracy on the original data: that is the
+accuracy the application was promised, and a drift is only handled when the merged models
+deliver it again. The incremental re-search lives in :mod:`searchmerge.research`.
+
+Example:
+    >>> from searchmerge.data import CameraCondition
+    >>> night = BUILTIN_SCENARIOS["night"]
+    >>> night.camera_for("gate", CameraCondition(brightness=-0.1, contrast=0.8))  # doctest: +NORMALIZE_WHITESPACE
+    CameraCondition(rotation_deg=0.0, rotation_jitter_deg=0.0, shift_px=0.0, blur_sigma=0.0,
+                    noise_std=0.08, brightness=-0.30000000000000004, contrast=0.48)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from searchmerge.data import CameraCondition, TaskData, make_task_data, shifted
+from searchmerge.errors import SearchmergeError
+from searchmerge.study import Progress, StudyFile
+
+if TYPE_CHECKING:
+    from searchmerge.prepare import PreparedWorkload
+    from searchmerge.search import MergeSearch, TrialSummary
+    from searchmerge.space import SharingPlan
+
+#: The camera field that multiplies; every other field adds.
+MULTIPLIED = frozenset({"contrast"})
+
+
+@dataclass(frozen=True)
+class DriftScenario:
+    """Changes to the cameras of a workload, relative to each model's own camera.
+
+    Attributes:
+        name: The scenario's name (``--data NAME``).
+        changes: Camera changes applied to every model (``{"brightness": -0.2}``).
+        models: Extra changes for some models, applied after ``changes``; with
+            ``only_listed`` the other models keep their cameras.
+        only_listed: Whether only the models in ``models`` drift.
+        description: One line for people.
+    """
+
+    name: str
+    changes: Mapping[str, float] = field(default_factory=dict)
+    models: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    only_listed: bool = False
+    description: str = ""
+
+    def camera_for(self, model: str, camera: CameraCondition) -> CameraCondition:
+        """``camera`` as it looks in this scenario, for ``model``."""
+        if self.only_listed and model not in self.models:
+            return camera
+        return drift_camera(drift_camera(camera, self.changes), self.models.get(model, {}))
+
+    def check_models(self, names: list[str]) -> None:
+        """Refuse per-model changes for models the workload does not have."""
+        unknown = sorted(set(self.models) - set(names))
+        if unknown:
+            raise SearchmergeError(
+                f"drift scenario {self.name!r} names model(s) {', '.join(unknown)} that the workload does not have"
+                f" (models: {', '.join(names)})"
+            )
+
+
+def drift_camera(camera: CameraCondition, changes: Mapping[str, float]) -> CameraCondition:
+    """Apply drift ``changes`` to ``camera``: offsets add, ``contrast`` multiplies.
+
+    Adding keeps a camera's own character (a camera that was already dim gets dimmer
+    at night); multiplying contrast keeps it positive, as a contrast must be.
+    """
+    values = {}
+    for name, change in changes.items():
+        if isinstance(change, bool) or not isinstance(change, (int, float)):
+            raise SearchmergeError(f"drift change {name!r} must be a number, got {change!r}")
+        current = getattr(camera, name, None)
+        values[name] = current * change if name in MULTIPLIED else (current or 0.0) + change
+    return shifted(camera, **values)  # validates names and values (e.g. no negative noise)
+
+
+#: Scenarios every workload has; a study file's ``drift:`` section may add or replace them.
+BUILTIN_SCENARIOS: dict[str, DriftScenario] = {
+    "night": DriftScenario(
+        "night",
+        {"brightness": -0.2, "contrast": 0.6, "noise_std": 0.08},
+        description="every camera at night: darker, flatter, noisier",
+    ),
+    "moved": DriftScenario(
+        "moved",
+        {"rotation_deg": 18.0, "shift_px": 2.0},
+        description="every camera knocked to a new angle: turned 18 degrees, 2 px more shift",
+    ),
+    "rain": DriftScenario(
+        "rain",
+        {"blur_sigma": 1.0, "noise_std": 0.05, "contrast": 0.85},
+        description="rain on every lens: blurred, noisier, a little flatter",
+    ),
+}
+
+
+def scenarios(study: StudyFile) -> dict[str, DriftScenario]:
+    """The built-in scenarios and those of the study file's ``drift:`` section.
+
+    A study file's scenario is either changes for every camera, or has a ``models``
+    mapping of per-model changes (plus optional common ``changes``; with only ``models``
+    given, the other cameras do not drift)::
+
+        drift:
+          dusk: {brightness: -0.1, contrast: 0.8}
+          gate-moved:
+            models: {gate-digit: {rotation_deg: 20, shift_px: 2}}
+    """
+    found = dict(BUILTIN_SCENARIOS)
+    section = study.workload.settings.get("drift") or {}
+    if not isinstance(section, Mapping):
+        raise SearchmergeError(f"study file {str(study.path)!r}: 'drift' must map scenario names to camera changes")
+    for name, entry in section.items():
+        found[str(name)] = _scenario_from_entry(str(name), entry)
+    return found
+
+
+def _scenario_from_entry(name: str, entry: Any) -> DriftScenario:
+    where = f"drift scenario {name!r}"
+    if not isinstance(entry, Mapping):
+        raise SearchmergeError(f"{where} must be a mapping of camera changes, got {entry!r}")
+    description = str(entry.get("description", ""))
+    if "models" not in entry and "changes" not in entry:
+        changes = {k: v for k, v in entry.items() if k != "description"}
+        return DriftScenario(name, _checked_changes(where, changes), description=description)
+    unknown = sorted(set(entry) - {"models", "changes", "description"})
+    if unknown:
+        raise SearchmergeError(f"{where}: unknown key(s) {unknown}; use 'changes' and 'models' (or only camera fields)")
+    models = entry.get("models") or {}
+    if not isinstance(models, Mapping):
+        raise SearchmergeError(f"{where}: 'models' must map model names to camera changes")
+    return DriftScenario(
+        name,
+        _checked_changes(where, entry.get("changes") or {}),
+        {str(m): _checked_changes(f"{where}, model {m!r}", c) for m, c in models.items()},
+        only_listed="changes" not in entry,
+        description=description,
+    )
+
+
+def _checked_changes(where: str, changes: Any) -> dict[str, float]:
+    if not isinstance(changes, Mapping):
+        raise SearchmergeError(f"{where}: camera changes must be a mapping, got {changes!r}")
+    try:
+        drift_camera(CameraCondition(), changes)  # names known, values numbers
+    except SearchmergeError as exc:
+        raise SearchmergeError(f"{where}: {exc}") from None
+    return {str(k): float(v) for k, v in changes.items()}
+
+
+def get_scenario(study: StudyFile, name: str) -> DriftScenario:
+    """The scenario called ``name``, or an error listing the known ones."""
+    known = scenarios(study)
+    if name not in known:
+        raise SearchmergeError(f"unknown drift scenario {name!r}; known scenarios: {', '.join(sorted(known))}")
+    return known[name]
+
+
+def drift_seed(seed: int, scenario: str) -> int:
+    """The seed of a scenario's data: new splits and camera noise, the same in every process."""
+    digest = hashlib.sha256(json.dumps(["drift", seed, scenario]).encode()).digest()
+    return int.from_bytes(digest[:4], "big")
+
+
+def drifted_data(study: StudyFile, scenario: str) -> dict[str, TaskData]:
+    """Each model's task seen through its drifted camera, with the scenario's own splits."""
+    from searchmerge.prepare import model_task
+
+    chosen = get_scenario(study, scenario)
+    chosen.check_models([spec.name for spec in study.workload.models])
+    settings = study.settings
+    seed = drift_seed(settings.seed, chosen.name)
+    data = {}
+    for spec in study.workload.models:
+        task, camera = model_task(spec)
+        try:
+            data[spec.name] = make_task_data(
+                task, chosen.camera_for(spec.name, camera), seed=seed,
+                image_size=settings.image_size, channels=settings.channels,
+            )
+        except SearchmergeError as exc:
+            raise SearchmergeError(f"drift scenario {scenario!r}, model {spec.name!r}: {exc}") from None
+    return data
+
+
+def drifted_workload(study: StudyFile, prepared: PreparedWorkload, scenario: str) -> PreparedWorkload:
+    """``prepared`` with the scenario's data; originals and baselines unchanged.
+
+    The drifted data must fit every model as the original data did (same classes, same
+    image shape), or merged models could not be scored on it.
+    """
+    from searchmerge.prepare import data_fingerprint
+
+    data = drifted_data(study, scenario)
+    for name, original in prepared.data.items():
+        new = data[name]
+        if new.num_classes != original.num_classes or new.input_shape != original.input_shape:
+            raise SearchmergeError(
+                f"drift scenario {scenario!r}: data for model {name!r} has {new.num_classes} classes and images of"
+                f" shape {new.input_shape}, but the model takes {original.num_classes} classes of {original.input_shape}"
+            )
+    return dataclasses.replace(prepared, data=data, data_fingerprint=data_fingerprint(data))
+
+
+# --------------------------------------------------------------------------- drift check
+
+
+@dataclass(frozen=True)
+class ModelDrift:
+    """One deployed merged model, before and after the drift."""
+
+    name: str
+    baseline: float
+    accuracy_before: float
+    accuracy_after: float
+    target: float
+    groups: tuple[str, ...]
+
+    @property
+    def ratio_before(self) -> float:
+        return self.accuracy_before / self.baseline
+
+    @property
+    def ratio_after(self) -> float:
+        return self.accuracy_after / self.baseline
+
+    @property
+    def misses(self) -> bool:
+        """Whether the model misses its target on the drifted data."""
+        return self.ratio_after < self.target
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "baseline": self.baseline, "accuracy_before": self.accuracy_before,
+            "accuracy_after": self.accuracy_after, "ratio_before": self.ratio_before, "ratio_after": self.ratio_after,
+            "target": self.target, "misses": self.misses, "groups": list(self.groups),
+        }
+
+
+@dataclass(frozen=True)
+class DriftCheck:
+    """The deployed plan of a study scored on a drift scenario's data."""
+
+    study_name: str
+    scenario: str
+    trial: int
+    plan: SharingPlan
+    checkpoint: str
+    saved_bytes: int
+    models: tuple[ModelDrift, ...]
+
+    @property
+    def missing(self) -> tuple[ModelDrift, ...]:
+        """The models that miss their target after the drift."""
+        return tuple(m for m in self.models if m.misses)
+
+    @property
+    def implicated_groups(self) -> tuple[str, ...]:
+        """Shared groups that at least one missing model takes part in."""
+        return tuple(sorted({g for m in self.missing for g in m.groups}))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "study": self.study_name, "scenario": self.scenario, "trial": self.trial,
+            "plan": sorted(self.plan.shared), "checkpoint": self.checkpoint, "saved_bytes": self.saved_bytes,
+            "models": [m.to_dict() for m in self.models], "missing": [m.name for m in self.missing],
+            "implicated_groups": list(self.implicated_groups),
+        }
+
+
+def deployed_plan(search: MergeSearch) -> TrialSummary:
+    """The plan a study deployed: its best feasible trial, whose merged weights are stored."""
+    best = search.best()
+    if best is None or best.checkpoint is None:
+        raise SearchmergeError(
+            f"study {search.study_name!r} has no feasible plan to start from; run a full search first"
+            f" (searchmerge search {search.study_file.path} --study-name {search.study_name})"
+        )
+    return best
+
+
+def deployed_models(search: MergeSearch, deployed: TrialSummary) -> dict[str, Any]:
+    """The deployed plan's merged models, with the weights from its checkpoint."""
+    from searchmerge.merge import load_merged_state, merge_models
+
+    merged = merge_models(search.prepared.models, search.evaluator.analysis.groups, deployed.plan)
+    load_merged_state(merged, search.study_file.store.load(deployed.checkpoint))  # type: ignore[arg-type]
+    return merged
+
+
+def drift_check(
+    study: StudyFile, scenario: str, *, study_name: str | None = None, progress: Progress | None = None
+) -> DriftCheck:
+    """Score the deployed plan of a search on a drift scenario's data, without retraining.
+
+    Args:
+        study: The study file whose search deployed a plan.
+        scenario: A scenario name (see :func:`scenarios`).
+        study_name: The search (default: ``WORKLOAD-greedy``, as ``searchmerge search`` names it).
+        progress: Called with one line per step.
+
+    Returns:
+        Per model: accuracy on the data the plan was searched on (before) and on the
+        drifted data (after), the target, whether it misses now, and its shared groups.
+    """
+    from searchmerge.search import load_search
+    from searchmerge.train import accuracy, default_device
+
+    say = progress or (lambda _line: None)
+    get_scenario(study, scenario)  # an unknown scenario fails before any work
+    search = load_search(study, study_name=study_name)
+    deployed = deployed_plan(search)
+    say(f"deployed plan: trial {deployed.number} of {search.study_name!r}, {len(deployed.plan)} shared group(s)")
+    drifted = drifted_workload(study, search.prepared, scenario)
+    merged = deployed_models(search, deployed)
+    device = default_device()
+    target = study.settings.target
+    outcomes = []
+    for name, model in merged.items():
+        model.to(device)
+        before = accuracy(model, search.prepared.data[name].val, device=device)
+        after = accuracy(model, drifted.data[name].val, device=device)
+        model.to("cpu")
+        groups = tuple(g for g in sorted(deployed.plan.shared) if name in search.space.group(g).models)
+        outcomes.append(ModelDrift(name, search.prepared.baselines[name].val_accuracy, before, after, target, groups))
+        say(f"{name}: accuracy {before:.3f} before, {after:.3f} on {scenario!r}")
+    return DriftCheck(
+        search.study_name, scenario, deployed.number, deployed.plan, deployed.checkpoint,  # type: ignore[arg-type]
+        deployed.saved_bytes, tuple(outcomes),
+    )

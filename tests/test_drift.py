@@ -1,0 +1,210 @@
+"""Drift scenarios, the drift check and the incremental re-search, on the tiny digits study."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+
+from searchmerge.cli import main
+from searchmerge.data import CameraCondition
+from searchmerge.drift import (
+    BUILTIN_SCENARIOS,
+    deployed_models,
+    drift_camera,
+    drift_check,
+    drifted_data,
+    scenarios,
+)
+from searchmerge.errors import SearchmergeError
+from searchmerge.prepare import workload_data
+from searchmerge.research import WARM_ATTR, research
+from searchmerge.search import MergeSearch, load_search
+from searchmerge.study import StudyFile, open_study_file
+from searchmerge.train import accuracy
+from tests.conftest import TINY_STUDY
+
+PARENT = "tiny-digits-greedy"
+DRIFT_SECTION = """
+drift:
+  dusk: {brightness: -0.02}
+  b-moved:
+    models: {b: {rotation_deg: 20, shift_px: 1}}
+"""
+#: The tiny study plus a fourth model: a workload change.
+ADDED_MODEL = """
+  - {name: d, factory: "searchmerge.zoo:small_resnet", kwargs: {num_classes: 2, widths: [4, 8, 8], in_channels: 1},
+     task: prime}
+"""
+
+
+@pytest.fixture(scope="module")
+def parent(tmp_path_factory: pytest.TempPathFactory) -> StudyFile:
+    """The tiny study with a finished greedy search (the deployed plan) in a SQLite file."""
+    folder = tmp_path_factory.mktemp("drift")
+    (folder / "tiny.yaml").write_text(TINY_STUDY + DRIFT_SECTION)
+    study = open_study_file(folder / "tiny.yaml", storage=f"sqlite:///{folder / 'tiny.db'}")
+    MergeSearch(study, strategy="greedy").run(4)
+    return study
+
+
+def snapshot(study: StudyFile, name: str) -> tuple[list, list]:
+    """A study's trials and the store's checkpoint records, to show nothing was overwritten."""
+    trials = optuna.load_study(study_name=name, storage=study.storage).trials
+    records = study.store.list()
+    return [(t.number, t.state, t.params, t.user_attrs) for t in trials], [(r.id, r.key, r.blob) for r in records]
+
+
+def test_drift_rule_scenarios_and_bad_definitions(parent: StudyFile) -> None:
+    camera = CameraCondition(brightness=-0.1, contrast=0.8, noise_std=0.05)
+    night = BUILTIN_SCENARIOS["night"].camera_for("a", camera)
+    assert night.brightness == pytest.approx(-0.3) and night.contrast == pytest.approx(0.48)
+    assert night.noise_std == pytest.approx(0.13)
+    known = scenarios(parent)
+    assert {"night", "moved", "rain", "dusk", "b-moved"} <= set(known)
+    moved = known["b-moved"]
+    assert moved.camera_for("a", camera) == camera  # only the listed camera moved
+    assert moved.camera_for("b", camera).rotation_deg == 20.0
+    with pytest.raises(SearchmergeError, match="unknown drift scenario 'fog'; known scenarios: b-moved, dusk, moved"):
+        drifted_data(parent, "fog")
+    with pytest.raises(SearchmergeError, match="unknown camera condition field"):
+        drift_camera(camera, {"exposure": 1.0})
+    with pytest.raises(SearchmergeError, match="must be >= 0"):
+        drift_camera(camera, {"noise_std": -1.0})
+    for bad, message in [("drift: {x: {models: {zz: {shift_px: 1}}}}", "does not have"),
+                         ("drift: {x: {glare: 1}}", "unknown camera condition field"),
+                         ("drift: {x: 3}", "must be a mapping")]:
+        path = parent.path.parent / "bad.yaml"
+        path.write_text(TINY_STUDY + bad)
+        with pytest.raises(SearchmergeError, match=message):
+            drifted_data(open_study_file(path, storage=parent.storage), "x")
+
+
+def test_drifted_data_is_new_deterministic_and_fits(parent: StudyFile) -> None:
+    original = workload_data(parent.workload, parent.settings)
+    night = drifted_data(parent, "night")
+    again = drifted_data(parent, "night")
+    for name, data in night.items():
+        assert data.fingerprint == again[name].fingerprint  # deterministic
+        assert data.fingerprint != original[name].fingerprint
+        assert data.input_shape == original[name].input_shape and data.num_classes == original[name].num_classes
+        # Darker: the mean pixel falls; own splits: the validation labels differ from the original split's.
+        assert data.val.x.mean() < original[name].val.x.mean()
+        assert not torch.equal(data.val.y, original[name].val.y)
+    partial = drifted_data(parent, "b-moved")
+    assert partial["a"].fingerprint != original["a"].fingerprint  # own splits for every camera
+    assert partial["a"].camera == original["a"].camera and partial["b"].camera != original["b"].camera
+
+
+def test_drift_check_equals_a_direct_evaluation(parent: StudyFile, capsys: pytest.CaptureFixture[str]) -> None:
+    check = drift_check(parent, "night")
+    search = load_search(parent, study_name=PARENT)
+    best = search.best()
+    assert best is not None and check.trial == best.number and check.plan == best.plan
+    merged = deployed_models(search, best)
+    night = drifted_data(parent, "night")
+    device = torch.device("cpu")
+    for outcome in check.models:
+        model = merged[outcome.name]
+        assert outcome.accuracy_after == accuracy(model, night[outcome.name].val, device=device)
+        assert outcome.accuracy_before == accuracy(model, search.prepared.data[outcome.name].val, device=device)
+        # Before the drift, the deployed weights score what the search recorded for them.
+        trial = search.optuna_study.trials[best.number]
+        assert outcome.accuracy_before == pytest.approx(trial.user_attrs[f"accuracy:{outcome.name}"], abs=1e-4)
+        assert outcome.misses == (outcome.ratio_after < parent.settings.target)
+        assert set(outcome.groups) == {g for g in best.plan.shared if outcome.name in search.space.group(g).models}
+    assert check.missing, "night should break the tiny deployed plan"
+    assert set(check.implicated_groups) <= best.plan.shared
+
+    assert main(["drift-check", str(parent.path), "--storage", parent.storage, "--data", "night", "--json"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert document["missing"] == [m.name for m in check.missing]
+    assert main(["drift-check", str(parent.path), "--storage", parent.storage, "--data", "fog"]) == 2
+    assert "unknown drift scenario 'fog'" in capsys.readouterr().err
+
+
+def test_research_revalidates_backs_off_records_lineage_and_resumes(
+    parent: StudyFile, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = snapshot(parent, PARENT)
+    deployed = load_search(parent, study_name=PARENT).best()
+    assert deployed is not None
+    search = research(parent, scenario="night", n_trials=3)
+    assert search.study_name == f"{PARENT}-night"
+    attrs = search.optuna_study.user_attrs
+    assert attrs["searchmerge:parent_study"] == PARENT and attrs["searchmerge:scenario"] == "night"
+    assert attrs["searchmerge:parent_checkpoint"] == deployed.checkpoint
+    trials = sorted(search.finished_trials(), key=lambda t: t.number)
+    assert len(trials) == 3
+    first = trials[0]
+    assert search.space.plan_from_params(first.params) == deployed.plan  # re-validated first
+    assert first.user_attrs[WARM_ATTR] == "deployed"
+    assert all(t.user_attrs["parent_study"] == PARENT for t in trials)
+    assert all(t.user_attrs["start_checkpoint"] == deployed.checkpoint for t in trials)
+    if not first.user_attrs["feasible"]:
+        # Backed off: a smaller plan, without some group a failing model took part in.
+        second = search.space.plan_from_params(trials[1].params)
+        failing = {k[6:] for k, v in first.user_attrs.items() if k.startswith("ratio:") and v < 0.9}
+        dropped = deployed.plan.shared - second.shared
+        assert second.shared < deployed.plan.shared and dropped
+        assert all(set(search.space.group(g).models) & failing for g in dropped)
+        assert trials[1].user_attrs[WARM_ATTR] == "backoff"
+
+    # Resume: the same call does nothing more; a larger N continues the same study.
+    assert len(research(parent, scenario="night", n_trials=3).finished_trials()) == 3
+    assert main(["research", str(parent.path), "--storage", parent.storage, "--data", "night",
+                 "--n-trials", "4"]) == 0
+    assert len(load_search(parent, study_name=f"{PARENT}-night").finished_trials()) == 4
+    assert snapshot(parent, PARENT)[0] == before[0]  # the parent's trials are untouched
+    assert set(before[1]) <= set(snapshot(parent, PARENT)[1])  # and so are its checkpoint records
+
+    assert main(["report", str(parent.path), "--storage", parent.storage, "--study-name", f"{PARENT}-night",
+                 "--out", str(parent.path.parent / "report")]) == 0
+    assert f"lineage: re-search of '{PARENT}' on drift scenario 'night'" in capsys.readouterr().out
+
+
+def test_adding_a_model_starts_from_the_parent(parent: StudyFile) -> None:
+    before = snapshot(parent, PARENT)
+    path = parent.path.parent / "tiny4.yaml"
+    path.write_text(TINY_STUDY.replace("name: tiny-digits", "name: tiny4") + ADDED_MODEL)
+    study = open_study_file(path, storage=parent.storage)
+    search = research(study, parent_file=parent, n_trials=1)
+    assert search.study_name == f"tiny4-from-{PARENT}"
+    deployed = load_search(parent, study_name=PARENT).best()
+    assert deployed is not None
+    tensors = parent.store.load(deployed.checkpoint)  # type: ignore[arg-type]
+    start = search.warm_start.models  # type: ignore[union-attr]
+    for key, value in start["a"].state_dict().items():
+        assert torch.equal(value, tensors[f"a/{key}"])  # old models: the deployed merged weights
+    for key, value in start["d"].state_dict().items():
+        assert torch.equal(value, search.prepared.models["d"].state_dict()[key])  # the new one: its original
+    first = search.finished_trials()[0]
+    plan = search.space.plan_from_params(first.params)
+    assert plan.shared == {g for g in deployed.plan.shared if g in search.space}
+    assert snapshot(parent, PARENT)[0] == before[0]
+
+
+def test_bad_input_is_refused_and_overwrites_nothing(parent: StudyFile, capsys: pytest.CaptureFixture[str]) -> None:
+    before = snapshot(parent, PARENT)
+    MergeSearch(parent, strategy="random", study_name="empty")  # a study without a feasible plan
+    with pytest.raises(SearchmergeError, match="no feasible plan to start from; run a full search"):
+        research(parent, scenario="night", parent_study="empty", n_trials=1)
+    with pytest.raises(SearchmergeError, match="no feasible plan"):
+        drift_check(parent, "night", study_name="empty")
+    with pytest.raises(SearchmergeError, match="nothing changed"):
+        research(parent, n_trials=1)
+    with pytest.raises(SearchmergeError, match="no study named 'nope'"):
+        research(parent, scenario="night", parent_study="nope", n_trials=1)
+    changed = parent.path.parent / "changed.yaml"  # model b now has ten classes: the parent's weights do not fit
+    changed.write_text(TINY_STUDY.replace("name: tiny-digits", "name: changed").replace(
+        "num_classes: 2, widths: [4, 8, 8], in_channels: 1},\n     task: parity",
+        "num_classes: 10, widths: [4, 8, 8], in_channels: 1},\n     task: digit"))
+    with pytest.raises(SearchmergeError, match="model 'b' does not fit the parent's merged weights"):
+        research(open_study_file(changed, storage=parent.storage), parent_file=parent, n_trials=1)
+    assert main(["research", str(parent.path), "--storage", parent.storage, "--data", "fog"]) == 2
+    assert "searchmerge: error: unknown drift scenario" in capsys.readouterr().err
+    after = snapshot(parent, PARENT)
+    assert after[0] == before[0] and set(before[1]) <= set(after[1])  # nothing changed or removed

@@ -1,0 +1,168 @@
+"""Incremental re-search against a search from scratch, after drift and after adding a model.
+
+Run by hand from the repository root (slow: tens of retrainings of the digits workload):
+
+    python benchmarks/bench_drift.py --storage sqlite:///bench-drift.db --n-trials 10
+
+What it does, with one strategy and the study's own evaluator throughout:
+
+1. the parent: a search of ``--study`` (default ``studies/digits-edge.yaml``) to
+   ``--parent-trials`` finished trials, study ``WORKLOAD-STRATEGY`` (reused and resumed
+   if the storage has it); its best feasible plan is the deployed plan;
+2. for each drift scenario (default ``night`` and ``moved``):
+   * incremental: ``research(study, scenario=...)``, retraining from the deployed plan's
+     merged weights, re-validating it first, backing off, then searching on;
+   * scratch: a search on the same drifted data, no warm start, merged from the originals;
+3. a workload change: ``--added-study`` (default ``studies/digits-edge-5.yaml``, the same
+   models plus one) re-searched from the parent, against a full search of all its models.
+
+For every search it prints the retraining time until its first feasible plan (the sum of
+the evaluations' measured retraining seconds, trial by trial, up to and including the
+first feasible one), the trials that took, and the best bytes saved within N trials. The
+benchmark's studies are named ``bench-...``; an existing one of the same name is deleted
+first, so every run measures afresh (evaluations already in the checkpoint store are
+answered from it, but the times reported are those they took when measured).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+
+from searchmerge.report import format_table, megabytes
+from searchmerge.research import research
+from searchmerge.search import MergeSearch, load_search
+from searchmerge.study import open_study_file
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one search spent to its first feasible plan, and the best it found."""
+
+    name: str
+    trials: int
+    first_feasible_trial: int | None
+    seconds_to_feasible: float | None
+    total_seconds: float
+    best_saved: int
+    wall_seconds: float
+
+
+def outcome(search: MergeSearch, wall_seconds: float) -> Outcome:
+    """Retraining seconds to the first feasible trial (in trial order) and the best saving."""
+    spent, first, to_feasible = 0.0, None, None
+    trials = sorted(search.finished_trials(), key=lambda t: t.number)
+    for position, trial in enumerate(trials, start=1):
+        spent += float(trial.user_attrs.get("cost_seconds", 0.0))
+        if first is None and trial.user_attrs.get("feasible"):
+            first, to_feasible = position, spent
+    best = search.best()
+    return Outcome(search.study_name, len(trials), first, to_feasible, spent,
+                   best.saved_bytes if best else 0, wall_seconds)
+
+
+def fresh(storage: str, name: str) -> str:
+    """Delete a benchmark study left by an earlier run, so it is measured again."""
+    try:
+        optuna.delete_study(study_name=name, storage=storage)
+    except KeyError:
+        pass
+    return name
+
+
+def timed(run) -> tuple[MergeSearch, float]:  # type: ignore[no-untyped-def]
+    start = time.perf_counter()
+    search = run()
+    return search, time.perf_counter() - start
+
+
+def compare(label: str, incremental: Outcome, scratch: Outcome) -> list[str]:
+    """The comparison line: speed-up to the first feasible plan and share of scratch's best saving."""
+    if incremental.seconds_to_feasible is None:
+        speedup = "incremental found no feasible plan"
+    elif scratch.seconds_to_feasible is None:
+        speedup = "scratch found no feasible plan"
+    else:
+        speedup = f"{scratch.seconds_to_feasible / max(incremental.seconds_to_feasible, 1e-9):.1f}x less retraining"
+    share = f"{100 * incremental.best_saved / scratch.best_saved:.0f}%" if scratch.best_saved else "n/a"
+    return [label, speedup, share]
+
+
+def rows(outcomes: list[Outcome]) -> list[list[object]]:
+    return [
+        [o.name, o.trials, o.first_feasible_trial or "-",
+         "-" if o.seconds_to_feasible is None else f"{o.seconds_to_feasible:.1f}", f"{o.total_seconds:.1f}",
+         megabytes(o.best_saved), f"{o.wall_seconds:.0f}"]
+        for o in outcomes
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--study", default=str(ROOT / "studies" / "digits-edge.yaml"))
+    parser.add_argument("--added-study", default=str(ROOT / "studies" / "digits-edge-5.yaml"),
+                        help="the study with one model more (empty: skip the workload change)")
+    parser.add_argument("--storage", default="sqlite:///bench-drift.db")
+    parser.add_argument("--blob-dir", default=None)
+    parser.add_argument("--scenarios", default="night,moved")
+    parser.add_argument("--strategy", default="greedy")
+    parser.add_argument("--parent-trials", type=int, default=10)
+    parser.add_argument("--n-trials", type=int, default=10, help="trials of every compared search")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    say = print
+
+    study = open_study_file(args.study, storage=args.storage, blob_dir=args.blob_dir)
+    parent, wall = timed(lambda: _run(MergeSearch(study, strategy=args.strategy, seed=args.seed, progress=say),
+                                      args.parent_trials))
+    print(f"parent {parent.study_name!r}: best saves {megabytes(parent.best().saved_bytes if parent.best() else 0)}")
+
+    outcomes: list[Outcome] = [outcome(load_search(study, study_name=parent.study_name), wall)]
+    comparisons: list[list[str]] = []
+    for scenario in [s for s in args.scenarios.split(",") if s]:
+        name = fresh(args.storage, f"bench-{scenario}-incremental")
+        incremental = outcome(*timed(lambda: research(
+            study, scenario=scenario, parent_study=parent.study_name, strategy=args.strategy,
+            n_trials=args.n_trials, study_name=name, seed=args.seed, progress=say)))
+        name = fresh(args.storage, f"bench-{scenario}-scratch")
+        scratch = outcome(*timed(lambda: _run(MergeSearch(
+            study, strategy=args.strategy, study_name=name, seed=args.seed, scenario=scenario, progress=say),
+            args.n_trials)))
+        outcomes += [incremental, scratch]
+        comparisons.append(compare(f"drift {scenario}", incremental, scratch))
+
+    if args.added_study:
+        added = open_study_file(args.added_study, storage=args.storage, blob_dir=args.blob_dir)
+        name = fresh(args.storage, f"bench-{added.workload.name}-incremental")
+        incremental = outcome(*timed(lambda: research(
+            added, parent_file=study, parent_study=parent.study_name, strategy=args.strategy,
+            n_trials=args.n_trials, study_name=name, seed=args.seed, progress=say)))
+        name = fresh(args.storage, f"bench-{added.workload.name}-full")
+        full = outcome(*timed(lambda: _run(MergeSearch(
+            added, strategy=args.strategy, study_name=name, seed=args.seed, progress=say), args.n_trials)))
+        outcomes += [incremental, full]
+        comparisons.append(compare(f"added model ({added.workload.name})", incremental, full))
+
+    print()
+    print(format_table(["search", "trials", "first feasible at", "retrain s to feasible", "retrain s total",
+                        "best saved", "wall s"], rows(outcomes),
+                       title=f"strategy {args.strategy}, {args.n_trials} trials per compared search"))
+    print()
+    print(format_table(["change", "incremental vs scratch: to first feasible", "best saved, % of scratch's"],
+                       comparisons))
+
+
+def _run(search: MergeSearch, n_trials: int) -> MergeSearch:
+    search.run(n_trials)
+    return search
+
+
+if __name__ == "__main__":
+    main()

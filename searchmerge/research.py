@@ -34,6 +34,7 @@ from searchmerge.drift import deployed_plan, get_scenario
 from searchmerge.errors import SearchmergeError
 from searchmerge.search import MergeSearch, WarmStart, load_search
 from searchmerge.space import SearchSpace, SharingPlan
+from searchmerge.strategies import PlanRecord
 from searchmerge.study import Progress, StudyFile
 
 #: Trial user attribute marking the re-search's own first trials: ``deployed`` or ``backoff``.
@@ -105,8 +106,9 @@ def research(
     name = study_name or default_research_name(parent.study_name, study, parent_file, scenario)
     if name == parent.study_name and study.storage == parent_file.storage:
         raise SearchmergeError(f"the re-search needs a study name of its own, not the parent's {name!r}")
+    options = {"prior": prior_records(parent, study)} if strategy == "surrogate" else {}
     search = MergeSearch(study, strategy=strategy, study_name=name, seed=seed, heartbeat_interval=heartbeat_interval,
-                         progress=say, scenario=scenario, warm_start=warm)
+                         progress=say, scenario=scenario, warm_start=warm, sampler_options=options)
     start = mapped_plan(deployed.plan, search.space)
     dropped = sorted(deployed.plan.shared - start.shared)
     if dropped:
@@ -149,6 +151,24 @@ def mapped_plan(plan: SharingPlan, space: SearchSpace) -> SharingPlan:
     model (the back-off drops it if that fails); a group that no longer exists is dropped.
     """
     return SharingPlan.of(name for name in space.names if name in plan.shared)
+
+
+def prior_records(parent: MergeSearch, study: StudyFile) -> list[PlanRecord]:
+    """The parent's outcomes in the new workload's groups, as prior data for a surrogate.
+
+    They were measured before the change, so the surrogate weighs them less than its own
+    trials; they still tell it which groups were hard to share.
+    """
+    from searchmerge.analysis import analyze
+
+    if study.workload.name == parent.study_file.workload.name:
+        space = parent.space
+    else:
+        space = SearchSpace.from_groups(analyze(study.workload).groups)
+    return [
+        PlanRecord(plan=(plan := mapped_plan(t.plan, space)), feasible=t.feasible, saved_bytes=space.saved_bytes(plan))
+        for t in parent.history()
+    ]
 
 
 def failing_models(trial: FrozenTrial, target: float) -> list[str]:

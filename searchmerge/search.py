@@ -114,6 +114,8 @@ class MergeSearch:
             judged against the original baselines. Recorded in the study.
         warm_start: Retrain from these models instead of the originals, and record the
             parent study and checkpoint in the study and on every trial.
+        sampler_options: The strategy's own options (see
+            :func:`~searchmerge.strategies.strategy_options`), e.g. a surrogate's ``prior``.
 
     Example:
         >>> from searchmerge.study import open_study_file
@@ -135,6 +137,7 @@ class MergeSearch:
         progress: Progress | None = None,
         scenario: str | None = None,
         warm_start: WarmStart | None = None,
+        sampler_options: Mapping[str, Any] | None = None,
     ) -> None:
         from searchmerge.evaluate import Evaluator
         from searchmerge.strategies import make_sampler
@@ -152,7 +155,7 @@ class MergeSearch:
             self.prepared = drifted_workload(study, self.prepared, scenario)
         self.evaluator = Evaluator(self.prepared, study.settings.evaluator, study.settings.target, progress=None)
         self.space = SearchSpace([GroupInfo(g.name, g.saved_bytes, g.models) for g in self.evaluator.analysis.groups])
-        sampler = make_sampler(strategy, self.space, seed=seed, constraints_func=constraint_of)
+        sampler = make_sampler(strategy, self.space, seed=seed, constraints_func=constraint_of, **(sampler_options or {}))
         storage = _open_storage(study.storage, heartbeat_interval, grace_period)
         self.study_name = study_name or default_study_name(study, strategy)
         self.optuna_study = optuna.create_study(

@@ -208,3 +208,12 @@ def test_bad_input_is_refused_and_overwrites_nothing(parent: StudyFile, capsys: 
     assert "searchmerge: error: unknown drift scenario" in capsys.readouterr().err
     after = snapshot(parent, PARENT)
     assert after[0] == before[0] and set(before[1]) <= set(after[1])  # nothing changed or removed
+
+
+def test_a_surrogate_research_learns_from_the_parent_outcomes(parent: StudyFile) -> None:
+    search = research(parent, scenario="dusk", strategy="surrogate", n_trials=2, study_name="dusk-surrogate")
+    parent_history = load_search(parent, study_name=PARENT).history()
+    prior = search.optuna_study.sampler._prior  # type: ignore[attr-defined]
+    assert [(r.plan, r.feasible) for r in prior] == [(t.plan, t.feasible) for t in parent_history]
+    assert search.lineage()["scenario"] == "dusk"
+    assert len(search.finished_trials()) == 2

@@ -422,3 +422,19 @@ def test_feasibility_surrogate_one_class_predicts_the_smoothed_rate(feasible: bo
     assert surrogate.estimator_ is None
     expected = 4 / 5 if feasible else 1 / 5
     assert np.allclose(surrogate.predict_proba([[0, 0], [1, 1]])[:, 1], expected)
+
+
+def test_surrogate_prior_records_inform_the_classifier_but_are_not_tried() -> None:
+    from searchmerge.strategies import PlanRecord, SurrogateSampler
+
+    space = SearchSpace([GroupInfo(name=f"g{i}", saved_bytes=10 + i) for i in range(4)])
+    bad, good = SharingPlan.of(["g3"]), SharingPlan.of(["g0", "g1"])
+    prior = [PlanRecord(bad, False, 13), PlanRecord(SharingPlan.of(["g3", "g0"]), False, 23), PlanRecord(good, True, 21)]
+    sampler = SurrogateSampler(space=space, seed=0, n_startup=0, prior=prior)
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    proba = sampler.surrogate(study).predict_proba([[0, 0, 0, 1], [1, 1, 0, 0]])[:, 1]
+    without = SurrogateSampler(space=space, seed=0, n_startup=0).surrogate(study).predict_proba([[0, 0, 0, 1]])[0, 1]
+    assert proba[0] < proba[1] and proba[0] < without  # g3 looks risky only thanks to the prior
+    assert sampler.history(study) == []  # prior outcomes are not trials of this study
+    with pytest.raises(SearchmergeError, match="do not exist"):
+        SurrogateSampler(space=space, prior=[PlanRecord(SharingPlan.of(["zz"]), True, 1)])

@@ -154,6 +154,10 @@ class SurrogateSampler(PlanSampler):
         n_candidates: Random candidate masks per proposal (more are added around the best plan).
         estimator: A scikit-learn classifier with ``predict_proba``, cloned and fitted for
             each proposal; default ``FeasibilitySurrogate()``.
+        prior: Outcomes known from elsewhere, e.g. an earlier study of the same groups
+            before a drift: the surrogate learns from them too, with ``prior_weight``
+            each (evaluated plans weigh 1), but they count as neither tried nor failed.
+        prior_weight: Sample weight of each prior record.
         seed: Seed of candidates, exploration and the estimator.
         constraints_func: See :class:`~searchmerge.strategies.PlanSampler`.
 
@@ -179,6 +183,8 @@ class SurrogateSampler(PlanSampler):
         explore: float = 0.2,
         n_candidates: int = 256,
         estimator: Any = None,
+        prior: Sequence[PlanRecord] = (),
+        prior_weight: float = 0.5,
         seed: int | None = None,
         constraints_func: ConstraintsFunc | None = None,
     ) -> None:
@@ -195,7 +201,13 @@ class SurrogateSampler(PlanSampler):
         self._confidence = confidence
         self._explore = explore
         self._n_candidates = n_candidates
+        if not 0.0 < prior_weight <= 1.0:
+            raise ValueError(f"prior_weight must be in (0, 1], not {prior_weight!r}")
         self._estimator = estimator if estimator is not None else FeasibilitySurrogate()
+        self._prior = tuple(prior)
+        self._prior_weight = prior_weight
+        for record in self._prior:
+            record.plan.checked(space.names)
         self._greedy = GreedySampler(space=space, seed=self._seed)
         self._order = [g.name for g in sorted(space.groups, key=lambda g: (-g.saved_bytes, g.name))]
         self._bytes = np.array([group.saved_bytes for group in space.groups], dtype=np.float64)
@@ -243,12 +255,15 @@ class SurrogateSampler(PlanSampler):
         return np.zeros(len(candidates))
 
     def _fit(self, rng: np.random.Generator, records: Sequence[PlanRecord]) -> Any:
-        plans = [SharingPlan.of(())] + [record.plan for record in records]
-        y = np.array([True] + [record.feasible for record in records])
+        plans = [SharingPlan.of(())] + [record.plan for record in [*records, *self._prior]]
+        y = np.array([True] + [record.feasible for record in [*records, *self._prior]])
         model = clone(self._estimator)
         if "random_state" in model.get_params():
             model.set_params(random_state=int(rng.integers(2**31 - 1)))
-        return model.fit(self._masks(plans), y)
+        if not self._prior:
+            return model.fit(self._masks(plans), y)
+        weights = np.array([1.0] * (1 + len(records)) + [self._prior_weight] * len(self._prior))
+        return model.fit(self._masks(plans), y, sample_weight=weights)
 
     def _masks(self, plans: Sequence[SharingPlan]) -> np.ndarray:
         names = self._space.names

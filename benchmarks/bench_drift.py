@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,8 +36,8 @@ import optuna
 
 from searchmerge.report import format_table, megabytes
 from searchmerge.research import research
-from searchmerge.search import MergeSearch, load_search
-from searchmerge.study import open_study_file
+from searchmerge.search import MergeSearch
+from searchmerge.study import StudyFile, open_study_file
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -67,19 +68,20 @@ def outcome(search: MergeSearch, wall_seconds: float) -> Outcome:
                    best.saved_bytes if best else 0, wall_seconds)
 
 
-def fresh(storage: str, name: str) -> str:
+def fresh(storage: str, name: str) -> None:
     """Delete a benchmark study left by an earlier run, so it is measured again."""
     try:
         optuna.delete_study(study_name=name, storage=storage)
     except KeyError:
         pass
-    return name
 
 
-def timed(run) -> tuple[MergeSearch, float]:  # type: ignore[no-untyped-def]
+def measure(storage: str, name: str, run: Callable[[str], MergeSearch]) -> Outcome:
+    """Run ``run(name)`` on a fresh study ``name`` and measure it."""
+    fresh(storage, name)
     start = time.perf_counter()
-    search = run()
-    return search, time.perf_counter() - start
+    search = run(name)
+    return outcome(search, time.perf_counter() - start)
 
 
 def compare(label: str, incremental: Outcome, scratch: Outcome) -> list[str]:
@@ -120,33 +122,32 @@ def main() -> None:
     say = print
 
     study = open_study_file(args.study, storage=args.storage, blob_dir=args.blob_dir)
-    parent, wall = timed(lambda: _run(MergeSearch(study, strategy=args.strategy, seed=args.seed, progress=say),
-                                      args.parent_trials))
-    print(f"parent {parent.study_name!r}: best saves {megabytes(parent.best().saved_bytes if parent.best() else 0)}")
-
-    outcomes: list[Outcome] = [outcome(load_search(study, study_name=parent.study_name), wall)]
+    start = time.perf_counter()
+    parent = MergeSearch(study, strategy=args.strategy, seed=args.seed, progress=say)
+    parent.run(args.parent_trials)  # resumed, not measured afresh: it is the given deployment
+    outcomes: list[Outcome] = [outcome(parent, time.perf_counter() - start)]
     comparisons: list[list[str]] = []
+    common = {"strategy": args.strategy, "seed": args.seed, "progress": say}
+
+    def searched(target: StudyFile, name: str, scenario: str | None = None) -> MergeSearch:
+        search = MergeSearch(target, study_name=name, scenario=scenario, **common)  # type: ignore[arg-type]
+        search.run(args.n_trials)
+        return search
+
     for scenario in [s for s in args.scenarios.split(",") if s]:
-        name = fresh(args.storage, f"bench-{scenario}-incremental")
-        incremental = outcome(*timed(lambda: research(
-            study, scenario=scenario, parent_study=parent.study_name, strategy=args.strategy,
-            n_trials=args.n_trials, study_name=name, seed=args.seed, progress=say)))
-        name = fresh(args.storage, f"bench-{scenario}-scratch")
-        scratch = outcome(*timed(lambda: _run(MergeSearch(
-            study, strategy=args.strategy, study_name=name, seed=args.seed, scenario=scenario, progress=say),
-            args.n_trials)))
+        incremental = measure(args.storage, f"bench-{scenario}-incremental", lambda name: research(
+            study, scenario=scenario, parent_study=parent.study_name, n_trials=args.n_trials, study_name=name,
+            **common))  # type: ignore[arg-type]
+        scratch = measure(args.storage, f"bench-{scenario}-scratch", lambda name: searched(study, name, scenario))
         outcomes += [incremental, scratch]
         comparisons.append(compare(f"drift {scenario}", incremental, scratch))
 
     if args.added_study:
         added = open_study_file(args.added_study, storage=args.storage, blob_dir=args.blob_dir)
-        name = fresh(args.storage, f"bench-{added.workload.name}-incremental")
-        incremental = outcome(*timed(lambda: research(
-            added, parent_file=study, parent_study=parent.study_name, strategy=args.strategy,
-            n_trials=args.n_trials, study_name=name, seed=args.seed, progress=say)))
-        name = fresh(args.storage, f"bench-{added.workload.name}-full")
-        full = outcome(*timed(lambda: _run(MergeSearch(
-            added, strategy=args.strategy, study_name=name, seed=args.seed, progress=say), args.n_trials)))
+        incremental = measure(args.storage, f"bench-{added.workload.name}-incremental", lambda name: research(
+            added, parent_file=study, parent_study=parent.study_name, n_trials=args.n_trials, study_name=name,
+            **common))  # type: ignore[arg-type]
+        full = measure(args.storage, f"bench-{added.workload.name}-full", lambda name: searched(added, name))
         outcomes += [incremental, full]
         comparisons.append(compare(f"added model ({added.workload.name})", incremental, full))
 
@@ -157,11 +158,6 @@ def main() -> None:
     print()
     print(format_table(["change", "incremental vs scratch: to first feasible", "best saved, % of scratch's"],
                        comparisons))
-
-
-def _run(search: MergeSearch, n_trials: int) -> MergeSearch:
-    search.run(n_trials)
-    return search
 
 
 if __name__ == "__main__":

@@ -198,6 +198,18 @@ def _add_study_arguments(parser: argparse.ArgumentParser) -> None:
                         help="folder for checkpoint files (default: next to a SQLite file; required otherwise)")
 
 
+def _add_run_arguments(parser: argparse.ArgumentParser, *, n_trials: int, study_name: str) -> None:
+    """The flags of every command that runs a study: strategy, trials, name, seed, heartbeat."""
+    from searchmerge.strategies import STRATEGIES
+
+    parser.add_argument("--strategy", choices=STRATEGIES, default="greedy", help="how plans are proposed")
+    parser.add_argument("--n-trials", type=int, default=n_trials, help="finished trials the study should have in total")
+    parser.add_argument("--study-name", default=None, help=study_name)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the sampler and the retraining")
+    parser.add_argument("--heartbeat", type=int, default=10, metavar="SECONDS",
+                        help="heartbeat of running trials; a trial silent for twice this is failed and retried")
+
+
 def _target(text: str) -> float:
     try:
         value = float(text)
@@ -261,8 +273,6 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", action="store_true", help="print one JSON document")
     evaluate.set_defaults(handler=cmd_evaluate)
 
-    from searchmerge.strategies import STRATEGIES
-
     for command, text in (
         ("search", "search for the sharing plan that saves the most memory while every model keeps its target"),
         ("worker", "the same as 'search': run one more worker on a shared (PostgreSQL) study"),
@@ -274,12 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
             " has N finished (complete or pruned) trials in total.",
         )
         _add_study_arguments(search)
-        search.add_argument("--strategy", choices=STRATEGIES, default="greedy", help="how plans are proposed")
-        search.add_argument("--n-trials", type=int, default=20, help="finished trials the study should have in total")
-        search.add_argument("--study-name", default=None, help="default: WORKLOAD-STRATEGY")
-        search.add_argument("--seed", type=int, default=0, help="seed of the sampler and the retraining")
-        search.add_argument("--heartbeat", type=int, default=10, metavar="SECONDS",
-                            help="heartbeat of running trials; a trial silent for twice this is failed and retried")
+        _add_run_arguments(search, n_trials=20, study_name="default: WORKLOAD-STRATEGY")
         search.set_defaults(handler=cmd_search)
 
     drift = commands.add_parser(
@@ -307,11 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="the parent study (default: PARENT_WORKLOAD-greedy)")
     research.add_argument("--parent-study-file", default=None, metavar="OLD.yaml",
                           help="the parent's study file, when STUDY.yaml adds or retires a model")
-    research.add_argument("--strategy", choices=STRATEGIES, default="greedy", help="how plans are proposed")
-    research.add_argument("--n-trials", type=int, default=10, help="finished trials the re-search should have in total")
-    research.add_argument("--study-name", default=None, help="the new study (default: PARENT-SCENARIO)")
-    research.add_argument("--seed", type=int, default=0, help="seed of the sampler and the retraining")
-    research.add_argument("--heartbeat", type=int, default=10, metavar="SECONDS", help="heartbeat of running trials")
+    _add_run_arguments(research, n_trials=10, study_name="the new study (default: PARENT-SCENARIO)")
     research.set_defaults(handler=cmd_research)
 
     report = commands.add_parser("report", help="best plan, trials and plots of a study file's searches")

@@ -17,6 +17,7 @@ import time
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,8 @@ from searchmerge.study import Progress, StudyFile
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 _ATTR_PREFIX = "searchmerge:"
 _WORKER = f"{socket.gethostname()}:{os.getpid()}"
+#: A RUNNING trial without parameters and without a heartbeat is abandoned after this long.
+_ABANDONED_AFTER_S = 60.0
 
 
 class _SurplusTrial(Exception):
@@ -156,7 +159,8 @@ class MergeSearch:
         self.evaluator = Evaluator(self.prepared, study.settings.evaluator, study.settings.target, progress=None)
         self.space = SearchSpace([GroupInfo(g.name, g.saved_bytes, g.models) for g in self.evaluator.analysis.groups])
         sampler = make_sampler(strategy, self.space, seed=seed, constraints_func=constraint_of, **(sampler_options or {}))
-        storage = _open_storage(study.storage, heartbeat_interval, grace_period)
+        self._grace_period = grace_period or 2 * heartbeat_interval
+        storage = _open_storage(study.storage, heartbeat_interval, self._grace_period)
         self.study_name = study_name or default_study_name(study, strategy)
         self.optuna_study = optuna.create_study(
             study_name=self.study_name,
@@ -219,6 +223,7 @@ class MergeSearch:
             raise SearchmergeError(f"n-trials must be at least 1, got {n_trials}")
         self._n_trials = n_trials
         while True:
+            _fail_abandoned(self.optuna_study, self._grace_period)
             done = len(self.finished_trials())
             running = len(self.optuna_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
             if done >= n_trials:
@@ -227,11 +232,13 @@ class MergeSearch:
             if done + running >= n_trials and running:
                 # Other workers hold the remaining trials: wait for them rather than overshoot.
                 time.sleep(1.0)
-                _fail_stale(self.optuna_study)
                 continue
             self.optuna_study.optimize(self._objective, n_trials=1, catch=(_SurplusTrial,))
 
     def _objective(self, trial: optuna.Trial) -> float:
+        # Optuna's heartbeat thread writes its first beat asynchronously; one written here,
+        # before the plan is chosen, means a trial killed from now on is always found stale.
+        self.optuna_study._storage.record_heartbeat(trial._trial_id)  # type: ignore[attr-defined]
         self._check_not_surplus(trial, self._n_trials)
         plan = self.space.suggest(trial)
         done = len(self.finished_trials())
@@ -338,7 +345,7 @@ def _prepare(study: StudyFile, say: Progress) -> Any:
     return prepare_study(study, progress=say)
 
 
-def _open_storage(url: str, heartbeat_interval: int, grace_period: int | None) -> RDBStorage:
+def _open_storage(url: str, heartbeat_interval: int, grace_period: int) -> RDBStorage:
     """An RDB storage with heartbeats: stale RUNNING trials are failed and their plans retried."""
     try:
         with warnings.catch_warnings():
@@ -346,7 +353,7 @@ def _open_storage(url: str, heartbeat_interval: int, grace_period: int | None) -
             return RDBStorage(
                 url,
                 heartbeat_interval=heartbeat_interval,
-                grace_period=grace_period or 2 * heartbeat_interval,
+                grace_period=grace_period,
                 heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3),
             )
     except Exception as exc:  # noqa: BLE001 - any failure to open means an unusable URL
@@ -356,7 +363,34 @@ def _open_storage(url: str, heartbeat_interval: int, grace_period: int | None) -
 def _fail_stale(study: optuna.Study) -> None:
     from optuna.storages import fail_stale_trials
 
-    fail_stale_trials(study)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        fail_stale_trials(study)
+
+
+def _fail_abandoned(study: optuna.Study, grace_period: float) -> None:
+    """Fail RUNNING trials whose process died before their first heartbeat, and retry them.
+
+    A worker killed between creating a trial and the trial's first heartbeat (while the
+    sampler proposes the plan) leaves a RUNNING trial that heartbeats never mark stale,
+    so it would stay RUNNING for ever and a search waiting for it would never finish.
+    Such a trial has no parameters yet; once it is older than the grace period (and at
+    least a minute, so a live worker's slow sampler is left alone) it is failed and
+    handed to the same retry callback as a stale one.
+    """
+    storage = study._storage
+    _fail_stale(study)
+    oldest = datetime.now() - timedelta(seconds=max(grace_period, _ABANDONED_AFTER_S))
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if trial.params or trial.datetime_start is None or trial.datetime_start > oldest:
+            continue
+        try:
+            storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # another worker got there first
+        retry = storage.get_heartbeat_stale_trial_callback()
+        if retry is not None:
+            retry(study, storage.get_trial(trial._trial_id))
 
 
 def _trial_attributes(evaluation: Any, checkpoint: str, cached: bool) -> dict[str, Any]:

@@ -108,7 +108,8 @@ def test_sigkill_mid_trial_then_resume_completes_exactly_n(tiny: tuple[Path, str
             running = study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
         except KeyError:
             done, running = 0, []
-        if done >= 1 and running:
+        # Mid-evaluation: the plan is fully chosen (every group's parameter is written).
+        if done >= 1 and running and len(running[0].params) == len(study.trials[0].params):
             os.kill(process.pid, signal.SIGKILL)
             killed = True
             break
@@ -129,6 +130,28 @@ def test_sigkill_mid_trial_then_resume_completes_exactly_n(tiny: tuple[Path, str
     retried = [t for t in trials if t.system_attrs.get("failed_trial") == failed.number]
     assert retried and retried[0].params == failed.params  # the killed plan was retried
     assert_no_plan_retrained_twice(trials)
+
+
+def test_a_trial_abandoned_before_its_first_heartbeat_is_failed_and_retried(
+    tiny: tuple[Path, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker killed while its sampler proposes leaves a RUNNING trial with no heartbeat."""
+    import searchmerge.search as search_module
+
+    path, storage = tiny
+    search = MergeSearch(open_study_file(path, storage=storage), strategy="random", study_name="abandoned",
+                         heartbeat_interval=1)
+    search.optuna_study.enqueue_trial({name: True for name in search.space.names[:1]})
+    abandoned = search.optuna_study.ask()  # RUNNING, no heartbeat, no params written: its process "died"
+    monkeypatch.setattr(search_module, "_ABANDONED_AFTER_S", 0.0)
+    time.sleep(2.1)
+    search.run(1)  # would wait for the abandoned trial for ever if it were left RUNNING
+    trials = search.optuna_study.trials
+    assert trials[abandoned.number].state == optuna.trial.TrialState.FAIL
+    retried = [t for t in trials if t.system_attrs.get("failed_trial") == abandoned.number]
+    assert retried and retried[0].state == optuna.trial.TrialState.COMPLETE
+    assert retried[0].params[search.space.names[0]] is True  # the enqueued plan survived the retry
+    assert not [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
 
 
 def _postgres_available() -> bool:

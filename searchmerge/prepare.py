@@ -122,6 +122,7 @@ def prepare(
     data = workload_data(workload, settings)
     fingerprint = workload_fingerprint(workload, settings)
     data_print = data_fingerprint(data)
+    torch.manual_seed(settings.seed)  # the heads that pretraining does not give start the same every run
     models = {spec.name: spec.build() for spec in workload.models}
     for name, model in models.items():
         _check_fits(name, model, data[name])
@@ -180,6 +181,7 @@ def _pretrain(
         if key in weights:
             continue
         start = time.perf_counter()
+        torch.manual_seed(settings.seed)
         model = ModelSpec(
             name=f"{name}-source", arch=spec.arch, kwargs={**spec.kwargs, "num_classes": source.num_classes}
         ).build()

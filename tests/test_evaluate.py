@@ -41,6 +41,18 @@ def test_prepare_stores_originals_and_reuses_them(study_dir: Path) -> None:
     assert {r.id for r in records} == {b.checkpoint_id for b in prepared.baselines.values()}
 
 
+def test_preparing_again_from_scratch_gives_the_same_originals(study_dir: Path, tmp_path: Path) -> None:
+    """Seeded end to end: a fresh store trains bit-identical originals (heads included)."""
+    first = prepare_study(open_tiny(study_dir))
+    again = prepare_study(open_study_file(study_dir / "tiny.yaml", storage=f"sqlite:///{tmp_path / 'again.db'}"))
+    assert {n: b.val_accuracy for n, b in again.baselines.items()} == {
+        n: b.val_accuracy for n, b in first.baselines.items()
+    }
+    for name, model in first.models.items():
+        for (key, value), other in zip(model.state_dict().items(), again.models[name].state_dict().values()):
+            assert value.equal(other), f"{name}.{key} differs between two preparations"
+
+
 def test_share_none_keeps_every_model_exactly(study_dir: Path) -> None:
     study = open_tiny(study_dir)
     evaluation, checkpoint = evaluate_plan(study, "none")

@@ -2,7 +2,7 @@
 
 Run by hand from the repository root:
 
-    python benchmarks/bench_strategies.py --build-table   # evaluate every coarse plan once (slow, ~20-40 min)
+    python benchmarks/bench_strategies.py --build-table --storage sqlite:///bench.db  # every coarse plan once (~15-30 min)
     python benchmarks/bench_strategies.py                 # replay the strategies against the table (seconds)
 
 To make the comparison affordable and exact, the 16 shareable groups of
@@ -48,31 +48,56 @@ BLOCKS: dict[str, tuple[str, ...]] = {
 }
 
 
-def build_table(storage: str | None) -> None:
+_EVALUATOR = None  # one per worker process of build_table
+
+
+def _open_evaluator(storage: str | None, threads: int | None = None):  # type: ignore[no-untyped-def]
+    import torch
+
     from searchmerge.evaluate import Evaluator
     from searchmerge.study import open_study_file, prepare_study
 
+    if threads:
+        torch.set_num_threads(threads)
     study = open_study_file(STUDY, storage=storage)
     prepared = prepare_study(study, progress=print)
-    evaluator = Evaluator(prepared, study.settings.evaluator, study.settings.target)
+    return study, Evaluator(prepared, study.settings.evaluator, study.settings.target)
+
+
+def _start_worker(storage: str | None) -> None:
+    global _EVALUATOR
+    _EVALUATOR = _open_evaluator(storage, threads=1)[1]
+
+
+def _evaluate_blocks(blocks: tuple[str, ...]) -> dict:
+    assert _EVALUATOR is not None
+    plan = SharingPlan.of(n for b in blocks for n in BLOCKS[b])
+    evaluation, _ = _EVALUATOR.evaluate(plan)
+    return {
+        "blocks": list(blocks),
+        "feasible": evaluation.feasible,
+        "saved_bytes": evaluation.saved_bytes,
+        "worst_ratio": round(evaluation.worst_ratio, 4),
+        "stop_reason": evaluation.stop_reason,
+        "seconds": round(evaluation.cost.seconds, 2),
+    }
+
+
+def build_table(storage: str | None, workers: int) -> None:
+    """Evaluate every block plan; ``workers`` processes (one thread each) share the plans."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    study, evaluator = _open_evaluator(storage)  # prepares the originals once, before the workers load them
     groups = {g.name: g for g in evaluator.analysis.groups}
     covered = sorted(n for names in BLOCKS.values() for n in names)
     assert covered == sorted(groups), f"BLOCKS must cover every group exactly once: {sorted(groups)}"
+    plans = [blocks for size in range(len(BLOCKS) + 1) for blocks in itertools.combinations(BLOCKS, size)]
     rows = []
-    for size in range(len(BLOCKS) + 1):
-        for blocks in itertools.combinations(BLOCKS, size):
-            plan = SharingPlan.of(n for b in blocks for n in BLOCKS[b])
-            evaluation, _ = evaluator.evaluate(plan)
-            rows.append({
-                "blocks": list(blocks),
-                "feasible": evaluation.feasible,
-                "saved_bytes": evaluation.saved_bytes,
-                "worst_ratio": round(evaluation.worst_ratio, 4),
-                "stop_reason": evaluation.stop_reason,
-                "seconds": round(evaluation.cost.seconds, 2),
-            })
-            print(f"{len(rows):>2}/64 {','.join(blocks) or '(none)':<70} {rows[-1]['feasible']!s:<5}"
-                  f" {evaluation.worst_ratio:.3f} {evaluation.cost.seconds:.1f} s", flush=True)
+    with ProcessPoolExecutor(workers, initializer=_start_worker, initargs=(storage,)) as pool:
+        for row in pool.map(_evaluate_blocks, plans):
+            rows.append(row)
+            print(f"{len(rows):>2}/{len(plans)} {','.join(row['blocks']) or '(none)':<70} {row['feasible']!s:<5}"
+                  f" {row['worst_ratio']:.3f} {row['seconds']:.1f} s", flush=True)
     table = {
         "study": "studies/digits-edge.yaml",
         "target": study.settings.target,
@@ -137,12 +162,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--build-table", action="store_true", help="evaluate every block plan and write the table")
     parser.add_argument("--storage", default=None, help="storage for the originals (with --build-table)")
+    parser.add_argument("--workers", type=int, default=2, help="processes evaluating plans (with --build-table)")
     parser.add_argument("--seeds", type=int, default=3)
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if args.build_table:
-        build_table(args.storage)
+        build_table(args.storage, args.workers)
     compare(args.seeds)
 
 

@@ -96,6 +96,7 @@ VARIANTS: dict[str, Patch] = {
     "narrow-quarter": _all(NARROW, lambda d: _evaluator(d, fraction=0.25)),
     "narrow-crowd": _all(NARROW, CROWD),
     "tiny-epochs5": _all(TINY, lambda d: _evaluator(d, max_epochs=5)),
+    "tiny-turned": _all(TINY, TURNED),
 }
 
 
@@ -115,6 +116,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="folder for VARIANT.json")
     parser.add_argument("--list", action="store_true", help="list the variants and exit")
+    parser.add_argument("--full", action="store_true", help="full retraining: all data, no early exit")
+    parser.add_argument("--only", type=int, default=None, help="evaluate only this plan (0 is share-all)")
     args = parser.parse_args()
     if args.list:
         print("\n".join(sorted(VARIANTS)))
@@ -127,7 +130,8 @@ def main() -> None:
     start = time.perf_counter()
     prepared = prepare_study(study, progress=print)
     prepare_seconds = time.perf_counter() - start
-    evaluator = Evaluator(prepared, study.settings.evaluator, study.settings.target)
+    settings = study.settings.with_evaluator(fraction=1.0, early_exit=False) if args.full else study.settings
+    evaluator = Evaluator(prepared, settings.evaluator, settings.target)
     names = [g.name for g in evaluator.analysis.groups]
     rng = random.Random(args.seed)
     plans = [SharingPlan.of(names)]
@@ -139,6 +143,8 @@ def main() -> None:
     bound = evaluator.analysis.max_sharing_saved_bytes
     rows = []
     for index, plan in enumerate(plans):
+        if args.only is not None and index != args.only:
+            continue
         evaluation, _ = evaluator.evaluate(plan, seed=args.seed)
         row = {
             "plan": "all" if index == 0 else f"random-{index}",
@@ -158,7 +164,8 @@ def main() -> None:
         summary = _summary(args.variant, prepared, rows, prepare_seconds)
         if args.out:  # after every plan, so a sweep cut short still tells what it saw
             Path(args.out).mkdir(parents=True, exist_ok=True)
-            (Path(args.out) / f"{args.variant}.json").write_text(json.dumps({"summary": summary, "plans": rows}, indent=1))
+            suffix = ("-full" if args.full else "") + ("" if args.only is None else f"-{args.only}")
+            (Path(args.out) / f"{args.variant}{suffix}.json").write_text(json.dumps({"summary": summary, "plans": rows}, indent=1))
     print(json.dumps(summary))
 
 

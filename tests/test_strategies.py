@@ -134,7 +134,10 @@ def test_strategy_names_and_errors() -> None:
     assert isinstance(make_sampler("greedy", space), GreedySampler)
     assert isinstance(make_sampler("surrogate", space, confidence=0.9), SurrogateSampler)
     assert isinstance(make_sampler("random", space), RandomPlanSampler)
-    assert isinstance(make_sampler("tpe", space, n_startup_trials=3), optuna.samplers.TPESampler)
+    assert isinstance(make_sampler("tpe", space, n_startup_trials=5), optuna.samplers.TPESampler)
+    # Searches run tens of trials, so Optuna's model-based samplers start guiding after 3.
+    assert make_sampler("tpe", space)._n_startup_trials == 3
+    assert make_sampler("tpe", space, n_startup_trials=5)._n_startup_trials == 5
     assert isinstance(make_sampler("gp", space), optuna.samplers.GPSampler)
     nsga2 = make_sampler("nsga2", space, seed=1)
     assert isinstance(nsga2, optuna.samplers.NSGAIISampler)

@@ -45,8 +45,10 @@ _BUILDERS: dict[str, Callable[..., optuna.samplers.BaseSampler]] = {
     "greedy": _ours(GreedySampler),
     "surrogate": _ours(SurrogateSampler),
     "random": _ours(RandomPlanSampler),
-    "tpe": _optunas(optuna.samplers.TPESampler),
-    "gp": _optunas(optuna.samplers.GPSampler),
+    # Every trial retrains models, so a search runs tens of trials: Optuna's 10 random
+    # start-up trials would be most of the budget. Three let the model guide from trial 4.
+    "tpe": _optunas(optuna.samplers.TPESampler, {"n_startup_trials": 3}),
+    "gp": _optunas(optuna.samplers.GPSampler, {"n_startup_trials": 3}),
     # Each trial retrains models, so studies run tens of trials, not thousands: a smaller
     # population than Optuna's 50 lets the evolution start within the budget.
     "nsga2": _optunas(optuna.samplers.NSGAIISampler, {"population_size": 16}),
@@ -78,7 +80,8 @@ def make_sampler(
     Args:
         name: One of :data:`STRATEGIES`: ``"greedy"``, ``"surrogate"``, ``"random"`` (our
             samplers) or ``"tpe"``, ``"gp"``, ``"nsga2"`` (Optuna's ``TPESampler``,
-            ``GPSampler`` and ``NSGAIISampler``; ``nsga2`` defaults to ``population_size=16``).
+            ``GPSampler`` and ``NSGAIISampler``; ``tpe`` and ``gp`` default to
+            ``n_startup_trials=3``, ``nsga2`` to ``population_size=16``).
         space: The search space (our samplers propose whole plans in it; Optuna's learn it
             from the trials' parameters).
         seed: Seed of the sampler.

@@ -18,7 +18,9 @@ What it does, with one strategy and the study's own evaluator throughout:
 
 For every search it prints the retraining time until its first feasible plan (the sum of
 the evaluations' measured retraining seconds, trial by trial, up to and including the
-first feasible one), the trials that took, and the best bytes saved within N trials. The
+first feasible one), the trials that took, and the best bytes saved within N trials; and for
+each pair, the retraining time until a *good* feasible plan (saving at least 90% of the best
+either search found), since after a drift a small plan is often feasible at once either way. The
 benchmark's studies are named ``bench-...``; an existing one of the same name is deleted
 first, so every run measures afresh (evaluations already in the checkpoint store are
 answered from it, but the times reported are those they took when measured).
@@ -53,19 +55,28 @@ class Outcome:
     total_seconds: float
     best_saved: int
     wall_seconds: float
+    #: (retraining seconds spent so far, bytes saved if feasible else 0), trial by trial.
+    progress: tuple[tuple[float, int], ...] = ()
+
+    def seconds_to_saving(self, saved: float) -> float | None:
+        """Retraining seconds until a feasible plan saving at least ``saved`` bytes."""
+        return next((spent for spent, got in self.progress if got and got >= saved), None)
 
 
 def outcome(search: MergeSearch, wall_seconds: float) -> Outcome:
     """Retraining seconds to the first feasible trial (in trial order) and the best saving."""
     spent, first, to_feasible = 0.0, None, None
+    progress = []
     trials = sorted(search.finished_trials(), key=lambda t: t.number)
     for position, trial in enumerate(trials, start=1):
         spent += float(trial.user_attrs.get("cost_seconds", 0.0))
-        if first is None and trial.user_attrs.get("feasible"):
+        feasible = bool(trial.user_attrs.get("feasible"))
+        progress.append((spent, int(trial.user_attrs.get("saved_bytes", 0)) if feasible else 0))
+        if first is None and feasible:
             first, to_feasible = position, spent
     best = search.best()
     return Outcome(search.study_name, len(trials), first, to_feasible, spent,
-                   best.saved_bytes if best else 0, wall_seconds)
+                   best.saved_bytes if best else 0, wall_seconds, tuple(progress))
 
 
 def fresh(storage: str, name: str) -> None:
@@ -84,16 +95,25 @@ def measure(storage: str, name: str, run: Callable[[str], MergeSearch]) -> Outco
     return outcome(search, time.perf_counter() - start)
 
 
+def speedup(incremental: float | None, scratch: float | None) -> str:
+    if incremental is None:
+        return "incremental: none"
+    if scratch is None:
+        return "scratch: none"
+    return f"{scratch / max(incremental, 1e-9):.1f}x ({incremental:.0f} s vs {scratch:.0f} s)"
+
+
 def compare(label: str, incremental: Outcome, scratch: Outcome) -> list[str]:
-    """The comparison line: speed-up to the first feasible plan and share of scratch's best saving."""
-    if incremental.seconds_to_feasible is None:
-        speedup = "incremental found no feasible plan"
-    elif scratch.seconds_to_feasible is None:
-        speedup = "scratch found no feasible plan"
-    else:
-        speedup = f"{scratch.seconds_to_feasible / max(incremental.seconds_to_feasible, 1e-9):.1f}x less retraining"
+    """Speed-ups to the first feasible plan and to a good one, and the share of scratch's best saving.
+
+    A small plan is often feasible at once after a drift, from the originals as well as from
+    the deployed weights, so the first feasible plan alone says little; "a good plan" is a
+    feasible one saving at least 90% of the best that either search found.
+    """
+    good = 0.9 * max(incremental.best_saved, scratch.best_saved)
+    to_good = speedup(incremental.seconds_to_saving(good), scratch.seconds_to_saving(good))
     share = f"{100 * incremental.best_saved / scratch.best_saved:.0f}%" if scratch.best_saved else "n/a"
-    return [label, speedup, share]
+    return [label, speedup(incremental.seconds_to_feasible, scratch.seconds_to_feasible), to_good, share]
 
 
 def rows(outcomes: list[Outcome]) -> list[list[object]]:
@@ -156,8 +176,8 @@ def main() -> None:
                         "best saved", "wall s"], rows(outcomes),
                        title=f"strategy {args.strategy}, {args.n_trials} trials per compared search"))
     print()
-    print(format_table(["change", "incremental vs scratch: to first feasible", "best saved, % of scratch's"],
-                       comparisons))
+    print(format_table(["change", "less retraining to a first feasible plan",
+                        "to a good plan (>= 90% of the best saving)", "best saved, % of scratch's"], comparisons))
 
 
 if __name__ == "__main__":

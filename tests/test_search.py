@@ -132,6 +132,7 @@ def test_sigkill_mid_trial_then_resume_completes_exactly_n(tiny: tuple[Path, str
     assert_no_plan_retrained_twice(trials)
 
 
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
 def test_a_trial_abandoned_before_its_first_heartbeat_is_failed_and_retried(
     tiny: tuple[Path, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -114,8 +114,6 @@ def _search_for(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 def cmd_search(args: argparse.Namespace) -> int:
     from searchmerge.report import format_search
 
-    if args.n_trials < 1:
-        raise SearchmergeError(f"--n-trials must be at least 1, got {args.n_trials}")
     search = _search_for(args)
     search.run(args.n_trials)
     print(format_search(search, max_rows=10))
@@ -156,8 +154,6 @@ def cmd_research(args: argparse.Namespace) -> int:
     from searchmerge.research import research
     from searchmerge.study import open_study_file
 
-    if args.n_trials < 1:
-        raise SearchmergeError(f"--n-trials must be at least 1, got {args.n_trials}")
     parent_file = None
     storage, blob_dir = args.storage, args.blob_dir
     if args.parent_study_file:
@@ -203,11 +199,23 @@ def _add_run_arguments(parser: argparse.ArgumentParser, *, n_trials: int, study_
     from searchmerge.strategies import STRATEGIES
 
     parser.add_argument("--strategy", choices=STRATEGIES, default="greedy", help="how plans are proposed")
-    parser.add_argument("--n-trials", type=int, default=n_trials, help="finished trials the study should have in total")
+    parser.add_argument("--n-trials", type=_n_trials, default=n_trials,
+                        help="finished trials the study should have in total")
     parser.add_argument("--study-name", default=None, help=study_name)
     parser.add_argument("--seed", type=int, default=0, help="seed of the sampler and the retraining")
     parser.add_argument("--heartbeat", type=int, default=10, metavar="SECONDS",
                         help="heartbeat of running trials; a trial silent for twice this is failed and retried")
+
+
+def _n_trials(text: str) -> int:
+    """Checked while parsing, so that a bad count fails before the originals are prepared."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"n-trials must be an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"n-trials must be at least 1, got {value}")
+    return value
 
 
 def _target(text: str) -> float:

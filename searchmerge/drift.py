@@ -37,7 +37,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from searchmerge.data import CameraCondition, TaskData, make_task_data, shifted
+from searchmerge.data import CameraCondition, TaskData, shifted
 from searchmerge.errors import SearchmergeError
 from searchmerge.study import Progress, StudyFile
 
@@ -190,23 +190,15 @@ def drift_seed(seed: int, scenario: str) -> int:
 
 def drifted_data(study: StudyFile, scenario: str) -> dict[str, TaskData]:
     """Each model's task seen through its drifted camera, with the scenario's own splits."""
-    from searchmerge.prepare import model_task
+    from searchmerge.prepare import workload_data
 
     chosen = get_scenario(study, scenario)
     chosen.check_models([spec.name for spec in study.workload.models])
-    settings = study.settings
-    seed = drift_seed(settings.seed, chosen.name)
-    data = {}
-    for spec in study.workload.models:
-        task, camera = model_task(spec)
-        try:
-            data[spec.name] = make_task_data(
-                task, chosen.camera_for(spec.name, camera), seed=seed,
-                image_size=settings.image_size, channels=settings.channels,
-            )
-        except SearchmergeError as exc:
-            raise SearchmergeError(f"drift scenario {scenario!r}, model {spec.name!r}: {exc}") from None
-    return data
+    seed = drift_seed(study.settings.seed, chosen.name)
+    try:
+        return workload_data(study.workload, study.settings, seed=seed, camera_of=chosen.camera_for)
+    except SearchmergeError as exc:
+        raise SearchmergeError(f"drift scenario {scenario!r}, {exc}") from None
 
 
 def drifted_workload(study: StudyFile, prepared: PreparedWorkload, scenario: str) -> PreparedWorkload:
@@ -305,15 +297,6 @@ def deployed_plan(search: MergeSearch) -> TrialSummary:
     return best
 
 
-def deployed_models(search: MergeSearch, deployed: TrialSummary) -> dict[str, Any]:
-    """The deployed plan's merged models, with the weights from its checkpoint."""
-    from searchmerge.merge import load_merged_state, merge_models
-
-    merged = merge_models(search.prepared.models, search.evaluator.analysis.groups, deployed.plan)
-    load_merged_state(merged, search.study_file.store.load(deployed.checkpoint))  # type: ignore[arg-type]
-    return merged
-
-
 def drift_check(
     study: StudyFile, scenario: str, *, study_name: str | None = None, progress: Progress | None = None
 ) -> DriftCheck:
@@ -338,7 +321,7 @@ def drift_check(
     deployed = deployed_plan(search)
     say(f"deployed plan: trial {deployed.number} of {search.study_name!r}, {len(deployed.plan)} shared group(s)")
     drifted = drifted_workload(study, search.prepared, scenario)
-    merged = deployed_models(search, deployed)
+    merged = search.merged_models(deployed)
     device = default_device()
     target = study.settings.target
     outcomes = []

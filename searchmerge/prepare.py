@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,14 +65,30 @@ def model_task(spec: ModelSpec) -> tuple[str, CameraCondition]:
         raise SearchmergeError(f"model {spec.name!r}: {exc}") from None
 
 
-def workload_data(workload: Workload, settings: StudySettings) -> dict[str, TaskData]:
-    """Each model's task data, made deterministically from the study's seed."""
+def workload_data(
+    workload: Workload,
+    settings: StudySettings,
+    *,
+    seed: int | None = None,
+    camera_of: Callable[[str, CameraCondition], CameraCondition] | None = None,
+) -> dict[str, TaskData]:
+    """Each model's task data, made deterministically from the study's seed.
+
+    Args:
+        workload: Models with a ``task`` (and optional ``camera``) each.
+        settings: The study's settings (seed, image size, channels).
+        seed: Another seed for the splits and camera noise (a drift scenario's own footage).
+        camera_of: Changes a model's camera, given the model's name (a drift scenario).
+    """
     data = {}
     for spec in workload.models:
         task, camera = model_task(spec)
+        if camera_of is not None:
+            camera = camera_of(spec.name, camera)
         try:
             data[spec.name] = make_task_data(
-                task, camera, seed=settings.seed, image_size=settings.image_size, channels=settings.channels
+                task, camera, seed=settings.seed if seed is None else seed,
+                image_size=settings.image_size, channels=settings.channels,
             )
         except SearchmergeError as exc:
             raise SearchmergeError(f"model {spec.name!r}: {exc}") from None

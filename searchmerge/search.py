@@ -325,16 +325,24 @@ class MergeSearch:
             )
         ]
 
+    def merged_models(self, trial: TrialSummary) -> dict[str, Any]:
+        """A trial's merged models, tied by its plan, with the weights from its checkpoint."""
+        from searchmerge.merge import load_merged_state, merge_models
+
+        if trial.checkpoint is None:
+            raise SearchmergeError(f"trial {trial.number} of study {self.study_name!r} has no stored weights")
+        merged = merge_models(self.prepared.models, self.evaluator.analysis.groups, trial.plan)
+        load_merged_state(merged, self.study_file.store.load(trial.checkpoint))
+        return merged
+
     def export_best(self, directory: str | Path) -> Path:
         """Write the best feasible plan's merged deployment (weights and manifest) to ``directory``."""
         from searchmerge.deployment import export_deployment
-        from searchmerge.merge import load_merged_state, merge_models
 
         best = self.best()
         if best is None or best.checkpoint is None:
             raise SearchmergeError(f"study {self.study_name!r} has no feasible plan yet; run more trials")
-        merged = merge_models(self.prepared.models, self.evaluator.analysis.groups, best.plan)
-        load_merged_state(merged, self.study_file.store.load(best.checkpoint))
+        merged = self.merged_models(best)
         metadata = {"study": self.study_name, "trial": best.number, "checkpoint": best.checkpoint}
         return export_deployment(directory, self.prepared.workload, merged, plan=best.plan, metadata=metadata)
 

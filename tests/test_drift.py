@@ -12,7 +12,6 @@ from searchmerge.cli import main
 from searchmerge.data import CameraCondition
 from searchmerge.drift import (
     BUILTIN_SCENARIOS,
-    deployed_models,
     drift_camera,
     drift_check,
     drifted_data,
@@ -103,7 +102,7 @@ def test_drift_check_equals_a_direct_evaluation(parent: StudyFile, capsys: pytes
     search = load_search(parent, study_name=PARENT)
     best = search.best()
     assert best is not None and check.trial == best.number and check.plan == best.plan
-    merged = deployed_models(search, best)
+    merged = search.merged_models(best)
     night = drifted_data(parent, "night")
     device = torch.device("cpu")
     for outcome in check.models:

@@ -101,14 +101,18 @@ def research(
 
     from searchmerge.study import prepare_study
 
-    prepared = prepare_study(study, progress=say)
+    # After a drift the parent searched this very workload on its original data: its
+    # prepared originals are ours, so they are not loaded a second time.
+    same_originals = parent_file is study and parent.scenario is None
+    prepared = parent.prepared if same_originals else prepare_study(study, progress=say)
     warm = WarmStart(parent.study_name, deployed.checkpoint, start_models(prepared.models, tensors, say))  # type: ignore[arg-type]
     name = study_name or default_research_name(parent.study_name, study, parent_file, scenario)
     if name == parent.study_name and study.storage == parent_file.storage:
         raise SearchmergeError(f"the re-search needs a study name of its own, not the parent's {name!r}")
     options = {"prior": prior_records(parent, study)} if strategy == "surrogate" else {}
     search = MergeSearch(study, strategy=strategy, study_name=name, seed=seed, heartbeat_interval=heartbeat_interval,
-                         progress=say, scenario=scenario, warm_start=warm, sampler_options=options)
+                         progress=say, scenario=scenario, warm_start=warm, sampler_options=options,
+                         prepared=prepared)
     start = mapped_plan(deployed.plan, search.space)
     dropped = sorted(deployed.plan.shared - start.shared)
     if dropped:

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
@@ -29,6 +29,9 @@ from searchmerge.errors import SearchmergeError
 from searchmerge.space import GroupInfo, SearchSpace, SharingPlan
 from searchmerge.store import CheckpointKey
 from searchmerge.study import Progress, StudyFile
+
+if TYPE_CHECKING:
+    from searchmerge.prepare import PreparedWorkload
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 _ATTR_PREFIX = "searchmerge:"
@@ -119,6 +122,8 @@ class MergeSearch:
             parent study and checkpoint in the study and on every trial.
         sampler_options: The strategy's own options (see
             :func:`~searchmerge.strategies.strategy_options`), e.g. a surrogate's ``prior``.
+        prepared: The study file's prepared originals, when the caller has them already
+            (otherwise they are prepared, or loaded from the store, here).
 
     Example:
         >>> from searchmerge.study import open_study_file
@@ -141,6 +146,7 @@ class MergeSearch:
         scenario: str | None = None,
         warm_start: WarmStart | None = None,
         sampler_options: Mapping[str, Any] | None = None,
+        prepared: PreparedWorkload | None = None,
     ) -> None:
         from searchmerge.evaluate import Evaluator
         from searchmerge.strategies import make_sampler
@@ -149,7 +155,7 @@ class MergeSearch:
         self.strategy = strategy
         self.seed = seed
         self.say = progress or (lambda _line: None)
-        self.prepared = _prepare(study, self.say)
+        self.prepared = prepared if prepared is not None else _prepare(study, self.say)
         self.scenario = scenario
         self.warm_start = warm_start
         if scenario is not None:

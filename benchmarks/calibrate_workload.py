@@ -170,11 +170,12 @@ def main() -> None:
 
 
 def _summary(variant: str, prepared: Any, rows: list[dict[str, Any]], prepare_seconds: float) -> dict[str, Any]:
-    random_rows = rows[1:]
+    share_all = next((r for r in rows if r["plan"] == "all"), None)  # absent with --only N > 0
+    random_rows = [r for r in rows if r["plan"] != "all"]
     return {
         "variant": variant,
         "baselines": {n: round(b.val_accuracy, 3) for n, b in prepared.baselines.items()},
-        "share_all_feasible": rows[0]["feasible"],
+        "share_all_feasible": None if share_all is None else share_all["feasible"],
         "random_feasible": sum(r["feasible"] for r in random_rows),
         "random_plans": len(random_rows),
         "best_feasible_share": max([r["saved_share"] for r in rows if r["feasible"]], default=0.0),

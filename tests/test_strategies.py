@@ -329,13 +329,25 @@ def test_greedy_workers_do_not_duplicate_a_running_plan() -> None:
     assert state.accepted == plan2.shared
 
 
-def test_greedy_after_the_search_tries_extensions_then_random_untried() -> None:
-    space = make_space(5)
-    oracle = Oracle(space, poison=["layer1.conv"])
-    study = run("greedy", oracle, 20)
+def test_greedy_after_the_search_tries_only_plans_that_could_beat_the_best() -> None:
+    space = make_space(6)
+    oracle = Oracle(space, limit=int(space.max_saved_bytes * 0.6))
+    study = run("greedy", oracle, 30)
     tried = plans(study, space)
-    assert len(set(tried)) == len(tried)
     assert best_feasible_bytes(study) == oracle.optimum()
+    searched = study.sampler.state(study)
+    assert searched.done
+    best = 0
+    for number, plan in enumerate(tried):
+        saved = space.saved_bytes(plan)
+        if plan in tried[:number]:
+            # Nothing untried can beat the best any more: it is proposed again (no retraining).
+            assert saved == best and oracle.constraint(plan) <= 0
+        elif number >= 8:  # past greedy's own steps: only plans that could improve the result
+            assert saved > best
+        if oracle.constraint(plan) <= 0:
+            best = max(best, saved)
+    assert len(set(tried)) < len(tried)  # 64 plans, of which only a few save more than the best
 
 
 # --- surrogate ---------------------------------------------------------------------

@@ -73,7 +73,8 @@ class GreedySampler(PlanSampler):
     block. A feasible block is accepted; a failed block is halved and its first half
     tried (then the second); a single group that fails is skipped for good. When every
     group is decided, the sampler proposes single-group extensions of the best
-    feasible plan not yet tried, then random untried plans.
+    feasible plan not yet tried, then random untried plans that save more than it, and
+    once none is left the best plan again (answered from the store, no retraining).
 
     The sampler keeps no state: its state is rebuilt by replaying the study's trials in
     order of number, so a resumed study or several workers continue the same search.
@@ -176,7 +177,11 @@ class GreedySampler(PlanSampler):
                 extension = SharingPlan.of(best.plan.shared | {name})
                 if extension not in tried and not dominated_by_failure(extension, failed):
                     return extension
-        plan = self.random_untried(self.rng(trial), tried, failed)
+        # Only a plan saving more than the best feasible one can improve the result; when
+        # none is left untried, the best plan is proposed again: the checkpoint store
+        # answers it without retraining, so the rest of the budget costs nothing.
+        more_than = best.saved_bytes if best is not None else -1
+        plan = self.random_untried(self.rng(trial), tried, failed, more_than=more_than)
         if plan is not None:
             return plan
         return best.plan if best is not None else SharingPlan.of(())

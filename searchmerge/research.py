@@ -25,10 +25,14 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+import torch
 from optuna.trial import FrozenTrial, TrialState
+
+from searchmerge.analysis import ShareableGroup
+from searchmerge.analysis.layers import shareable_tensors
 
 from searchmerge.drift import deployed_plan, get_scenario
 from searchmerge.errors import SearchmergeError
@@ -105,7 +109,8 @@ def research(
     # prepared originals are ours, so they are not loaded a second time.
     same_originals = parent_file is study and parent.scenario is None
     prepared = parent.prepared if same_originals else prepare_study(study, progress=say)
-    warm = WarmStart(parent.study_name, deployed.checkpoint, start_models(prepared.models, tensors, say))  # type: ignore[arg-type]
+    models = start_models(prepared.models, tensors, say)  # type: ignore[arg-type]
+    warm = WarmStart(parent.study_name, deployed.checkpoint, models)
     name = study_name or default_research_name(parent.study_name, study, parent_file, scenario)
     if name == parent.study_name and study.storage == parent_file.storage:
         raise SearchmergeError(f"the re-search needs a study name of its own, not the parent's {name!r}")
@@ -117,6 +122,7 @@ def research(
     dropped = sorted(deployed.plan.shared - start.shared)
     if dropped:
         say(f"groups of the deployed plan that no longer exist: {', '.join(dropped)}")
+    join_deployed_groups(models, search.evaluator.analysis.groups, start, parent_models=tensors_models(tensors), say=say)
     _warm_up(search, start, n_trials)
     search.run(n_trials)
     return search
@@ -146,6 +152,47 @@ def start_models(originals: Mapping[str, Any], tensors: Mapping[str, Any], say: 
             say(f"{name}: new in this workload, starts from its original")
         models[name] = model
     return models
+
+
+def tensors_models(tensors: Mapping[str, Any]) -> set[str]:
+    """The models that have weights in a checkpoint of merged weights (``model/tensor`` keys)."""
+    return {key.split("/", 1)[0] for key in tensors}
+
+
+def join_deployed_groups(
+    models: Mapping[str, Any],
+    groups: Sequence[ShareableGroup],
+    plan: SharingPlan,
+    *,
+    parent_models: set[str],
+    say: Progress,
+) -> None:
+    """A new model joins the deployed shared groups with their deployed weights.
+
+    The parent's models in a group of ``plan`` hold one trained copy (they were tied).
+    Averaging a new member's original weights into it would move the weights every
+    deployed model has adapted to; copying that copy into the new member instead leaves
+    them exactly as deployed, and only the new model has to adapt. Its other layers keep
+    its original weights.
+    """
+    joined: dict[str, list[str]] = {}
+    for group in groups:
+        if group.name not in plan.shared:
+            continue
+        deployed = [(model, layer) for model, layer in group.members if model in parent_models]
+        if not deployed:
+            continue
+        source = shareable_tensors(models[deployed[0][0]].get_submodule(deployed[0][1]))
+        for model, layer in group.members:
+            if model in parent_models:
+                continue
+            target = shareable_tensors(models[model].get_submodule(layer))
+            with torch.no_grad():
+                for tensor_name, value in source.items():
+                    target[tensor_name].copy_(value)
+            joined.setdefault(model, []).append(group.name)
+    for model, names in joined.items():
+        say(f"{model}: joins {len(names)} deployed shared group(s) with their deployed weights")
 
 
 def mapped_plan(plan: SharingPlan, space: SearchSpace) -> SharingPlan:

@@ -177,8 +177,19 @@ def test_adding_a_model_starts_from_the_parent(parent: StudyFile) -> None:
     start = search.warm_start.models  # type: ignore[union-attr]
     for key, value in start["a"].state_dict().items():
         assert torch.equal(value, tensors[f"a/{key}"])  # old models: the deployed merged weights
+    # The new model: in the deployed groups it joins, the deployed shared copy (so the
+    # models already adapted to it are not disturbed); everywhere else its original.
+    joined = {
+        f"{layer}.": next(f"{m}/{lay}." for m, lay in group.members if m != "d")
+        for group in search.evaluator.analysis.groups if group.name in deployed.plan.shared
+        for model, layer in group.members if model == "d"
+    }
+    assert joined, "the added model should take part in a deployed shared group"
     for key, value in start["d"].state_dict().items():
-        assert torch.equal(value, search.prepared.models["d"].state_dict()[key])  # the new one: its original
+        prefix = next((p for p in joined if key.startswith(p)), None)
+        expected = (tensors[joined[prefix] + key[len(prefix):]] if prefix and value.is_floating_point()
+                    else search.prepared.models["d"].state_dict()[key])
+        assert torch.equal(value, expected), key
     first = search.finished_trials()[0]
     plan = search.space.plan_from_params(first.params)
     assert plan.shared == {g for g in deployed.plan.shared if g in search.space}

@@ -79,6 +79,11 @@ CROWD: Patch = _all(
     lambda d: _task(d, "dock-loops", "prime", 2),
 )
 
+#: A task about the picture, not the digit: lobby-high tells how the picture is turned.
+TURNS: Patch = lambda d: _task(d, "lobby-high", "turns", 4)  # noqa: E731
+#: Two of them: the dock camera's VGG as well.
+TURNS2: Patch = _all(TURNS, lambda d: _task(d, "dock-loops", "turns", 4))
+
 VARIANTS: dict[str, Patch] = {
     "shipped": lambda d: None,
     "narrow": NARROW,
@@ -97,6 +102,9 @@ VARIANTS: dict[str, Patch] = {
     "narrow-crowd": _all(NARROW, CROWD),
     "tiny-epochs5": _all(TINY, lambda d: _evaluator(d, max_epochs=5)),
     "tiny-turned": _all(TINY, TURNED),
+    "narrow-turns": TURNS,
+    "narrow-turns2": TURNS2,
+    "tiny-turns": _all(TINY, TURNS),
 }
 
 

@@ -327,15 +327,24 @@ def _stable_seed(*parts: object) -> int:
 class Task:
     """A named question asked about each digit, answered by a class index.
 
+    Most tasks are functions of the digit, so one set of features (which digit is it?)
+    serves them all. A *turned* task asks about the picture instead: every image is turned
+    by 0-3 quarter turns (drawn per image from the seed) and the class is the number of
+    turns, whatever the digit. Its features conflict with those of the upright-digit tasks,
+    which is what makes sharing layers between them cost accuracy.
+
     Attributes:
         name: Registry name, e.g. ``"parity"``.
-        labels: The class of each digit 0..9; classes are 0..num_classes-1.
+        labels: The class of each digit 0..9; classes are 0..num_classes-1. For a turned
+            task, the classes themselves (0..3).
         description: One line for reports.
+        turned: The class is the image's number of quarter turns, not a function of the digit.
     """
 
     name: str
     labels: tuple[int, ...]
     description: str = ""
+    turned: bool = False
 
     @property
     def num_classes(self) -> int:
@@ -417,6 +426,10 @@ register_task("high", 2, lambda d: int(d >= 5), description="digit >= 5")
 register_task("mod3", 3, lambda d: d % 3, description="digit modulo 3")
 register_task(
     "loops", 3, lambda d: _LOOPS.get(d, 0), description="closed loops: 0,6,9 -> 1; 8 -> 2"
+)
+_TASKS["turns"] = Task(
+    name="turns", labels=(0, 1, 2, 3), turned=True,
+    description="how many quarter turns the picture is rotated (any digit)",
 )
 register_task("prime", 2, lambda d: int(d in (2, 3, 5, 7)), description="2, 3, 5 or 7")
 
@@ -662,7 +675,10 @@ def make_task_data(
     _check_int("seed", seed, minimum=0, maximum=2**32 - 1)
     _check_int("channels", channels, minimum=1)
     images, digits = load_digit_images(image_size)
-    labels = spec.label(digits)
+    if spec.turned:
+        images, labels = _quarter_turned(images, seed=_stable_seed(seed, task, "turns"))
+    else:
+        labels = spec.label(digits)
     # Split by the digit, not the task label: every task of one seed then uses the same
     # images for training, so pretraining on one task never sees another task's test set.
     parts = _split_indices(digits, _check_shares(splits), seed=seed, task=task)
@@ -678,6 +694,13 @@ def make_task_data(
     return TaskData(
         train=train, val=val, test=test, num_classes=spec.num_classes, task=task, camera=camera
     )
+
+
+def _quarter_turned(images: torch.Tensor, *, seed: int) -> tuple[torch.Tensor, np.ndarray]:
+    """Every image turned by 0-3 quarter turns (drawn from ``seed``), and the turns."""
+    turns = np.random.default_rng(seed).integers(0, 4, size=len(images))
+    turned = torch.stack([torch.rot90(image, int(k), dims=(1, 2)) for image, k in zip(images, turns)])
+    return turned, turns.astype(np.int64)
 
 
 def _check_int(name: str, value: object, *, minimum: int, maximum: int | None = None) -> None:

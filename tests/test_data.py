@@ -393,3 +393,18 @@ def test_stratified_subsample_keeps_rare_classes() -> None:
 def test_stratified_subsample_refuses_bad_fractions(fraction: object) -> None:
     with pytest.raises(SearchmergeError, match=r"fraction must be"):
         stratified_subsample(_split([0, 1]), fraction, seed=0)  # type: ignore[arg-type]
+
+
+def test_the_turns_task_labels_the_picture_not_the_digit() -> None:
+    upright = make_task_data("digit", seed=2, image_size=8, channels=1)
+    turned = make_task_data("turns", seed=2, image_size=8, channels=1)
+    assert turned.num_classes == 4 and get_task("turns").turned
+    assert sorted(torch.unique(turned.train.y).tolist()) == [0, 1, 2, 3]
+    for split_name in ("train", "test"):
+        up, tu = getattr(upright, split_name), getattr(turned, split_name)
+        back = torch.stack([torch.rot90(x, -int(k), dims=(1, 2)) for x, k in zip(tu.x, tu.y)])
+        assert torch.equal(back, up.x)  # the same scenes, each turned by its label
+    # Every digit appears at every turn: the class says nothing about which digit it is.
+    digits, turns = upright.train.y.numpy(), turned.train.y.numpy()
+    assert all(len(set(turns[digits == d])) == 4 for d in range(10))
+    assert make_task_data("turns", seed=2, image_size=8, channels=1).fingerprint == turned.fingerprint

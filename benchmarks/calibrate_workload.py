@@ -104,6 +104,8 @@ VARIANTS: dict[str, Patch] = {
     "tiny-turned": _all(TINY, TURNED),
     "narrow-all-data-3": lambda d: _evaluator(d, fraction=1.0, max_epochs=3, checks_per_epoch=2),
     "narrow-half-3": lambda d: _evaluator(d, fraction=0.5, max_epochs=3, checks_per_epoch=2),
+    "narrow-half-3-often": lambda d: _evaluator(d, fraction=0.5, max_epochs=3, checks_per_epoch=4),
+    "narrow-half-3-strict": lambda d: _evaluator(d, fraction=0.5, max_epochs=3, checks_per_epoch=2, optimism=1.0),
     "narrow-all-data-3-often": lambda d: _evaluator(d, fraction=1.0, max_epochs=3, checks_per_epoch=4),
     "narrow-turns": TURNS,
     "narrow-turns2": TURNS2,

@@ -183,24 +183,27 @@ def _mean_and_error(values: list[float]) -> tuple[float, float]:
     return statistics.mean(values), error
 
 
-def _verdicts(results: dict[str, list[tuple[float, float]]]) -> None:
+def _verdicts(results: dict[str, list[tuple[float, float]]], unit: str) -> None:
     for name in ("surrogate", "tpe"):
         if name not in results or "random" not in results:
             continue
         behind = [n for n, (a, _), (b, _) in zip(BUDGETS, results[name], results["random"]) if a < b]
         print(f"  {name} >= random at every budget: "
-              + ("yes" if not behind else f"NO (behind at {', '.join(map(str, behind))} trials)"))
+              + ("yes" if not behind else f"NO (behind at {', '.join(map(str, behind))} {unit})"))
     best40 = max(row[-1][0] for row in results.values())
     best20 = max(row[BUDGETS.index(20)][0] for row in results.values())
     print(f"  best at 20 / best at 40: {100 * best20 / best40:.1f}% (required >= 90%)")
 
 
-def _replay_seed(strategy: str, table: dict, seed: int) -> Curves:
+def _start_replay_worker() -> None:
     import torch  # gp fits its Gaussian process with torch: one thread per worker process
 
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def _replay_seed(strategy: str, table: dict, seed: int) -> Curves:
     return replay(strategy, seed, table, max(BUDGETS))
 
 
@@ -216,19 +219,19 @@ def compare(seeds: int, strategies: tuple[str, ...] = STRATEGIES, workers: int =
           f" best feasible in the table {optimum / 1e6:.3f} MB ({100 * optimum / bound:.1f}% of the bound)")
     per_trial: dict[str, list[tuple[float, float]]] = {}
     per_evaluation: dict[str, list[tuple[float, float]]] = {}
-    for strategy in strategies:
-        start = time.perf_counter()
-        with ProcessPoolExecutor(workers) as pool:
+    with ProcessPoolExecutor(workers, initializer=_start_replay_worker) as pool:
+        for strategy in strategies:
+            start = time.perf_counter()
             curves = list(pool.map(partial(_replay_seed, strategy, table), range(seeds)))
-        per_trial[strategy] = [_mean_and_error([c.per_trial[n - 1] for c in curves]) for n in BUDGETS]
-        per_evaluation[strategy] = [_mean_and_error([c.per_evaluation[n - 1] for c in curves]) for n in BUDGETS]
-        print(f"  replayed {strategy} {seeds} times in {time.perf_counter() - start:.1f} s", flush=True)
+            per_trial[strategy] = [_mean_and_error([c.per_trial[n - 1] for c in curves]) for n in BUDGETS]
+            per_evaluation[strategy] = [_mean_and_error([c.per_evaluation[n - 1] for c in curves]) for n in BUDGETS]
+            print(f"  replayed {strategy} {seeds} times in {time.perf_counter() - start:.1f} s", flush=True)
     _table(f"best feasible saving (MB) after N evaluations (repeated plans are free), mean ± standard error"
            f" of {seeds} seeds:", per_evaluation, bound)
-    _verdicts(per_evaluation)
+    _verdicts(per_evaluation, "evaluations")
     _table(f"best feasible saving (MB) after N trials (repeated plans count), mean ± standard error"
            f" of {seeds} seeds:", per_trial, bound)
-    _verdicts(per_trial)
+    _verdicts(per_trial, "trials")
 
 
 def main() -> None:

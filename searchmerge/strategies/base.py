@@ -251,13 +251,13 @@ class PlanSampler(optuna.samplers.BaseSampler, abc.ABC):
         tried: set[SharingPlan],
         failed: Sequence[SharingPlan] = (),
         attempts: int = 256,
-        more_than: int = -1,
+        more_than: int | None = None,
     ) -> SharingPlan | None:
         """A random plan not in ``tried`` (each group shared with a random density), or ``None``.
 
         Plans containing a failed plan are avoided while others can be found. Only plans
-        saving more than ``more_than`` bytes are drawn (a plan saving less than the best
-        feasible one cannot improve the result).
+        saving more than ``more_than`` bytes, when given, are drawn (a plan saving less than
+        the best feasible one cannot improve the result).
         """
         names = self._space.names
         fallback = None
@@ -265,7 +265,7 @@ class PlanSampler(optuna.samplers.BaseSampler, abc.ABC):
             density = rng.uniform()
             mask = rng.uniform(size=len(names)) < density
             plan = SharingPlan.of(name for name, on in zip(names, mask) if on)
-            if plan in tried or self._space.saved_bytes(plan) <= more_than:
+            if plan in tried or (more_than is not None and self._space.saved_bytes(plan) <= more_than):
                 continue
             if not dominated_by_failure(plan, failed):
                 return plan

@@ -180,7 +180,7 @@ class GreedySampler(PlanSampler):
         # Only a plan saving more than the best feasible one can improve the result; when
         # none is left untried, the best plan is proposed again: the checkpoint store
         # answers it without retraining, so the rest of the budget costs nothing.
-        more_than = best.saved_bytes if best is not None else -1
+        more_than = best.saved_bytes if best is not None else None
         plan = self.random_untried(self.rng(trial), tried, failed, more_than=more_than)
         if plan is not None:
             return plan

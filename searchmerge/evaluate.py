@@ -28,7 +28,14 @@ from searchmerge.merge import merge_models
 from searchmerge.prepare import PreparedWorkload
 from searchmerge.settings import EvaluatorSettings, check_target
 from searchmerge.space import SharingPlan
-from searchmerge.train import accuracy, batches, default_device, recalibrate_batch_norm, steps_per_epoch
+from searchmerge.train import (
+    accuracy,
+    batches,
+    default_device,
+    recalibrate_batch_norm,
+    repeatable_kernels,
+    steps_per_epoch,
+)
 
 #: Called after every check with (check index, worst accuracy ratio); returns True to stop (prune).
 ReportFn = Callable[[int, float], bool]
@@ -44,6 +51,8 @@ class ModelOutcome:
     ratio: float
     meets_target: bool
     test_ratio: float | None = None
+    #: The check that measured ``ratio`` (the deciding check unless the model was not due then).
+    check: int = 0
 
 
 @dataclass(frozen=True)
@@ -118,6 +127,7 @@ class Evaluator:
         self.device = torch.device(device) if device is not None else default_device()
         self.progress = progress
 
+    @repeatable_kernels()
     def evaluate(
         self,
         plan: SharingPlan,
@@ -144,10 +154,8 @@ class Evaluator:
             n: batches(train[n], settings.batch_size, seed=seed + i, device=self.device) for i, n in enumerate(names)
         }
         touched = {model for group in self.analysis.groups if group.name in plan.shared for model in group.models}
-        for name, model in merged.items():
+        for model in merged.values():
             model.to(self.device)
-            if settings.recalibrate and name in touched:
-                recalibrate_batch_norm(model, train[name], device=self.device)
         parameters = _unique_parameters(merged.values())
         optimizer = torch.optim.Adam(parameters, lr=settings.lr) if parameters else None
         loss_fn = nn.CrossEntropyLoss()
@@ -160,10 +168,18 @@ class Evaluator:
             if optimizer is not None
             else None
         )
-        history: list[dict[str, float]] = []
+        # Each model's measured ratios as (check, ratio). A model whose weights are still
+        # exactly the ones its baseline was measured with scores 1 without being run.
+        curves: dict[str, list[tuple[int, float]]] = {
+            n: [(0, 1.0)] for n in names if _same_weights(merged[n], self.prepared.models[n])
+        }
+        curves.update({n: [] for n in names if n not in curves})
+        worst_curve: list[float] = []
         steps = 0
         outcome: tuple[bool, str, dict[str, float], dict[str, float | None]] | None = None
 
+        # Full retraining (no early exit, no pruner) needs no check before the last one.
+        watching = settings.early_exit or report is not None
         for check in range(total_checks + 1):
             if check > 0 and optimizer is not None:
                 for model in merged.values():
@@ -175,17 +191,23 @@ class Evaluator:
                     optimizer.step()
                     schedule.step()  # type: ignore[union-attr]
                     steps += 1
-                if settings.recalibrate:
-                    for name in touched:
-                        recalibrate_batch_norm(merged[name], train[name], device=self.device)
-            ratios = self._ratios(merged)
-            history.append(ratios)
+            last = check == total_checks or optimizer is None
+            if not (watching or last):
+                continue
+            self._measure(merged, curves, check, self._due(curves, everyone=last or not settings.early_exit),
+                          touched, train)
+            ratios = {n: points[-1][1] for n, points in curves.items()}
+            if all(r >= self.target for r in ratios.values()):
+                # Feasible only with every model's weights of this one check: re-measure the rest.
+                stale = [n for n, points in curves.items() if points[-1][0] != check]
+                self._measure(merged, curves, check, stale, touched, train)
+                ratios = {n: points[-1][1] for n, points in curves.items()}
+            worst_curve.append(min(ratios.values()))
             if self.progress is not None:
                 worst = min(ratios, key=ratios.__getitem__)
                 self.progress(f"check {check}/{total_checks} after {steps} steps: worst accuracy ratio"
                               f" {ratios[worst]:.3f} ({worst}), target {self.target}")
             confirmed = self._confirm(merged, ratios)
-            last = check == total_checks or optimizer is None
             if confirmed is not None and (settings.early_exit or last):
                 outcome = (True, "success", ratios, confirmed)
                 break
@@ -195,7 +217,7 @@ class Evaluator:
             if report is not None and report(check, min(ratios.values())):
                 outcome = (False, "pruned", ratios, {})
                 break
-            if settings.early_exit and self._hopeless(history, check, total_checks):
+            if settings.early_exit and self._hopeless(curves, check, total_checks):
                 outcome = (False, "hopeless", ratios, {})
                 break
         assert outcome is not None
@@ -212,12 +234,13 @@ class Evaluator:
                 ratio=ratios[n],
                 meets_target=ratios[n] >= self.target,
                 test_ratio=test_ratios.get(n),
+                check=curves[n][-1][0],
             )
             for n in names
         )
         samples = steps * settings.batch_size * len(names)
-        cost = Cost(steps=steps, samples=samples, seconds=time.perf_counter() - started, checks=len(history))
-        curve = tuple(min(r.values()) for r in history)
+        cost = Cost(steps=steps, samples=samples, seconds=time.perf_counter() - started, checks=len(worst_curve))
+        curve = tuple(worst_curve)
         evaluation = Evaluation(
             plan=plan,
             feasible=feasible,
@@ -231,11 +254,34 @@ class Evaluator:
         )
         return evaluation, merged
 
-    def _ratios(self, merged: Mapping[str, nn.Module]) -> dict[str, float]:
+    def _due(self, curves: Mapping[str, Sequence[tuple[int, float]]], *, everyone: bool) -> list[str]:
+        """The models to measure at a check: those that can decide it.
+
+        Every model at the last check (and in full retraining); otherwise the ones never
+        measured and the ones below or near their target. A model comfortably above it
+        is measured again only when all the others pass, before a pass counts.
+        """
+        margin = self.target + self.settings.confirm_margin
+        return [n for n, points in curves.items() if everyone or not points or points[-1][1] < margin]
+
+    def _measure(
+        self,
+        merged: Mapping[str, nn.Module],
+        curves: dict[str, list[tuple[int, float]]],
+        check: int,
+        due: Sequence[str],
+        touched: set[str],
+        train: Mapping[str, Split],
+    ) -> None:
+        """Append the current accuracy ratio of each model in ``due`` to its curve."""
         data, baselines = self.prepared.data, self.prepared.baselines
-        return {
-            n: accuracy(m, data[n].val, device=self.device) / baselines[n].val_accuracy for n, m in merged.items()
-        }
+        for name in due:
+            if curves[name] and curves[name][-1][0] == check:
+                continue
+            if self.settings.recalibrate and name in touched:
+                recalibrate_batch_norm(merged[name], train[name], device=self.device)
+            ratio = accuracy(merged[name], data[name].val, device=self.device) / baselines[name].val_accuracy
+            curves[name].append((check, ratio))
 
     def _confirm(self, merged: Mapping[str, nn.Module], ratios: Mapping[str, float]) -> dict[str, float | None] | None:
         """Test ratios of the marginal passes when every model passes and they hold; else ``None``."""
@@ -253,25 +299,47 @@ class Evaluator:
             confirmed[name] = test_ratio
         return confirmed
 
-    def _hopeless(self, history: Sequence[Mapping[str, float]], check: int, total_checks: int) -> bool:
-        """Some model's curve, extrapolated at its best recent pace, stays below its target."""
-        if check < self.settings.min_checks:
+    def _hopeless(self, curves: Mapping[str, Sequence[tuple[int, float]]], check: int, total_checks: int) -> bool:
+        """Some model's curve, extrapolated from its best recent pace, stays below its target.
+
+        Learning curves flatten, so each further check is expected to gain at most
+        ``pace_decay`` times the one before (1 extrapolates the pace linearly). The
+        pace now is the best gain per check over the model's last three measurements,
+        each shrunk by that decay for every check since; ``optimism`` scales the
+        whole estimate. A model that came within ``confirm_margin`` of its target is
+        never given up on: on small validation splits a miss by that much can be
+        noise (the margin a pass within it is confirmed with).
+        """
+        settings = self.settings
+        if check < settings.min_checks:
             return False
         remaining = total_checks - check
-        for name in history[-1]:
-            curve = [h[name] for h in history]
-            best = max(curve)
-            if best >= self.target:
-                continue
-            recent = curve[-3:]
-            pace = max([b - a for a, b in zip(recent, recent[1:])] + [0.0])
-            if best + self.settings.optimism * pace * remaining < self.target:
+        decay = settings.pace_decay
+        horizon = remaining if decay >= 1 else decay * (1 - decay**remaining) / (1 - decay)
+        for points in curves.values():
+            best = max((r for _, r in points), default=self.target)
+            if best >= self.target - settings.confirm_margin or len(points) < 2:
+                continue  # at or near its target (where a miss may be noise), or no pace yet
+            recent = points[-3:]
+            pace = max(
+                [(rb - ra) / (cb - ca) * decay ** (check - cb) for (ca, ra), (cb, rb) in zip(recent, recent[1:])]
+                + [0.0]
+            )
+            if best + settings.optimism * pace * horizon < self.target:
                 return True
         return False
 
 
 def _subsample(split: Split, fraction: float, seed: int) -> Split:
     return split if fraction >= 1 else stratified_subsample(split, fraction, seed=seed)
+
+
+def _same_weights(model: nn.Module, original: nn.Module) -> bool:
+    """Whether ``model`` still holds exactly ``original``'s tensors (same outputs)."""
+    mine, theirs = model.state_dict(), original.state_dict()
+    return mine.keys() == theirs.keys() and all(
+        mine[k].shape == theirs[k].shape and torch.equal(mine[k].cpu(), theirs[k].cpu()) for k in mine
+    )
 
 
 def _unique_parameters(models: Sequence[nn.Module] | Any) -> list[nn.Parameter]:

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy import exc as sa_exc
 
 from searchmerge.errors import SearchmergeError
 from searchmerge.space import GroupInfo, SearchSpace, SharingPlan
@@ -360,18 +361,34 @@ def _prepare(study: StudyFile, say: Progress) -> Any:
 
 
 def _open_storage(url: str, heartbeat_interval: int, grace_period: int) -> RDBStorage:
-    """An RDB storage with heartbeats: stale RUNNING trials are failed and their plans retried."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return RDBStorage(
-                url,
-                heartbeat_interval=heartbeat_interval,
-                grace_period=grace_period,
-                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3),
-            )
-    except Exception as exc:  # noqa: BLE001 - any failure to open means an unusable URL
-        raise SearchmergeError(f"cannot open storage {url!r}: {str(exc).splitlines()[0]}") from None
+    """An RDB storage with heartbeats: stale RUNNING trials are failed and their plans retried.
+
+    Workers started together on a fresh PostgreSQL database all create Optuna's tables,
+    and PostgreSQL's ``CREATE TABLE IF NOT EXISTS`` is not safe against a concurrent
+    one: the losers fail with a unique violation on ``pg_type`` (or a duplicate table).
+    By then the winner's tables exist, so such a failure is retried a few times.
+    """
+    for attempt in range(_CREATE_ATTEMPTS):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return RDBStorage(
+                    url,
+                    heartbeat_interval=heartbeat_interval,
+                    grace_period=grace_period,
+                    heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3),
+                )
+        except (sa_exc.IntegrityError, sa_exc.ProgrammingError) as exc:
+            if attempt + 1 == _CREATE_ATTEMPTS:
+                raise SearchmergeError(f"cannot open storage {url!r}: {str(exc).splitlines()[0]}") from None
+            time.sleep(0.2 * (attempt + 1))
+        except Exception as exc:  # noqa: BLE001 - any other failure to open means an unusable URL
+            raise SearchmergeError(f"cannot open storage {url!r}: {str(exc).splitlines()[0]}") from None
+    raise AssertionError("unreachable")
+
+
+#: How often opening a storage is tried when a concurrent worker is creating its tables.
+_CREATE_ATTEMPTS = 5
 
 
 def _fail_stale(study: optuna.Study) -> None:

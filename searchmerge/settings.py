@@ -42,6 +42,9 @@ class EvaluatorSettings:
         min_checks: Checks (after the one before training) before judging a plan hopeless.
         optimism: Multiplies the recent learning rate of a model's curve when
             extrapolating; above 1 keeps marginal plans alive longer.
+        pace_decay: Learning curves flatten: each further check is expected to gain
+            at most this share of the previous check's gain, in (0, 1]; 1 extrapolates
+            the recent pace linearly over the whole remaining budget.
         confirm_margin: A pass within this margin above the target is confirmed
             on the test split before it counts.
     """
@@ -56,11 +59,14 @@ class EvaluatorSettings:
     early_exit: bool = True
     min_checks: int = 2
     optimism: float = 1.5
+    pace_decay: float = 1.0
     confirm_margin: float = 0.02
 
     def __post_init__(self) -> None:
         if not 0 < self.fraction <= 1:
             raise SearchmergeError(f"evaluator.fraction must be in (0, 1], got {self.fraction}")
+        if not 0 < self.pace_decay <= 1:
+            raise SearchmergeError(f"evaluator.pace_decay must be in (0, 1], got {self.pace_decay}")
         if self.init not in ("first", "average"):
             raise SearchmergeError(f"evaluator.init must be 'first' or 'average', got {self.init!r}")
         for name in ("max_epochs", "checks_per_epoch", "batch_size"):

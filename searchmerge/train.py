@@ -2,13 +2,40 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import nn
 
 from searchmerge.data import Split
 from searchmerge.settings import TrainSettings
+
+
+# cuBLAS is repeatable only with a fixed workspace; it must be set before its first use.
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+@contextmanager
+def repeatable_kernels() -> Iterator[None]:
+    """Within this block, a seed gives the same weights on a GPU too.
+
+    By default cuDNN picks the fastest convolution algorithms, and some of them sum
+    gradients in a different order on every run, so two seeded trainings of one
+    plan would part after a few steps. This selects deterministic kernels where
+    PyTorch has them, and restores the caller's settings afterwards. On the CPU
+    it changes nothing.
+    """
+    saved = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
+             torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved[0], saved[1]
+        torch.use_deterministic_algorithms(saved[2], warn_only=saved[3])
 
 
 def default_device() -> torch.device:
@@ -46,15 +73,15 @@ def accuracy(model: nn.Module, split: Split, *, device: torch.device, batch_size
 
 
 @torch.no_grad()
-def recalibrate_batch_norm(model: nn.Module, split: Split, *, device: torch.device, samples: int = 256) -> None:
+def recalibrate_batch_norm(model: nn.Module, split: Split, *, device: torch.device, samples: int = 128) -> None:
     """Recompute batch-norm running statistics for the model's current weights.
 
     After merging, a model's private batch norms still hold the statistics of its
-    old weights; measuring them again on a few hundred training images (no
+    old weights; measuring them again on a hundred-odd training images (no
     gradient, nothing else changes) removes most of the accuracy a merge loses
     at first sight.
     """
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    norms = _norms(model)
     if not norms:
         return
     momenta = [m.momentum for m in norms]
@@ -70,6 +97,11 @@ def recalibrate_batch_norm(model: nn.Module, split: Split, *, device: torch.devi
     model.train(was_training)
 
 
+def _norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+
+
+@repeatable_kernels()
 def train_model(model: nn.Module, split: Split, settings: TrainSettings, *, seed: int, device: torch.device) -> None:
     """Supervised training of one model for ``settings.epochs`` epochs (Adam, cosine schedule)."""
     torch.manual_seed(seed)

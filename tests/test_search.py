@@ -183,6 +183,28 @@ def _postgres_available() -> bool:
 
 
 @pytest.mark.skipif(not _postgres_available(), reason="no PostgreSQL server on 127.0.0.1:5432")
+def test_workers_starting_together_on_a_fresh_postgres_database_all_open_it() -> None:
+    """PostgreSQL's CREATE TABLE IF NOT EXISTS races; the losers must retry, not fail."""
+    import sqlalchemy as sa
+
+    database = f"fresh_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(POSTGRES.rsplit("/", 1)[0] + "/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(sa.text(f"CREATE DATABASE {database}"))
+    url = POSTGRES.rsplit("/", 1)[0] + f"/{database}"
+    code = f"from searchmerge.search import _open_storage; _open_storage({url!r}, 60, 120)"
+    try:
+        openers = [subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stderr=subprocess.PIPE, text=True)
+                   for _ in range(4)]
+        errors = [opener.communicate(timeout=120)[1] for opener in openers]
+        assert all(opener.returncode == 0 for opener in openers), [e[-500:] for e in errors if e]
+    finally:
+        with admin.connect() as connection:
+            connection.execute(sa.text(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
+        admin.dispose()
+
+
+@pytest.mark.skipif(not _postgres_available(), reason="no PostgreSQL server on 127.0.0.1:5432")
 def test_two_workers_share_one_postgres_study(tmp_path: Path) -> None:
     # A workload name of its own: the PostgreSQL database outlives this test's blob folder.
     (tmp_path / "tiny.yaml").write_text(TINY_STUDY.replace("name: tiny-digits", f"name: tiny-{uuid.uuid4().hex[:8]}"))

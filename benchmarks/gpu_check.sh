@@ -11,8 +11,8 @@ searchmerge() { python3 -c "import sys; from searchmerge.cli import main; sys.ex
 {
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
-echo "== tests that run on CUDA when present (merge, deployment, evaluator)"
-python3 -m pytest -q -p no:cacheprovider tests/test_merge.py tests/test_evaluate.py 2>&1 | tail -5
+echo "== tests that run on CUDA when present (merge, deployment, evaluator, drift)"
+python3 -m pytest -q -p no:cacheprovider tests/test_merge.py tests/test_evaluate.py tests/test_drift.py 2>&1 | tail -5
 echo "== device memory: paper-scale, share every group, batch 1 and 8"
 python3 benchmarks/bench_gpu_memory.py --batch-size 1
 python3 benchmarks/bench_gpu_memory.py --batch-size 8 | tail -6
@@ -23,4 +23,7 @@ db="/tmp/gpu-digits.db"; rm -rf "$db" "$db.checkpoints"
     | python3 -c "import json,sys; d=json.load(sys.stdin); print({k: d[k] for k in ('feasible','stop_reason','unique_bytes','cost')})"
 searchmerge evaluate studies/digits-edge.yaml --share none --storage "sqlite:///$db" --json \
     | python3 -c "import json,sys; d=json.load(sys.stdin); print({k: d[k] for k in ('feasible','stop_reason','cost')})"
+echo "== the README's main job on the GPU (greedy, 10 trials; originals already prepared)"
+/usr/bin/time -f "search: %e s wall" python3 -c "import sys; from searchmerge.cli import main; sys.exit(main())" search studies/digits-edge.yaml --strategy greedy --n-trials 10 \
+    --storage "sqlite:///$db" 2>&1 | tail -4
 } 2>&1 | tee "$out/gpu_check.log"

@@ -27,6 +27,7 @@ from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import exc as sa_exc
 
 from searchmerge.errors import SearchmergeError
+from searchmerge.settings import EvaluatorSettings
 from searchmerge.space import GroupInfo, SearchSpace, SharingPlan
 from searchmerge.store import CheckpointKey
 from searchmerge.study import Progress, StudyFile
@@ -163,7 +164,7 @@ class MergeSearch:
             from searchmerge.drift import drifted_workload
 
             self.prepared = drifted_workload(study, self.prepared, scenario)
-        self.evaluator = Evaluator(self.prepared, study.settings.evaluator, study.settings.target, progress=None)
+        self.evaluator = Evaluator(self.prepared, self.evaluator_settings, study.settings.target, progress=None)
         self.space = SearchSpace([GroupInfo(g.name, g.saved_bytes, g.models) for g in self.evaluator.analysis.groups])
         sampler = make_sampler(strategy, self.space, seed=seed, constraints_func=constraint_of, **(sampler_options or {}))
         self._grace_period = grace_period or 2 * heartbeat_interval
@@ -179,6 +180,12 @@ class MergeSearch:
         )
         self._claim_study()
 
+    @property
+    def evaluator_settings(self) -> EvaluatorSettings:
+        """The study's evaluator, or its drift evaluator when searching a drift scenario's data."""
+        settings = self.study_file.settings
+        return settings.evaluator if self.scenario is None else settings.drift_evaluator
+
     # ----------------------------------------------------------------- identity
     def _identity(self) -> dict[str, Any]:
         settings = self.study_file.settings
@@ -187,7 +194,7 @@ class MergeSearch:
             "data_fingerprint": self.prepared.data_fingerprint,
             "space_fingerprint": self.space.fingerprint,
             "target": settings.target,
-            "evaluator": dataclasses.asdict(settings.evaluator),
+            "evaluator": dataclasses.asdict(self.evaluator_settings),
             **({"scenario": self.scenario} if self.scenario is not None else {}),
             **(
                 {"parent_study": self.warm_start.parent_study, "parent_checkpoint": self.warm_start.parent_checkpoint}

@@ -86,6 +86,10 @@ class StudySettings:
     pretrain: TrainSettings = field(default_factory=TrainSettings)
     finetune: TrainSettings = field(default_factory=TrainSettings)
     evaluator: EvaluatorSettings = field(default_factory=EvaluatorSettings)
+    #: The evaluator on a drift scenario's data: ``evaluator`` with the study file's
+    #: ``drift_evaluator`` section on top. Adapting to new data is slower work than
+    #: re-judging a plan on data the models know, so it may need a larger budget.
+    drift_evaluator: EvaluatorSettings = field(default_factory=EvaluatorSettings)
 
     def __post_init__(self) -> None:
         check_target(self.target)
@@ -96,6 +100,10 @@ class StudySettings:
         data = document.get("data") or {}
         pretrain = dict(document.get("pretrain") or {})
         task = pretrain.pop("task", cls.pretrain_task)
+        evaluator = document.get("evaluator") or {}
+        drift = document.get("drift_evaluator") or {}
+        if not isinstance(drift, Mapping):
+            raise SearchmergeError(f"drift_evaluator must be a mapping of evaluator settings, got {drift!r}")
         return cls(
             target=_number(document.get("target", cls.target), "target"),
             seed=int(document.get("seed", cls.seed)),
@@ -104,14 +112,20 @@ class StudySettings:
             pretrain_task=str(task),
             pretrain=_section(TrainSettings, pretrain, "pretrain"),
             finetune=_section(TrainSettings, document.get("finetune") or {}, "finetune"),
-            evaluator=_section(EvaluatorSettings, document.get("evaluator") or {}, "evaluator"),
+            evaluator=_section(EvaluatorSettings, evaluator, "evaluator"),
+            drift_evaluator=_section(EvaluatorSettings, {**evaluator, **drift}, "drift_evaluator"),
         )
 
     def with_target(self, target: float | None) -> StudySettings:
         return self if target is None else dataclasses.replace(self, target=target)
 
     def with_evaluator(self, **changes: Any) -> StudySettings:
-        return dataclasses.replace(self, evaluator=dataclasses.replace(self.evaluator, **changes))
+        """These settings with ``changes`` to the evaluator, on drifted data as well."""
+        return dataclasses.replace(
+            self,
+            evaluator=dataclasses.replace(self.evaluator, **changes),
+            drift_evaluator=dataclasses.replace(self.drift_evaluator, **changes),
+        )
 
 
 def check_target(target: float) -> float:

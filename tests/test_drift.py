@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import optuna
@@ -22,7 +23,7 @@ from searchmerge.prepare import workload_data
 from searchmerge.research import WARM_ATTR, research
 from searchmerge.search import MergeSearch, load_search
 from searchmerge.study import StudyFile, open_study_file
-from searchmerge.train import accuracy
+from searchmerge.train import accuracy, default_device
 from tests.conftest import TINY_STUDY
 
 PARENT = "tiny-digits-greedy"
@@ -104,9 +105,9 @@ def test_drift_check_equals_a_direct_evaluation(parent: StudyFile, capsys: pytes
     assert best is not None and check.trial == best.number and check.plan == best.plan
     merged = search.merged_models(best)
     night = drifted_data(parent, "night")
-    device = torch.device("cpu")
+    device = default_device()  # where drift_check scores too: a GPU's kernels may round differently
     for outcome in check.models:
-        model = merged[outcome.name]
+        model = merged[outcome.name].to(device)
         assert outcome.accuracy_after == accuracy(model, night[outcome.name].val, device=device)
         assert outcome.accuracy_before == accuracy(model, search.prepared.data[outcome.name].val, device=device)
         # Before the drift, the deployed weights score what the search recorded for them.
@@ -122,6 +123,23 @@ def test_drift_check_equals_a_direct_evaluation(parent: StudyFile, capsys: pytes
     assert document["missing"] == [m.name for m in check.missing]
     assert main(["drift-check", str(parent.path), "--storage", parent.storage, "--data", "fog"]) == 2
     assert "unknown drift scenario 'fog'" in capsys.readouterr().err
+
+
+def test_a_drift_scenario_is_searched_with_the_drift_evaluator(parent: StudyFile) -> None:
+    path = parent.path.parent / "tiny-drift-budget.yaml"
+    path.write_text(parent.path.read_text() + "drift_evaluator: {max_epochs: 7, pace_decay: 0.5}\n")
+    study = open_study_file(path, storage=parent.storage)
+    settings = study.settings
+    assert settings.drift_evaluator == dataclasses.replace(settings.evaluator, max_epochs=7, pace_decay=0.5)
+    drifted = MergeSearch(study, strategy="random", scenario="night", study_name="budget-night")
+    assert drifted.evaluator.settings == settings.drift_evaluator
+    assert drifted.optuna_study.user_attrs["searchmerge:evaluator"]["max_epochs"] == 7
+    plain = MergeSearch(study, strategy="random", study_name="budget-plain")
+    assert plain.evaluator.settings == settings.evaluator != settings.drift_evaluator
+
+    path.write_text(parent.path.read_text() + "drift_evaluator: {max_epoch: 7}\n")
+    with pytest.raises(SearchmergeError, match=r"drift_evaluator: unknown setting\(s\) \['max_epoch'\]"):
+        open_study_file(path, storage=parent.storage)
 
 
 def test_research_revalidates_backs_off_records_lineage_and_resumes(

@@ -22,6 +22,8 @@ from searchmerge.search import MergeSearch
 from searchmerge.study import open_study_file, prepare_study
 from tests.conftest import TINY_STUDY
 
+EVALUATOR_LINE = "evaluator: {fraction: 0.5, max_epochs: 2, lr: 0.003, init: first}"
+
 REPO = Path(__file__).resolve().parents[1]
 POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
@@ -125,6 +127,11 @@ def _kill_mid_trial(command: list[str], storage: str, name: str) -> int | None:
 
 def test_sigkill_mid_trial_then_resume_completes_exactly_n(tiny: tuple[Path, str]) -> None:
     path, storage = tiny
+    # Trials of a few seconds (no early exit, a longer budget), so that a kill lands mid-trial.
+    slow = path.parent / "tiny-slow.yaml"
+    slow.write_text(path.read_text().replace(EVALUATOR_LINE, "evaluator: {fraction: 0.5, max_epochs: 12, lr: 0.003,"
+                                             " init: first, early_exit: false}"))
+    path = slow
     name = "killed"
     command = cli("search", str(path), "--storage", storage, "--strategy", "random", "--n-trials", "6",
                   "--study-name", name, "--heartbeat", "1")

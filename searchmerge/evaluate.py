@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -24,6 +24,7 @@ from torch import nn
 from searchmerge.analysis import AnalysisResult, analyze
 from searchmerge.analysis.memory import model_tensors, unique_tensor_bytes
 from searchmerge.data import Split, stratified_subsample
+from searchmerge.errors import SearchmergeError
 from searchmerge.merge import merge_models
 from searchmerge.prepare import PreparedWorkload
 from searchmerge.settings import EvaluatorSettings, check_target
@@ -135,11 +136,16 @@ class Evaluator:
         seed: int = 0,
         report: ReportFn | None = None,
         start_from: Mapping[str, nn.Module] | None = None,
+        frozen: Collection[str] = (),
     ) -> tuple[Evaluation, dict[str, nn.Module]]:
         """Merge, retrain and judge ``plan``; returns the evaluation and the merged models.
 
         The merged models returned carry the weights of the deciding check (for a
         feasible plan: the check where every model met its target at once).
+
+        ``frozen`` models are scored but not retrained, and neither is any tensor they
+        share: a model joining a deployed merge adapts to it alone, the deployed
+        models keep their weights exactly, and a step costs only the others' passes.
         """
         started = time.perf_counter()
         plan.checked([g.name for g in self.analysis.groups])
@@ -149,18 +155,26 @@ class Evaluator:
         unique = unique_tensor_bytes(model_tensors(merged.values()))
 
         torch.manual_seed(seed)
+        unknown = sorted(set(frozen) - set(names))
+        if unknown:
+            raise SearchmergeError(f"cannot freeze model(s) {unknown}: not in the workload {names}")
+        learners = [n for n in names if n not in frozen]
         train = {n: _subsample(self.prepared.data[n].train, settings.fraction, seed) for n in names}
         streams = {
-            n: batches(train[n], settings.batch_size, seed=seed + i, device=self.device) for i, n in enumerate(names)
+            n: batches(train[n], settings.batch_size, seed=seed + i, device=self.device)
+            for i, n in enumerate(names)
+            if n in learners
         }
         touched = {model for group in self.analysis.groups if group.name in plan.shared for model in group.models}
+        touched -= set(frozen)  # a frozen model keeps its batch-norm statistics too
         for model in merged.values():
             model.to(self.device)
-        parameters = _unique_parameters(merged.values())
+        fixed = {id(p) for n in frozen for p in merged[n].parameters()}
+        parameters = [p for p in _unique_parameters(merged[n] for n in learners) if id(p) not in fixed]
         optimizer = torch.optim.Adam(parameters, lr=settings.lr) if parameters else None
         loss_fn = nn.CrossEntropyLoss()
 
-        epoch_steps = max(steps_per_epoch(s, settings.batch_size) for s in train.values())
+        epoch_steps = max((steps_per_epoch(train[n], settings.batch_size) for n in learners), default=1)
         check_every = max(1, epoch_steps // settings.checks_per_epoch)
         total_checks = max(1, math.ceil(settings.max_epochs * epoch_steps / check_every))
         schedule = (
@@ -182,11 +196,11 @@ class Evaluator:
         watching = settings.early_exit or report is not None
         for check in range(total_checks + 1):
             if check > 0 and optimizer is not None:
-                for model in merged.values():
-                    model.train()
+                for name in learners:
+                    merged[name].train()
                 for _ in range(check_every):
                     optimizer.zero_grad(set_to_none=True)
-                    loss = sum(loss_fn(merged[n](x), y) for n in names for x, y in [next(streams[n])])
+                    loss = sum(loss_fn(merged[n](x), y) for n in learners for x, y in [next(streams[n])])
                     loss.backward()  # type: ignore[union-attr]
                     optimizer.step()
                     schedule.step()  # type: ignore[union-attr]
@@ -195,12 +209,12 @@ class Evaluator:
             if not (watching or last):
                 continue
             self._measure(merged, curves, check, self._due(curves, everyone=last or not settings.early_exit),
-                          touched, train)
+                          touched, train, frozen)
             ratios = {n: points[-1][1] for n, points in curves.items()}
             if all(r >= self.target for r in ratios.values()):
                 # Feasible only with every model's weights of this one check: re-measure the rest.
                 stale = [n for n, points in curves.items() if points[-1][0] != check]
-                self._measure(merged, curves, check, stale, touched, train)
+                self._measure(merged, curves, check, stale, touched, train, frozen)
                 ratios = {n: points[-1][1] for n, points in curves.items()}
             worst_curve.append(min(ratios.values()))
             if self.progress is not None:
@@ -238,7 +252,7 @@ class Evaluator:
             )
             for n in names
         )
-        samples = steps * settings.batch_size * len(names)
+        samples = steps * settings.batch_size * len(learners)
         cost = Cost(steps=steps, samples=samples, seconds=time.perf_counter() - started, checks=len(worst_curve))
         curve = tuple(worst_curve)
         evaluation = Evaluation(
@@ -272,11 +286,18 @@ class Evaluator:
         due: Sequence[str],
         touched: set[str],
         train: Mapping[str, Split],
+        frozen: Collection[str],
     ) -> None:
-        """Append the current accuracy ratio of each model in ``due`` to its curve."""
+        """Append the current accuracy ratio of each model in ``due`` to its curve.
+
+        A frozen model, once measured, scores the same for good: its weights do not move.
+        """
         data, baselines = self.prepared.data, self.prepared.baselines
         for name in due:
             if curves[name] and curves[name][-1][0] == check:
+                continue
+            if name in frozen and curves[name]:
+                curves[name].append((check, curves[name][-1][1]))
                 continue
             if self.settings.recalibrate and name in touched:
                 recalibrate_batch_norm(merged[name], train[name], device=self.device)

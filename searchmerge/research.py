@@ -5,7 +5,8 @@ joins or leaves the workload, most of what the earlier (parent) study learned st
 so a re-search starts from it:
 
 1. the deployed plan (the parent's best feasible trial) is re-validated first, retrained
-   from its own stored merged weights rather than from the originals;
+   from its own stored merged weights rather than from the originals (after a workload
+   change on unchanged data, only the new models retrain: the deployed ones are settled);
 2. if it fails, it backs off from the groups the failing models take part in: the larger
    half of them is dropped, and again from the next failure, until a plan passes or
    nothing implicated is left;
@@ -24,6 +25,7 @@ and checkpoints are only read. Re-running the same call resumes the re-search.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -122,7 +124,14 @@ def research(
     dropped = sorted(deployed.plan.shared - start.shared)
     if dropped:
         say(f"groups of the deployed plan that no longer exist: {', '.join(dropped)}")
-    join_deployed_groups(models, search.evaluator.analysis.groups, start, parent_models=tensors_models(tensors), say=say)
+    parent_models = tensors_models(tensors)
+    join_deployed_groups(models, search.evaluator.analysis.groups, start, parent_models=parent_models, say=say)
+    if scenario is None:  # on unchanged data the parent's models are settled: only a new one adapts
+        settled = frozenset(search.prepared.models) & parent_models
+        search.warm_start = dataclasses.replace(warm, settled=settled, settled_plan=start)
+        new = sorted(set(search.prepared.models) - settled)
+        if new:
+            say(f"deployed plan: {', '.join(new)} adapt(s) alone; the deployed models keep their weights")
     _warm_up(search, start, n_trials)
     search.run(n_trials)
     return search

@@ -95,11 +95,25 @@ class WarmStart:
         parent_study: The earlier study whose deployed plan this search continues.
         parent_checkpoint: The checkpoint of that plan's merged weights.
         models: Per model, the module to merge from (the parent's merged weights, unmerged).
+        settled: Models whose deployed weights need no retraining under ``settled_plan``
+            (after a workload change, on unchanged data: the parent's models).
+        settled_plan: The deployed plan in this search's groups.
     """
 
     parent_study: str
     parent_checkpoint: str
     models: Mapping[str, Any]
+    settled: frozenset[str] = frozenset()
+    settled_plan: SharingPlan | None = None
+
+    def frozen_for(self, plan: SharingPlan) -> frozenset[str]:
+        """The models to keep exactly as deployed while ``plan`` is evaluated.
+
+        Only the deployed plan itself keeps its settled models: there they are the
+        deployed models, and a model that joins adapts to them alone. Any other plan
+        moves shared weights, so every model retrains.
+        """
+        return self.settled if plan == self.settled_plan else frozenset()
 
 
 class MergeSearch:
@@ -294,7 +308,8 @@ class MergeSearch:
         kind = "merged" if self.warm_start is None else f"merged-from-{self.warm_start.parent_checkpoint}"
         key = CheckpointKey(self.prepared.workload_fingerprint, plan.plan_hash, self.prepared.data_fingerprint, kind)
         record = self.study_file.store.find(key)
-        signature = self._identity()
+        frozen = self.warm_start.frozen_for(plan) if self.warm_start is not None else frozenset()
+        signature = {**self._identity(), **({"frozen": sorted(frozen)} if frozen else {})}
         reusable = record is not None and record.metadata["evaluation"]["stop_reason"] != "pruned"
         if reusable and record.metadata.get("evaluated_with") == {**signature, "seed": self.seed}:  # type: ignore[union-attr]
             return _evaluation_from_dict(Evaluation, plan, record.metadata["evaluation"]), record.id, True  # type: ignore[union-attr]
@@ -304,7 +319,9 @@ class MergeSearch:
             return trial.should_prune()
 
         start_from = self.warm_start.models if self.warm_start is not None else None
-        evaluation, merged = self.evaluator.evaluate(plan, seed=self.seed, report=report, start_from=start_from)
+        evaluation, merged = self.evaluator.evaluate(
+            plan, seed=self.seed, report=report, start_from=start_from, frozen=frozen
+        )
         tensors = merged_state(merged)
         metadata = {"evaluation": evaluation.to_dict(), "evaluated_with": {**signature, "seed": self.seed}}
         checkpoint = self.study_file.store.put(key, tensors, metadata)

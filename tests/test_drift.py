@@ -22,6 +22,7 @@ from searchmerge.errors import SearchmergeError
 from searchmerge.prepare import workload_data
 from searchmerge.research import WARM_ATTR, research
 from searchmerge.search import MergeSearch, load_search
+from searchmerge.space import SharingPlan
 from searchmerge.study import StudyFile, open_study_file
 from searchmerge.train import accuracy, default_device
 from tests.conftest import TINY_STUDY
@@ -211,6 +212,14 @@ def test_adding_a_model_starts_from_the_parent(parent: StudyFile) -> None:
     first = search.finished_trials()[0]
     plan = search.space.plan_from_params(first.params)
     assert plan.shared == {g for g in deployed.plan.shared if g in search.space}
+    # The deployed plan: only the new model adapts; the deployed models and every shared
+    # tensor keep their deployed weights exactly, and each step trains one model.
+    assert search.warm_start.frozen_for(plan) == {"a", "b", "c"}  # type: ignore[union-attr]
+    assert first.user_attrs["cost_samples"] == first.user_attrs["cost_steps"] * search.evaluator.settings.batch_size
+    after = search.study_file.store.load(first.user_attrs["checkpoint"])
+    for key, value in tensors.items():
+        assert torch.equal(after[key], value), key
+    assert search.warm_start.frozen_for(SharingPlan.of([])) == frozenset()  # type: ignore[union-attr]
     assert snapshot(parent, PARENT)[0] == before[0]
 
 

@@ -6,11 +6,13 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from searchmerge.analysis import analyze
 from searchmerge.cli import main
 from searchmerge.errors import SearchmergeError
 from searchmerge.evaluate import Evaluator
+from searchmerge.merge import merge_models
 from searchmerge.space import SharingPlan
 from searchmerge.store import CheckpointCorruptError
 from searchmerge.study import evaluate_plan, open_study_file, prepare_study
@@ -85,6 +87,28 @@ def test_evaluation_is_repeatable(study_dir: Path) -> None:
     second, _ = evaluator.evaluate(plan, seed=3)
     assert [m.ratio for m in first.models] == [m.ratio for m in second.models]
     assert first.cost.steps == second.cost.steps
+
+
+def test_frozen_models_and_what_they_share_keep_their_weights(study_dir: Path) -> None:
+    study = open_tiny(study_dir)
+    prepared = prepare_study(study)
+    settings = study.settings.with_evaluator(early_exit=False, max_epochs=1).evaluator
+    evaluator = Evaluator(prepared, settings, 0.9)
+    plan = SharingPlan.of([g.name for g in evaluator.analysis.groups])
+    kept = next(iter(prepared.models))
+    before = merge_models(prepared.models, evaluator.analysis.groups, plan, init=settings.init)
+    evaluation, merged = evaluator.evaluate(plan, frozen={kept})
+    assert evaluation.cost.steps > 0
+    assert evaluation.cost.samples == evaluation.cost.steps * settings.batch_size * (len(prepared.models) - 1)
+    for key, value in merged[kept].state_dict().items():
+        assert torch.equal(value, before[kept].state_dict()[key]), key  # shared tensors included
+    others = [n for n in prepared.models if n != kept]
+    assert any(
+        not torch.equal(value, before[others[0]].state_dict()[key])
+        for key, value in merged[others[0]].state_dict().items()
+    ), "the other models should have retrained"
+    with pytest.raises(SearchmergeError, match="cannot freeze model"):
+        evaluator.evaluate(plan, frozen={"no-such-model"})
 
 
 def test_hopeless_plans_stop_early_and_pruner_stops(study_dir: Path) -> None:

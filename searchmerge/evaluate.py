@@ -150,14 +150,14 @@ class Evaluator:
         started = time.perf_counter()
         plan.checked([g.name for g in self.analysis.groups])
         settings, names = self.settings, list(self.prepared.models)
+        unknown = sorted(set(frozen) - set(names))
+        if unknown:
+            raise SearchmergeError(f"cannot freeze model(s) {unknown}: not in the workload {names}")
         originals = start_from if start_from is not None else self.prepared.models
         merged = merge_models(originals, self.analysis.groups, plan, init=settings.init)  # type: ignore[arg-type]
         unique = unique_tensor_bytes(model_tensors(merged.values()))
 
         torch.manual_seed(seed)
-        unknown = sorted(set(frozen) - set(names))
-        if unknown:
-            raise SearchmergeError(f"cannot freeze model(s) {unknown}: not in the workload {names}")
         learners = [n for n in names if n not in frozen]
         train = {n: _subsample(self.prepared.data[n].train, settings.fraction, seed) for n in names}
         streams = {

@@ -169,8 +169,7 @@ class Evaluator:
         touched -= set(frozen)  # a frozen model keeps its batch-norm statistics too
         for model in merged.values():
             model.to(self.device)
-        fixed = {id(p) for n in frozen for p in merged[n].parameters()}
-        parameters = [p for p in _unique_parameters(merged[n] for n in learners) if id(p) not in fixed]
+        parameters = _trainable_parameters(merged, learners, frozen)
         optimizer = torch.optim.Adam(parameters, lr=settings.lr) if parameters else None
         loss_fn = nn.CrossEntropyLoss()
 
@@ -182,12 +181,7 @@ class Evaluator:
             if optimizer is not None
             else None
         )
-        # Each model's measured ratios as (check, ratio). A model whose weights are still
-        # exactly the ones its baseline was measured with scores 1 without being run.
-        curves: dict[str, list[tuple[int, float]]] = {
-            n: [(0, 1.0)] for n in names if _same_weights(merged[n], self.prepared.models[n])
-        }
-        curves.update({n: [] for n in names if n not in curves})
+        scores = _Scoreboard(self, merged, train, touched, frozen)
         worst_curve: list[float] = []
         steps = 0
         outcome: tuple[bool, str, dict[str, float], dict[str, float | None]] | None = None
@@ -196,8 +190,7 @@ class Evaluator:
         watching = settings.early_exit or report is not None
         for check in range(total_checks + 1):
             if check > 0 and optimizer is not None:
-                for name in learners:
-                    merged[name].train()
+                _start_training(merged, learners, frozen)
                 for _ in range(check_every):
                     optimizer.zero_grad(set_to_none=True)
                     loss = sum(loss_fn(merged[n](x), y) for n in learners for x, y in [next(streams[n])])
@@ -208,14 +201,7 @@ class Evaluator:
             last = check == total_checks or optimizer is None
             if not (watching or last):
                 continue
-            self._measure(merged, curves, check, self._due(curves, everyone=last or not settings.early_exit),
-                          touched, train, frozen)
-            ratios = {n: points[-1][1] for n, points in curves.items()}
-            if all(r >= self.target for r in ratios.values()):
-                # Feasible only with every model's weights of this one check: re-measure the rest.
-                stale = [n for n, points in curves.items() if points[-1][0] != check]
-                self._measure(merged, curves, check, stale, touched, train, frozen)
-                ratios = {n: points[-1][1] for n, points in curves.items()}
+            ratios = scores.score(check, everyone=last or not settings.early_exit)
             worst_curve.append(min(ratios.values()))
             if self.progress is not None:
                 worst = min(ratios, key=ratios.__getitem__)
@@ -231,7 +217,7 @@ class Evaluator:
             if report is not None and report(check, min(ratios.values())):
                 outcome = (False, "pruned", ratios, {})
                 break
-            if settings.early_exit and self._hopeless(curves, check, total_checks):
+            if settings.early_exit and scores.hopeless(check, total_checks):
                 outcome = (False, "hopeless", ratios, {})
                 break
         assert outcome is not None
@@ -248,7 +234,7 @@ class Evaluator:
                 ratio=ratios[n],
                 meets_target=ratios[n] >= self.target,
                 test_ratio=test_ratios.get(n),
-                check=curves[n][-1][0],
+                check=scores.measured_at(n),
             )
             for n in names
         )
@@ -268,42 +254,6 @@ class Evaluator:
         )
         return evaluation, merged
 
-    def _due(self, curves: Mapping[str, Sequence[tuple[int, float]]], *, everyone: bool) -> list[str]:
-        """The models to measure at a check: those that can decide it.
-
-        Every model at the last check (and in full retraining); otherwise the ones never
-        measured and the ones below or near their target. A model comfortably above it
-        is measured again only when all the others pass, before a pass counts.
-        """
-        margin = self.target + self.settings.confirm_margin
-        return [n for n, points in curves.items() if everyone or not points or points[-1][1] < margin]
-
-    def _measure(
-        self,
-        merged: Mapping[str, nn.Module],
-        curves: dict[str, list[tuple[int, float]]],
-        check: int,
-        due: Sequence[str],
-        touched: set[str],
-        train: Mapping[str, Split],
-        frozen: Collection[str],
-    ) -> None:
-        """Append the current accuracy ratio of each model in ``due`` to its curve.
-
-        A frozen model, once measured, scores the same for good: its weights do not move.
-        """
-        data, baselines = self.prepared.data, self.prepared.baselines
-        for name in due:
-            if curves[name] and curves[name][-1][0] == check:
-                continue
-            if name in frozen and curves[name]:
-                curves[name].append((check, curves[name][-1][1]))
-                continue
-            if self.settings.recalibrate and name in touched:
-                recalibrate_batch_norm(merged[name], train[name], device=self.device)
-            ratio = accuracy(merged[name], data[name].val, device=self.device) / baselines[name].val_accuracy
-            curves[name].append((check, ratio))
-
     def _confirm(self, merged: Mapping[str, nn.Module], ratios: Mapping[str, float]) -> dict[str, float | None] | None:
         """Test ratios of the marginal passes when every model passes and they hold; else ``None``."""
         if any(r < self.target for r in ratios.values()):
@@ -320,7 +270,73 @@ class Evaluator:
             confirmed[name] = test_ratio
         return confirmed
 
-    def _hopeless(self, curves: Mapping[str, Sequence[tuple[int, float]]], check: int, total_checks: int) -> bool:
+class _Scoreboard:
+    """Each model's accuracy ratio through one evaluation, measured only when a check needs it.
+
+    Scoring is the part of a check that costs: recalibrating a model's batch norms and
+    running its validation split. A check scores the models that can decide it; the
+    others keep the ratio of their last measurement until every model must pass at once.
+    """
+
+    def __init__(
+        self,
+        evaluator: Evaluator,
+        merged: Mapping[str, nn.Module],
+        train: Mapping[str, Split],
+        touched: set[str],
+        frozen: Collection[str],
+    ) -> None:
+        self.evaluator, self.merged, self.train, self.touched, self.frozen = evaluator, merged, train, touched, frozen
+        self.target, self.settings = evaluator.target, evaluator.settings
+        self.kept_norms = _frozen_norms(merged, frozen)
+        # Each model's measured ratios as (check, ratio). A model whose weights are still
+        # exactly the ones its baseline was measured with scores 1 without being run.
+        originals = evaluator.prepared.models
+        self.curves: dict[str, list[tuple[int, float]]] = {
+            name: [(0, 1.0)] if _same_weights(model, originals[name]) else [] for name, model in merged.items()
+        }
+
+    def score(self, check: int, *, everyone: bool) -> dict[str, float]:
+        """Every model's ratio after scoring the ones due at ``check`` (all if ``everyone``)."""
+        self._measure(check, self._due(everyone))
+        if all(points[-1][1] >= self.target for points in self.curves.values()):
+            # Feasible only with every model's weights of this one check: re-measure the rest.
+            self._measure(check, [n for n, points in self.curves.items() if points[-1][0] != check])
+        return {name: points[-1][1] for name, points in self.curves.items()}
+
+    def measured_at(self, name: str) -> int:
+        """The check that measured ``name``'s latest ratio."""
+        return self.curves[name][-1][0]
+
+    def _due(self, everyone: bool) -> list[str]:
+        """The models to measure at a check: those that can decide it.
+
+        Every model at the last check (and in full retraining); otherwise the ones never
+        measured and the ones below or near their target. A model comfortably above it
+        is measured again only when all the others pass, before a pass counts.
+        """
+        margin = self.target + self.settings.confirm_margin
+        return [n for n, points in self.curves.items() if everyone or not points or points[-1][1] < margin]
+
+    def _measure(self, check: int, due: Sequence[str]) -> None:
+        """Append the current accuracy ratio of each model in ``due`` to its curve.
+
+        A frozen model, once measured, scores the same for good: its weights do not move.
+        """
+        prepared, device = self.evaluator.prepared, self.evaluator.device
+        for name in due:
+            curve = self.curves[name]
+            if curve and curve[-1][0] == check:
+                continue
+            if name in self.frozen and curve:
+                curve.append((check, curve[-1][1]))
+                continue
+            if self.settings.recalibrate and name in self.touched:
+                recalibrate_batch_norm(self.merged[name], self.train[name], device=device, keep=self.kept_norms)
+            ratio = accuracy(self.merged[name], prepared.data[name].val, device=device)
+            curve.append((check, ratio / prepared.baselines[name].val_accuracy))
+
+    def hopeless(self, check: int, total_checks: int) -> bool:
         """Some model's curve, extrapolated from its best recent pace, stays below its target.
 
         Learning curves flatten, so each further check is expected to gain at most
@@ -337,7 +353,7 @@ class Evaluator:
         remaining = total_checks - check
         decay = settings.pace_decay
         horizon = remaining if decay >= 1 else decay * (1 - decay**remaining) / (1 - decay)
-        for points in curves.values():
+        for points in self.curves.values():
             best = max((r for _, r in points), default=self.target)
             if best >= self.target - settings.confirm_margin or len(points) < 2:
                 continue  # at or near its target (where a miss may be noise), or no pace yet
@@ -349,6 +365,33 @@ class Evaluator:
             if best + settings.optimism * pace * horizon < self.target:
                 return True
         return False
+
+
+def _trainable_parameters(
+    merged: Mapping[str, nn.Module], learners: Sequence[str], frozen: Collection[str]
+) -> list[nn.Parameter]:
+    """The learners' parameters, each once, except those a frozen model uses too."""
+    fixed = {id(p) for name in frozen for p in merged[name].parameters()}
+    return [p for p in _unique_parameters(merged[name] for name in learners) if id(p) not in fixed]
+
+
+def _start_training(merged: Mapping[str, nn.Module], learners: Sequence[str], frozen: Collection[str]) -> None:
+    """The learners in training mode, except batch norms whose statistics a frozen model shares."""
+    for name in learners:
+        merged[name].train()
+    for norm in _frozen_norms(merged, frozen):
+        norm.eval()  # in training mode it would move the frozen model's running statistics
+
+
+def _frozen_norms(merged: Mapping[str, nn.Module], frozen: Collection[str]) -> set[nn.Module]:
+    """Batch norms of any model whose running statistics a frozen model shares (with ``share_norm``)."""
+    fixed = {id(b) for name in frozen for b in merged[name].buffers()}
+    return {
+        module
+        for model in merged.values()
+        for module in model.modules()
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and any(id(b) in fixed for b in module.buffers())
+    }
 
 
 def _subsample(split: Split, fraction: float, seed: int) -> Split:

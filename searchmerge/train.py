@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -73,15 +73,18 @@ def accuracy(model: nn.Module, split: Split, *, device: torch.device, batch_size
 
 
 @torch.no_grad()
-def recalibrate_batch_norm(model: nn.Module, split: Split, *, device: torch.device, samples: int = 128) -> None:
+def recalibrate_batch_norm(
+    model: nn.Module, split: Split, *, device: torch.device, samples: int = 128, keep: Collection[nn.Module] = ()
+) -> None:
     """Recompute batch-norm running statistics for the model's current weights.
 
     After merging, a model's private batch norms still hold the statistics of its
     old weights; measuring them again on a hundred-odd training images (no
     gradient, nothing else changes) removes most of the accuracy a merge loses
-    at first sight.
+    at first sight. Norms in ``keep`` (statistics shared with a model that must not
+    change) are left as they are.
     """
-    norms = _norms(model)
+    norms = [norm for norm in _norms(model) if norm not in keep]
     if not norms:
         return
     momenta = [m.momentum for m in norms]
@@ -90,6 +93,8 @@ def recalibrate_batch_norm(model: nn.Module, split: Split, *, device: torch.devi
         norm.momentum = None  # cumulative average over the passes below
     was_training = model.training
     model.train()
+    for norm in keep:
+        norm.eval()
     for start in range(0, min(samples, len(split.y)), 128):
         model(split.x[start : min(start + 128, samples)].to(device))
     for norm, momentum in zip(norms, momenta):

@@ -93,7 +93,9 @@ def test_frozen_models_and_what_they_share_keep_their_weights(study_dir: Path) -
     study = open_tiny(study_dir)
     prepared = prepare_study(study)
     settings = study.settings.with_evaluator(early_exit=False, max_epochs=1).evaluator
-    evaluator = Evaluator(prepared, settings, 0.9)
+    # Norm layers shared too: a learner must not move a frozen model's shared statistics either.
+    evaluator = Evaluator(prepared, settings, 0.9, analysis=analyze(prepared.workload, built=prepared.models,
+                                                                    share_norm=True))
     plan = SharingPlan.of([g.name for g in evaluator.analysis.groups])
     kept = next(iter(prepared.models))
     before = merge_models(prepared.models, evaluator.analysis.groups, plan, init=settings.init)

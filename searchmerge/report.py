@@ -103,10 +103,12 @@ def format_evaluation(evaluation: Any, *, bound_saved_bytes: int | None = None, 
             f"{m.ratio:.3f}",
             "-" if m.test_ratio is None else f"{m.test_ratio:.3f}",
             "yes" if m.meets_target else "NO",
+            str(m.check),
         ]
         for m in evaluation.models
     ]
-    lines.append(format_table(["model", "accuracy", "baseline", "ratio", "test ratio", "meets target"], rows))
+    headers = ["model", "accuracy", "baseline", "ratio", "test ratio", "meets target", "scored at check"]
+    lines.append(format_table(headers, rows))
     verdict = "FEASIBLE" if evaluation.feasible else "infeasible"
     lines.append(f"{verdict}: every model must keep {evaluation.target:.2f} of its baseline accuracy"
                  f" (stopped: {evaluation.stop_reason})")

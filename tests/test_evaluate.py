@@ -164,8 +164,10 @@ def test_cli_evaluate_json_and_errors(study_dir: Path, capsys: pytest.CaptureFix
     assert main([*arguments, "--share", "none", "--json"]) == 0
     document = json.loads(capsys.readouterr().out)
     assert set(document) >= {"models", "feasible", "unique_bytes", "saved_bytes", "cost", "checkpoint"}
-    assert set(document["models"][0]) >= {"name", "accuracy", "ratio"}
+    assert set(document["models"][0]) >= {"name", "accuracy", "ratio", "check"}
+    assert all(m["ratio"] == 1.0 and m["check"] == 0 for m in document["models"])  # the originals, not run
     assert main([*arguments, "--share", "bogus"]) == 2
     assert "do not exist: bogus" in capsys.readouterr().err
     assert main([*arguments, "--share", "none"]) == 0
-    assert "FEASIBLE" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "FEASIBLE" in out and "scored at check" in out

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every GPU check of the project in one script, for a lent GPU machine with PyTorch but
 # no package index: the remaining dependencies come as wheels in .whl/ (see
-# benchmarks/README.md, "GPU checks"). Writes its log to $OUT (or /tmp) as well.
+# benchmarks/README.md, "GPU memory", for the pip download line). Writes its log to $OUT (or /tmp) as well.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-/tmp}"

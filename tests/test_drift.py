@@ -223,6 +223,20 @@ def test_adding_a_model_starts_from_the_parent(parent: StudyFile) -> None:
     assert snapshot(parent, PARENT)[0] == before[0]
 
 
+def test_retiring_a_model_only_scores_the_deployed_plan(parent: StudyFile) -> None:
+    """The remaining models are settled: the deployed plan without the retired model needs no retraining."""
+    path = parent.path.parent / "tiny-ab.yaml"
+    retired = TINY_STUDY.replace("name: tiny-digits", "name: tiny-ab")
+    retired = retired[: retired.index("  - {name: c,")]
+    path.write_text(retired)
+    study = open_study_file(path, storage=parent.storage)
+    search = research(study, parent_file=parent, n_trials=1)
+    first = search.finished_trials()[0]
+    assert search.warm_start.frozen_for(search.space.plan_from_params(first.params)) == {"a", "b"}  # type: ignore[union-attr]
+    assert first.user_attrs["cost_steps"] == 0
+    assert first.user_attrs["feasible"]  # the deployed models passed in the parent; on the same data they still do
+
+
 def test_bad_input_is_refused_and_overwrites_nothing(parent: StudyFile, capsys: pytest.CaptureFixture[str]) -> None:
     before = snapshot(parent, PARENT)
     MergeSearch(parent, strategy="random", study_name="empty")  # a study without a feasible plan

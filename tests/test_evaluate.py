@@ -13,6 +13,7 @@ from searchmerge.cli import main
 from searchmerge.errors import SearchmergeError
 from searchmerge.evaluate import Evaluator
 from searchmerge.merge import merge_models
+from searchmerge.settings import StudySettings
 from searchmerge.space import SharingPlan
 from searchmerge.store import CheckpointCorruptError
 from searchmerge.study import evaluate_plan, open_study_file, prepare_study
@@ -135,6 +136,11 @@ def test_bad_plans_and_targets(study_dir: Path) -> None:
         open_tiny(study_dir, target=1.5)
     with pytest.raises(SearchmergeError, match=r"target must be in \(0, 1\]"):
         Evaluator(prepare_study(study), study.settings.evaluator, 0.0)
+    for bad in (0.0, 1.5):
+        with pytest.raises(SearchmergeError, match=r"evaluator.pace_decay must be in \(0, 1\]"):
+            StudySettings.from_document({"evaluator": {"pace_decay": bad}})
+    with pytest.raises(SearchmergeError, match="drift_evaluator must be a mapping"):
+        StudySettings.from_document({"drift_evaluator": [3]})
 
 
 def test_corrupt_original_is_reported_not_loaded(tmp_path: Path, study_dir: Path) -> None:

@@ -31,6 +31,7 @@ from searchmerge.settings import EvaluatorSettings, check_target
 from searchmerge.space import SharingPlan
 from searchmerge.train import (
     accuracy,
+    batch_norms,
     batches,
     default_device,
     recalibrate_batch_norm,
@@ -167,6 +168,9 @@ class Evaluator:
         }
         touched = {model for group in self.analysis.groups if group.name in plan.shared for model in group.models}
         touched -= set(frozen)  # a frozen model keeps its batch-norm statistics too
+        kept_norms = _frozen_norms(merged, frozen)
+        # Scored before the move to the device: an untouched model is compared with its original there.
+        scores = _Scoreboard(self, merged, train, touched, frozen, kept_norms)
         for model in merged.values():
             model.to(self.device)
         parameters = _trainable_parameters(merged, learners, frozen)
@@ -181,7 +185,6 @@ class Evaluator:
             if optimizer is not None
             else None
         )
-        scores = _Scoreboard(self, merged, train, touched, frozen)
         worst_curve: list[float] = []
         steps = 0
         outcome: tuple[bool, str, dict[str, float], dict[str, float | None]] | None = None
@@ -190,7 +193,7 @@ class Evaluator:
         watching = settings.early_exit or report is not None
         for check in range(total_checks + 1):
             if check > 0 and optimizer is not None:
-                _start_training(merged, learners, frozen)
+                _start_training(merged, learners, kept_norms)
                 for _ in range(check_every):
                     optimizer.zero_grad(set_to_none=True)
                     loss = sum(loss_fn(merged[n](x), y) for n in learners for x, y in [next(streams[n])])
@@ -285,10 +288,10 @@ class _Scoreboard:
         train: Mapping[str, Split],
         touched: set[str],
         frozen: Collection[str],
+        kept_norms: Collection[nn.Module],
     ) -> None:
         self.evaluator, self.merged, self.train, self.touched, self.frozen = evaluator, merged, train, touched, frozen
-        self.target, self.settings = evaluator.target, evaluator.settings
-        self.kept_norms = _frozen_norms(merged, frozen)
+        self.target, self.settings, self.kept_norms = evaluator.target, evaluator.settings, kept_norms
         # Each model's measured ratios as (check, ratio). A model whose weights are still
         # exactly the ones its baseline was measured with scores 1 without being run.
         originals = evaluator.prepared.models
@@ -375,11 +378,13 @@ def _trainable_parameters(
     return [p for p in _unique_parameters(merged[name] for name in learners) if id(p) not in fixed]
 
 
-def _start_training(merged: Mapping[str, nn.Module], learners: Sequence[str], frozen: Collection[str]) -> None:
+def _start_training(
+    merged: Mapping[str, nn.Module], learners: Sequence[str], kept_norms: Collection[nn.Module]
+) -> None:
     """The learners in training mode, except batch norms whose statistics a frozen model shares."""
     for name in learners:
         merged[name].train()
-    for norm in _frozen_norms(merged, frozen):
+    for norm in kept_norms:
         norm.eval()  # in training mode it would move the frozen model's running statistics
 
 
@@ -387,10 +392,7 @@ def _frozen_norms(merged: Mapping[str, nn.Module], frozen: Collection[str]) -> s
     """Batch norms of any model whose running statistics a frozen model shares (with ``share_norm``)."""
     fixed = {id(b) for name in frozen for b in merged[name].buffers()}
     return {
-        module
-        for model in merged.values()
-        for module in model.modules()
-        if isinstance(module, nn.modules.batchnorm._BatchNorm) and any(id(b) in fixed for b in module.buffers())
+        norm for model in merged.values() for norm in batch_norms(model) if any(id(b) in fixed for b in norm.buffers())
     }
 
 

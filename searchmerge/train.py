@@ -84,7 +84,7 @@ def recalibrate_batch_norm(
     at first sight. Norms in ``keep`` (statistics shared with a model that must not
     change) are left as they are.
     """
-    norms = [norm for norm in _norms(model) if norm not in keep]
+    norms = [norm for norm in batch_norms(model) if norm not in keep]
     if not norms:
         return
     momenta = [m.momentum for m in norms]
@@ -102,7 +102,8 @@ def recalibrate_batch_norm(
     model.train(was_training)
 
 
-def _norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+def batch_norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    """The batch norms of ``model`` that keep running statistics."""
     return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
 
 

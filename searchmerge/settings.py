@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from searchmerge.budget import DeploySettings
 from searchmerge.errors import SearchmergeError
 
 
@@ -90,6 +91,8 @@ class StudySettings:
     #: ``drift_evaluator`` section on top. Adapting to new data is slower work than
     #: re-judging a plan on data the models know, so it may need a larger budget.
     drift_evaluator: EvaluatorSettings = field(default_factory=EvaluatorSettings)
+    #: The edge box (``deploy:``): with it, the search maximises the simulated frames processed.
+    deploy: DeploySettings | None = None
 
     def __post_init__(self) -> None:
         check_target(self.target)
@@ -114,6 +117,7 @@ class StudySettings:
             finetune=_section(TrainSettings, document.get("finetune") or {}, "finetune"),
             evaluator=_section(EvaluatorSettings, evaluator, "evaluator"),
             drift_evaluator=_section(EvaluatorSettings, {**evaluator, **drift}, "drift_evaluator"),
+            deploy=DeploySettings.from_document(document.get("deploy")),
         )
 
     def with_target(self, target: float | None) -> StudySettings:

@@ -170,6 +170,31 @@ def cmd_research(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_profile(args: argparse.Namespace) -> int:
+    from searchmerge.edgebox import profile_study
+
+    profile = profile_study(args.study, args.plan, storage=args.storage, blob_dir=args.blob_dir,
+                            study_name=args.study_name, device=args.device, link_bytes_per_s=args.link_bandwidth,
+                            repeats=args.repeats, progress=_say)
+    path = profile.save(args.out)
+    plans = ", ".join(f"{p.name} ({p.layout.resident_bytes / 1e6:.1f} MB)" for p in profile.plans)
+    print(f"wrote {path}: {len(profile.models)} models measured on {profile.device}; plans {plans}")
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from searchmerge.edgebox import deploy_settings, format_simulation, simulate_study, write_figures
+
+    settings = deploy_settings(args.study, gpu_memory=args.gpu_memory, fps=args.fps, sla_ms=args.sla_ms,
+                               seconds=args.seconds, policy=args.policy, swap=args.swap)
+    report = simulate_study(args.study, settings, plans=args.plan, profile=args.profile, storage=args.storage,
+                            blob_dir=args.blob_dir, study_name=args.study_name, progress=_say)
+    print(json.dumps(report.to_dict(), indent=2) if args.json else format_simulation(report))
+    for path in write_figures(report, args.out):
+        _say(f"wrote {path}")
+    return 0
+
+
 def cmd_dashboard(args: argparse.Namespace) -> int:
     import optuna_dashboard
 
@@ -329,6 +354,48 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", default="searchmerge-report", help="folder for the plots")
     report.add_argument("--export", default=None, metavar="DIR", help="also export the best plan's merged deployment")
     report.set_defaults(handler=cmd_report)
+
+    plan_help = "none, all, best (the search's best feasible plan) or comma-separated group names; repeat to" \
+                " compare (default: none, best when a search has one, all)"
+    profile = commands.add_parser(
+        "profile",
+        help="measure what each model costs on this device (time, run memory, load) and lay out the plans",
+        description="Measure per model the inference time and run memory at batch sizes 1, 2, 4, 8 on the device"
+        " present, the host-to-device link on CUDA, and per plan the tensors a deployment holds (shared once)."
+        " Needs no training: only the architectures (and, for 'best', a search).",
+    )
+    _add_study_arguments(profile)
+    profile.add_argument("--plan", action="append", default=None, metavar="PLAN", help=plan_help)
+    profile.add_argument("--study-name", default=None, help="the search whose best plan 'best' is (default: WORKLOAD-greedy)")
+    profile.add_argument("--out", default="profile.json", help="the profile file to write (default: %(default)s)")
+    profile.add_argument("--device", default=None, help="where to measure (default: cuda if present, else cpu)")
+    profile.add_argument("--link-bandwidth", default=None, metavar="BYTES/S",
+                         help="host-to-device bytes per second, e.g. 12GB (default: measured on CUDA, else PCIe 3 x16)")
+    profile.add_argument("--repeats", type=int, default=3, help="timed runs per batch size (default: 3)")
+    profile.set_defaults(handler=cmd_profile)
+
+    simulate = commands.add_parser(
+        "simulate",
+        help="simulate one camera stream per model on a GPU memory budget: frames processed, swaps, loading",
+        description="Simulate the plans on an edge box: one stream per model at FPS, a time-slicing scheduler"
+        " batching 1/2/4/8 frames, frames that cannot meet the SLA dropped, models swapped in and out of the"
+        " budget. Prints the plans side by side and writes the residency timeline and processed fraction vs"
+        " memory as PNGs. Flags override the study file's deploy: section.",
+    )
+    _add_study_arguments(simulate)
+    simulate.add_argument("--gpu-memory", default=None, metavar="SIZE", help="the budget, e.g. 4GiB or 512MiB")
+    simulate.add_argument("--fps", default=None, help="frames per second per stream (default: 15)")
+    simulate.add_argument("--sla-ms", default=None, help="latency target in milliseconds (default: 200)")
+    simulate.add_argument("--seconds", default=None, help="simulated seconds (default: 60)")
+    simulate.add_argument("--policy", default=None, help="eviction: lru or lookahead (default: lru)")
+    simulate.add_argument("--swap", default=None, help="load per model, or per unit (merged group) (default: model)")
+    simulate.add_argument("--plan", action="append", default=None, metavar="PLAN", help=plan_help)
+    simulate.add_argument("--study-name", default=None, help="the search whose best plan 'best' is (default: WORKLOAD-greedy)")
+    simulate.add_argument("--profile", default=None, metavar="PROFILE.json",
+                          help="a profile from 'searchmerge profile' (default: measure one now)")
+    simulate.add_argument("--out", default="searchmerge-simulate", help="folder for the PNGs (default: %(default)s)")
+    simulate.add_argument("--json", action="store_true", help="print one JSON document")
+    simulate.set_defaults(handler=cmd_simulate)
 
     dashboard = commands.add_parser("dashboard", help="start optuna-dashboard on the study storage")
     dashboard.add_argument("study", nargs="?", metavar="STUDY.yaml", help="a study file (for its default storage)")

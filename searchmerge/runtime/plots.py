@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from searchmerge.budget import format_bytes
 from searchmerge.runtime.simulator import SimulationResult
 
 __all__ = ["plot_sweep", "plot_timeline"]
@@ -30,9 +31,8 @@ def plot_timeline(results: Sequence[SimulationResult], path: str | os.PathLike[s
         row = {model: i for i, model in enumerate(models)}
         changes = [*result.residency, (max(window_s, result.residency[-1][0]), frozenset())]
         for model in models:
-            spans = [(start, stop - start) for (start, resident), (stop, _) in zip(changes, changes[1:])
-                     if model in resident and start < window_s]
-            ax.broken_barh(spans, (row[model] - 0.35, 0.7), color="tab:blue", alpha=0.35)
+            ax.broken_barh(_spans(changes, model, window_s), (row[model] - 0.35, 0.7), color="tab:blue", alpha=0.35,
+                           linewidth=0)
         runs = [run for run in result.runs if run.start < window_s]
         ax.scatter([run.start for run in runs], [row[run.model] for run in runs], marker="|", s=60,
                    color=["tab:red" if run.load_s > 0 else "tab:green" for run in runs])
@@ -45,7 +45,7 @@ def plot_timeline(results: Sequence[SimulationResult], path: str | os.PathLike[s
         )
     axes[-1, 0].set_xlim(0, window_s)
     axes[-1, 0].set_xlabel("seconds (bars: resident on the GPU; ticks: runs, red when it had to load)")
-    fig.suptitle(f"Residency under {results[0].settings.gpu_memory / GiB:.2f} GiB" if results else "Residency")
+    fig.suptitle(f"Residency under {format_bytes(results[0].settings.gpu_memory)} of GPU memory" if results else "")
     fig.tight_layout()
     return _save(fig, path)
 
@@ -64,6 +64,19 @@ def plot_sweep(sweep: Mapping[str, Sequence[tuple[int, float]]], path: str | os.
     ax.legend(fontsize="small")
     fig.tight_layout()
     return _save(fig, path)
+
+
+def _spans(changes: Sequence[tuple[float, frozenset[str]]], model: str, window_s: float) -> list[tuple[float, float]]:
+    """``(start, length)`` of each stretch during which ``model`` stays resident, joined across changes."""
+    spans: list[tuple[float, float]] = []
+    for (start, resident), (stop, _) in zip(changes, changes[1:]):
+        if model not in resident or start >= window_s:
+            continue
+        if spans and abs(spans[-1][0] + spans[-1][1] - start) < 1e-12:
+            spans[-1] = (spans[-1][0], stop - spans[-1][0])
+        else:
+            spans.append((start, stop - start))
+    return spans
 
 
 def _rows(results: Sequence[SimulationResult]) -> int:

@@ -15,6 +15,10 @@ from pathlib import Path
 
 from searchmerge.errors import SearchmergeError
 
+#: Exit status of ``drift-check`` when a model of the deployed plan misses its target
+#: (0: the plan still holds; 2 stays "bad input"), so that a script or cron job can act on it.
+EXIT_DRIFT_MISSES = 3
+
 
 def _is_study_file(argument: str) -> bool:
     return argument.endswith((".yaml", ".yml")) or Path(argument).is_file()
@@ -145,8 +149,13 @@ def cmd_drift_check(args: argparse.Namespace) -> int:
 
     study = _open_study(args)
     check = drift_check(study, args.data, study_name=args.study_name, progress=None if args.json else _say)
-    print(json.dumps(check.to_dict(), indent=2) if args.json else format_drift_check(check))
-    return 0
+    if args.json:
+        print(json.dumps(check.to_dict(), indent=2))
+    else:
+        storage = [f"--{flag.replace('_', '-')}={value}" for flag in ("storage", "blob_dir")
+                   if (value := getattr(args, flag)) is not None]
+        print(format_drift_check(check, study.path, options=storage))
+    return EXIT_DRIFT_MISSES if check.missing else 0
 
 
 def cmd_research(args: argparse.Namespace) -> int:
@@ -225,7 +234,8 @@ def _add_run_arguments(parser: argparse.ArgumentParser, *, n_trials: int, study_
 
     parser.add_argument("--strategy", choices=STRATEGIES, default="greedy", help="how plans are proposed")
     parser.add_argument("--n-trials", type=_n_trials, default=n_trials,
-                        help="finished trials the study should have in total")
+                        help="finished (complete or pruned) trials the study should have in total"
+                        " (default: %(default)s)")
     parser.add_argument("--study-name", default=None, help=study_name)
     parser.add_argument("--seed", type=int, default=0, help="seed of the sampler and the retraining")
     parser.add_argument("--heartbeat", type=int, default=10, metavar="SECONDS",
@@ -324,7 +334,9 @@ def build_parser() -> argparse.ArgumentParser:
         "drift-check",
         help="score the deployed plan's merged models on drifted data (night, moved, rain, ...)",
         description="Load the best feasible plan of a search and its merged weights, and report per model the"
-        " accuracy before and after a drift scenario, which models now miss their target, and their shared groups.",
+        " accuracy before and after a drift scenario, which models now miss their target, and their shared groups."
+        f" Exit status: 0 when every model still meets its target, {EXIT_DRIFT_MISSES} when one misses it,"
+        " 2 on bad input.",
     )
     _add_study_arguments(drift)
     drift.add_argument("--data", required=True, metavar="SCENARIO", help="drift scenario: night, moved, rain, or one"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -158,8 +159,13 @@ def format_search(search: Any, *, max_rows: int = 40) -> str:
     return "\n".join(lines)
 
 
-def format_drift_check(check: Any) -> str:
-    """The deployed plan's models before and after a drift, and what the misses implicate."""
+def format_drift_check(check: Any, study_path: str | Path, *, options: Sequence[str] = ()) -> str:
+    """The deployed plan's models before and after a drift, and what the misses implicate.
+
+    ``study_path`` is the study file the check was run on and ``options`` the storage
+    flags it was given (``--storage URL``, ``--blob-dir DIR``), so that the suggested
+    re-search command can be copied and run as printed.
+    """
     lines = [f"deployed plan of {check.study_name!r} (trial {check.trial}, {len(check.plan)} shared group(s),"
              f" saves {megabytes(check.saved_bytes)}) on drift scenario {check.scenario!r}"]
     rows = [
@@ -176,7 +182,9 @@ def format_drift_check(check: Any) -> str:
         groups = ", ".join(check.implicated_groups) or "(none: these models share nothing)"
         lines.append(f"{len(check.missing)} model(s) miss their target: {names}")
         lines.append(f"shared groups they take part in: {groups}")
-        lines.append(f"re-search: searchmerge research STUDY.yaml --data {check.scenario} --from-study {check.study_name}")
+        command = ["searchmerge", "research", str(study_path), "--data", check.scenario, "--from-study",
+                   check.study_name, *options]
+        lines.append(f"re-search: {shlex.join(command)}")
     return "\n".join(lines)
 
 

@@ -255,7 +255,7 @@ class MergeSearch:
             done = len(self.finished_trials())
             running = len(self.optuna_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
             if done >= n_trials:
-                self.say(f"study {self.study_name!r}: {done} finished trials, target {n_trials} reached")
+                self.say(f"study {self.study_name!r}: {done} finished trials, as many as requested ({n_trials})")
                 return
             if done + running >= n_trials and running:
                 # Other workers hold the remaining trials: wait for them rather than overshoot.

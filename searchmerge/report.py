@@ -200,44 +200,89 @@ def best_so_far(trials: Sequence[Any]) -> list[float]:
 
 def plot_searches(searches: Sequence[Any], directory: str | Path) -> list[Path]:
     """Write ``savings_vs_trials.png`` and ``accuracy_vs_memory.png`` for one or more searches."""
+    plt = _pyplot()
+    folder = Path(directory)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for figure, name in ((savings_figure(searches), "savings_vs_trials.png"),
+                         (accuracy_figure(searches), "accuracy_vs_memory.png")):
+        figure.savefig(folder / name, dpi=120)
+        plt.close(figure)
+        written.append(folder / name)
+    return written
+
+
+def search_label(search: Any) -> str:
+    """A search's name in a legend: its study name (a re-search and its parent may share a strategy)."""
+    name = str(search.study_name)
+    return name if search.strategy in name else f"{name} ({search.strategy})"
+
+
+def savings_figure(searches: Sequence[Any]) -> Any:
+    """Best feasible saving after each trial, one line per search, with the max-sharing bound."""
+    from matplotlib.ticker import MaxNLocator
+
+    fig, ax = _pyplot().subplots(figsize=(6, 4))
+    for search in searches:
+        curve = best_so_far(search.history())
+        ax.step(range(1, len(curve) + 1), [c / MB for c in curve], where="post", marker="o", markersize=3,
+                label=search_label(search))
+    bound = max((s.space.max_saved_bytes for s in searches), default=0)
+    if bound:
+        ax.axhline(bound / MB, color="grey", linestyle="--", label="max-sharing bound")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # trials are counted: no trial 1.5
+    _label(fig, ax, ("finished trials", "best feasible saving (MB)", "Memory saved vs trials"))
+    return fig
+
+
+def accuracy_figure(searches: Sequence[Any]) -> Any:
+    """Worst accuracy ratio against merged memory, per trial.
+
+    A plan whose retraining was stopped early (pruned: it could not reach the target) is
+    drawn hollow, at the ratio it had when it was stopped, which is not a final one. Each
+    search's best feasible plan is a star; the dashed line is the workload with no sharing.
+    """
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    no_sharing = 0
+    for index, search in enumerate(searches):
+        color, label, trials = colors[index % len(colors)], search_label(search), search.history()
+        finished = [t for t in trials if t.state != "PRUNED"]
+        stopped = [t for t in trials if t.state == "PRUNED"]
+        if finished:
+            ax.scatter([t.unique_bytes / MB for t in finished], [t.worst_ratio for t in finished], color=color,
+                       marker="o", alpha=0.7, label=f"{label}: retrained plans")
+        if stopped:
+            ax.scatter([t.unique_bytes / MB for t in stopped], [t.worst_ratio for t in stopped], facecolors="none",
+                       edgecolors=color, marker="o", label=f"{label}: pruned plans, ratio stopped at")
+        best = search.best()
+        if best is not None:
+            ax.scatter([best.unique_bytes / MB], [best.worst_ratio], color=color, marker="*", s=220,
+                       edgecolors="black", zorder=3, label=f"{label}: best feasible plan")
+        no_sharing = max([no_sharing, *(t.unique_bytes + t.saved_bytes for t in trials)])
+    if no_sharing:
+        ax.axvline(no_sharing / MB, color="grey", linestyle="--", label=f"no sharing ({megabytes(no_sharing)})")
+    if searches:
+        ax.axhline(searches[0].study_file.settings.target, color="red", linestyle=":", label="target")
+    _label(fig, ax, ("merged workload memory (MB)", "worst accuracy ratio", "Accuracy vs memory"))
+    return fig
+
+
+def _pyplot() -> Any:
+    """pyplot on the file-only Agg backend: reports are written, never shown."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    folder = Path(directory)
-    folder.mkdir(parents=True, exist_ok=True)
-    bound = max((s.space.max_saved_bytes for s in searches), default=0)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for search in searches:
-        curve = best_so_far(search.history())
-        ax.step(range(1, len(curve) + 1), [c / MB for c in curve], where="post", label=search.strategy)
-    if bound:
-        ax.axhline(bound / MB, color="grey", linestyle="--", label="max-sharing bound")
-    savings = _save(fig, ax, ("trials", "best feasible saving (MB)", "Memory saved vs trials"),
-                    folder / "savings_vs_trials.png")
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for search in searches:
-        trials = search.history()
-        ax.scatter([t.unique_bytes / MB for t in trials], [t.worst_ratio for t in trials], label=search.strategy,
-                   marker="o", alpha=0.7)
-    if searches:
-        ax.axhline(searches[0].study_file.settings.target, color="red", linestyle=":", label="target")
-    accuracy = _save(fig, ax, ("merged workload memory (MB)", "worst accuracy ratio", "Accuracy vs memory"),
-                     folder / "accuracy_vs_memory.png")
-    return [savings, accuracy]
+    return plt
 
 
-def _save(fig: Any, ax: Any, labels: tuple[str, str, str], path: Path) -> Path:
-    """Label, lay out, write and close one figure."""
-    import matplotlib.pyplot as plt
-
+def _label(fig: Any, ax: Any, labels: tuple[str, str, str]) -> None:
+    """Axis labels, title, legend and layout of one figure."""
     ax.set_xlabel(labels[0])
     ax.set_ylabel(labels[1])
     ax.set_title(labels[2])
-    ax.legend()
+    ax.legend(fontsize="small")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path

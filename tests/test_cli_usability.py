@@ -9,10 +9,12 @@ from __future__ import annotations
 import json
 import shlex
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from searchmerge.cli import EXIT_DRIFT_MISSES, main
+from searchmerge.report import accuracy_figure, plot_searches, savings_figure
 from searchmerge.study import StudyFile, open_study_file
 from tests.conftest import TINY_STUDY
 
@@ -65,4 +67,46 @@ def test_help_states_the_default_number_of_trials(
     with pytest.raises(SystemExit):
         main([command, "--help"])
     assert f"(default: {default})" in " ".join(capsys.readouterr().out.split())
+
+
+def _trial(number: int, state: str, feasible: bool, saved: int, ratio: float) -> SimpleNamespace:
+    total = 10_000_000
+    return SimpleNamespace(number=number, state=state, feasible=feasible, saved_bytes=saved,
+                           unique_bytes=total - saved, worst_ratio=ratio)
+
+
+def _search(name: str, strategy: str, trials: list[SimpleNamespace]) -> SimpleNamespace:
+    feasible = [t for t in trials if t.feasible]
+    return SimpleNamespace(
+        study_name=name, strategy=strategy, history=lambda: trials,
+        best=lambda: max(feasible, key=lambda t: t.saved_bytes) if feasible else None,
+        space=SimpleNamespace(max_saved_bytes=6_000_000), study_file=SimpleNamespace(settings=SimpleNamespace(target=0.9)),
+    )
+
+
+def test_plots_mark_stopped_plans_the_best_plan_no_sharing_and_name_studies(tmp_path: Path) -> None:
+    parent = _search("wl-greedy", "greedy", [
+        _trial(0, "COMPLETE", False, 6_000_000, 0.7), _trial(1, "PRUNED", False, 4_000_000, 0.41),
+        _trial(2, "COMPLETE", True, 2_000_000, 0.93)])
+    research = _search("wl-greedy-night", "greedy", [_trial(0, "COMPLETE", True, 1_000_000, 0.95)])
+
+    accuracy = accuracy_figure([parent, research])
+    axes = accuracy.axes[0]
+    _, labels = axes.get_legend_handles_labels()
+    assert "wl-greedy: pruned plans, ratio stopped at" in labels
+    assert "wl-greedy: best feasible plan" in labels and "wl-greedy-night: best feasible plan" in labels
+    assert "no sharing (10.0 MB)" in labels
+    hollow = next(c for c, label in zip(axes.collections, labels) if label.endswith("ratio stopped at"))
+    assert hollow.get_offsets().tolist() == [[6.0, 0.41]] and hollow.get_facecolors().size == 0
+    star = next(c for c, label in zip(axes.collections, labels) if label == "wl-greedy: best feasible plan")
+    assert star.get_offsets().tolist() == [[8.0, 0.93]]
+
+    savings = savings_figure([parent, research])
+    axes = savings.axes[0]
+    _, labels = axes.get_legend_handles_labels()
+    assert labels[:2] == ["wl-greedy", "wl-greedy-night"]  # one line per study, not two "greedy"
+    assert all(float(tick).is_integer() for tick in axes.get_xticks())
+    assert [p.name for p in plot_searches([parent, research], tmp_path)] == [
+        "savings_vs_trials.png", "accuracy_vs_memory.png"]
+    assert all((tmp_path / name).stat().st_size > 0 for name in ("savings_vs_trials.png", "accuracy_vs_memory.png"))
 

@@ -36,7 +36,7 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], *, title
 
 def format_analysis(result: Any, *, max_groups: int = 20) -> str:
     """The analysis as the papers show it: Table 1, Figure 2, Table 3, then the groups."""
-    sizes = sorted({b for m in result.models for b in m.activation_bytes})
+    sizes = result.batch_sizes
     headers = ["model", "layers", "params", "buffers", "load"] + [f"run bs={b}" for b in sizes]
     rows = [
         [m.name, m.layers, megabytes(m.param_bytes), megabytes(m.buffer_bytes), megabytes(m.load_bytes)]
@@ -72,6 +72,16 @@ def format_analysis(result: Any, *, max_groups: int = 20) -> str:
             title="Workload" + (" (normalisation layers shared too)" if result.share_norm else ""),
         )
     )
+    if result.batch_sizes:
+        run_rows = [
+            [f"bs={b}", megabytes(result.run_bytes(b)), megabytes(result.run_bytes(b, max_sharing=True)),
+             percent(1 - result.run_bytes(b, max_sharing=True) / result.run_bytes(b))]
+            for b in result.batch_sizes
+        ]
+        parts.append(format_table(
+            ["run at", "no sharing", "max sharing", "saved"], run_rows,
+            title="Workload run memory (all weights resident + the largest model's activations; models run in turn)",
+        ))
 
     group_rows = [
         [g.name, str(g.signature.kind), len(g.members), megabytes(g.bytes), megabytes(g.saved_bytes)]

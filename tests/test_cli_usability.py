@@ -110,3 +110,31 @@ def test_plots_mark_stopped_plans_the_best_plan_no_sharing_and_name_studies(tmp_
         "savings_vs_trials.png", "accuracy_vs_memory.png"]
     assert all((tmp_path / name).stat().st_size > 0 for name in ("savings_vs_trials.png", "accuracy_vs_memory.png"))
 
+
+def test_analyze_activations_reports_the_workloads_run_memory(capsys: pytest.CaptureFixture[str]) -> None:
+    # Two small nets and a wider one: the wider one's activations decide the run memory.
+    models = ["tests.conftest:tiny_net", "tests.conftest:tiny_net", "searchmerge.zoo:small_vgg"]
+    assert main(["analyze", *models, "--activations", "--batch-sizes", "1,2", "--device", "cpu", "--json"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    workload = document["workload"]
+    for size in ("1", "2"):
+        largest = max(m["activation_bytes"][size] for m in document["models"])
+        assert largest > 0
+        assert workload["run_bytes"][size] == workload["total_bytes"] + largest
+        assert workload["max_sharing_run_bytes"][size] == workload["max_sharing_bytes"] + largest
+        assert workload["max_sharing_run_bytes"][size] < workload["run_bytes"][size]
+    assert workload["run_bytes"]["2"] > workload["run_bytes"]["1"]
+
+    assert main(["analyze", *models, "--activations", "--batch-sizes", "1,2", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    table = out.split("Workload run memory")[1].split("\n\n")[0].splitlines()
+    assert table[3].split() == ["bs=1", *_mb(workload["run_bytes"]["1"]), *_mb(workload["max_sharing_run_bytes"]["1"]),
+                                f"{100 * (1 - workload['max_sharing_run_bytes']['1'] / workload['run_bytes']['1']):.1f}%"]
+    assert table[4].startswith("bs=2")
+
+
+def _mb(size: int) -> list[str]:
+    """A size as the text tables print it, split into number and unit."""
+    from searchmerge.report import megabytes
+
+    return megabytes(size).split()

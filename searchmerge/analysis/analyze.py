@@ -75,6 +75,21 @@ class AnalysisResult:
     def saved_fraction(self) -> float:
         return self.max_sharing_saved_bytes / self.total_bytes if self.total_bytes else 0.0
 
+    @property
+    def batch_sizes(self) -> list[int]:
+        """The batch sizes at which activations were measured (empty unless they were)."""
+        return sorted({b for m in self.models for b in m.activation_bytes})
+
+    def run_bytes(self, batch_size: int, *, max_sharing: bool = False) -> int:
+        """Memory an edge box must hold to run the workload at ``batch_size``.
+
+        Every model's weights stay resident (once per shared tensor with ``max_sharing``),
+        and the models run one after another, so the activations needed are those of the
+        largest one: resident weights plus the largest model's activations at that batch.
+        """
+        resident = self.max_sharing_bytes if max_sharing else self.total_bytes
+        return resident + max(m.activation_bytes[batch_size] for m in self.models)
+
     def group(self, name: str) -> ShareableGroup:
         from searchmerge.errors import SearchmergeError
 
@@ -113,6 +128,8 @@ class AnalysisResult:
                 "saved_bytes": self.max_sharing_saved_bytes,
                 "saved_fraction": self.saved_fraction,
                 "share_norm": self.share_norm,
+                "run_bytes": {str(b): self.run_bytes(b) for b in self.batch_sizes},
+                "max_sharing_run_bytes": {str(b): self.run_bytes(b, max_sharing=True) for b in self.batch_sizes},
             },
             "groups": [group.to_dict() for group in self.groups],
         }

@@ -32,13 +32,16 @@ import math
 import types
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from searchmerge.errors import SearchmergeError
+
+if TYPE_CHECKING:
+    from searchmerge.workload import ModelSpec
 
 __all__ = [
     "NORM_MEAN",
@@ -52,6 +55,7 @@ __all__ = [
     "get_task",
     "load_digit_images",
     "make_task_data",
+    "model_task",
     "register_task",
     "shifted",
     "stratified_subsample",
@@ -416,6 +420,25 @@ def get_task(name: str) -> Task:
         raise SearchmergeError(
             f"unknown task {name!r}; known tasks: {', '.join(task_names())}"
         ) from None
+
+
+def model_task(spec: ModelSpec) -> tuple[str, CameraCondition]:
+    """The task and camera a model's study-file entry names, checked.
+
+    Called when a study file is opened, so that a model without a task, with an unknown
+    one or with a bad camera is refused before anything is trained or written.
+    """
+    task = spec.options.get("task")
+    if not task:
+        raise SearchmergeError(f"model {spec.name!r} has no 'task' in the study file (e.g. task: digit)")
+    camera = spec.options.get("camera") or {}
+    if not isinstance(camera, Mapping):
+        raise SearchmergeError(f"model {spec.name!r}: 'camera' must be a mapping, got {camera!r}")
+    try:
+        get_task(str(task))
+        return str(task), CameraCondition.from_dict(dict(camera))
+    except SearchmergeError as exc:
+        raise SearchmergeError(f"model {spec.name!r}: {exc}") from None
 
 
 _LOOPS = {0: 1, 6: 1, 9: 1, 8: 2}

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from searchmerge.data import CameraCondition, TaskData, make_task_data
+from searchmerge.data import CameraCondition, TaskData, make_task_data, model_task
 from searchmerge.errors import SearchmergeError
 from searchmerge.settings import StudySettings
 from searchmerge.store import CheckpointKey, CheckpointStore
@@ -49,20 +49,6 @@ class PreparedWorkload:
     baselines: Mapping[str, Baseline]
     workload_fingerprint: str
     data_fingerprint: str
-
-
-def model_task(spec: ModelSpec) -> tuple[str, CameraCondition]:
-    """The task and camera a model's study-file entry names."""
-    task = spec.options.get("task")
-    if not task:
-        raise SearchmergeError(f"model {spec.name!r} has no 'task' in the study file (e.g. task: digit)")
-    camera = spec.options.get("camera") or {}
-    if not isinstance(camera, Mapping):
-        raise SearchmergeError(f"model {spec.name!r}: 'camera' must be a mapping, got {camera!r}")
-    try:
-        return str(task), CameraCondition.from_dict(dict(camera))
-    except SearchmergeError as exc:
-        raise SearchmergeError(f"model {spec.name!r}: {exc}") from None
 
 
 def workload_data(

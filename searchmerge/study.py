@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from searchmerge.data import get_task, model_task
+from searchmerge.errors import SearchmergeError
 from searchmerge.settings import StudySettings
 from searchmerge.space import SharingPlan
 from searchmerge.store import CheckpointKey, CheckpointStore
@@ -32,6 +34,16 @@ class StudyFile:
     store: CheckpointStore
 
 
+def _check_tasks(workload: Workload, settings: StudySettings) -> None:
+    """Every model names a known task and a valid camera, and so does pretraining."""
+    for spec in workload.models:
+        model_task(spec)
+    try:
+        get_task(settings.pretrain_task)
+    except SearchmergeError as exc:
+        raise SearchmergeError(f"pretrain.task: {exc}") from None
+
+
 def default_storage(workload_name: str) -> str:
     """The embedded default: a SQLite file named after the study, in the working directory."""
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", workload_name).strip("-") or "searchmerge"
@@ -41,9 +53,14 @@ def default_storage(workload_name: str) -> str:
 def open_study_file(
     path: str | Path, *, storage: str | None = None, blob_dir: str | Path | None = None, target: float | None = None
 ) -> StudyFile:
-    """Load a study file and open the checkpoint store of its storage."""
+    """Load and validate a study file, then open the checkpoint store of its storage.
+
+    The store is opened last: it creates the SQLite file and the blob folder, which a
+    study file with an error must not leave behind.
+    """
     workload, document = load_study_file(path)
     settings = StudySettings.from_document(document).with_target(target)
+    _check_tasks(workload, settings)
     url = storage or str(document.get("storage") or default_storage(workload.name))
     store = CheckpointStore.for_storage(url, blob_dir)
     return StudyFile(Path(path), workload, settings, url, store)

@@ -138,3 +138,23 @@ def _mb(size: int) -> list[str]:
     from searchmerge.report import megabytes
 
     return megabytes(size).split()
+
+
+
+@pytest.mark.parametrize(("entry_end", "message"), [
+    ("}", "model 'c' has no 'task' in the study file"),
+    (",\n     task: colour}", "model 'c': unknown task 'colour'"),
+    (",\n     task: high, camera: {glare: 1}}", "model 'c': unknown camera condition field(s) glare"),
+])
+@pytest.mark.parametrize("command", ["prepare", "evaluate", "search"])
+def test_a_study_file_with_an_error_writes_nothing(
+    command: str, entry_end: str, message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert TINY_STUDY.count(",\n     task: high}") == 1
+    (tmp_path / "bad.yaml").write_text(TINY_STUDY.replace(",\n     task: high}", entry_end))
+    monkeypatch.chdir(tmp_path)  # the default storage is a SQLite file in the working directory
+    assert main([command, "bad.yaml"]) == 2
+    assert f"searchmerge: error: {message}" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml"]
+

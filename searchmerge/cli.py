@@ -421,6 +421,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "study", None) and args.command != "dashboard":
+        # The first line comes at once: importing torch and making the data take a while.
+        _say(f"searchmerge {args.command}: opening study file {args.study} ...")
     _quiet_optuna()
     try:
         return int(args.handler(args))

@@ -22,7 +22,7 @@ from torch import nn
 from searchmerge.data import CameraCondition, TaskData, make_task_data, model_task
 from searchmerge.errors import SearchmergeError
 from searchmerge.settings import StudySettings
-from searchmerge.store import CheckpointKey, CheckpointStore
+from searchmerge.store import CheckpointCorruptError, CheckpointKey, CheckpointRecord, CheckpointStore
 from searchmerge.study import Progress
 from searchmerge.train import accuracy, default_device, train_model
 from searchmerge.workload import ModelSpec, Workload
@@ -136,8 +136,10 @@ def prepare(
         if record is None:
             missing.append(name)
             continue
-        model.load_state_dict(store.load(record.id))
+        model.load_state_dict(_load_original(store, record, name))
         baselines[name] = Baseline(record.metadata["val_accuracy"], record.metadata["test_accuracy"], record.id)
+        say(f"reusing stored original {name} (checkpoint {record.id}): val {baselines[name].val_accuracy:.3f},"
+            f" test {baselines[name].test_accuracy:.3f}")
 
     if missing:
         device = default_device()
@@ -158,6 +160,17 @@ def prepare(
     for model in models.values():
         model.eval()
     return PreparedWorkload(workload, settings, data, models, baselines, fingerprint, data_print)
+
+
+def _load_original(store: CheckpointStore, record: CheckpointRecord, name: str) -> dict[str, torch.Tensor]:
+    """A stored original's weights; a corrupt file is reported with the command that rebuilds it."""
+    try:
+        return store.load(record.id)
+    except CheckpointCorruptError as exc:
+        raise CheckpointCorruptError(
+            f"the stored original of model {name!r} is unusable: {exc}; `searchmerge prepare STUDY.yaml --force`"
+            " (prepare(..., force=True) from Python) trains it again and replaces it"
+        ) from None
 
 
 def _original_key(fingerprint: str, name: str, data: TaskData) -> CheckpointKey:

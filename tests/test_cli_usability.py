@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -158,3 +159,50 @@ def test_a_study_file_with_an_error_writes_nothing(
     assert f"searchmerge: error: {message}" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml"]
 
+
+def test_the_first_line_comes_first_and_prepare_says_it_reuses_originals(
+    deployed: StudyFile, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["prepare", str(deployed.path), "--storage", deployed.storage]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == f"searchmerge prepare: opening study file {deployed.path} ..."
+    for name in deployed.workload.names:
+        assert sum(line.startswith(f"reusing stored original {name} (checkpoint ") for line in err) == 1
+    assert not any(line.startswith(("pretrained", "fine-tuned")) for line in err)
+
+
+def test_a_corrupt_original_is_named_with_the_command_that_rebuilds_it(
+    deployed: StudyFile, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A copy of the deployed study's storage (SQLite file and blob folder beside it).
+    database = Path(deployed.storage.removeprefix("sqlite:///"))
+    copy = tmp_path / "copy.db"
+    copy.write_bytes(database.read_bytes())
+    shutil.copytree(f"{database}.checkpoints", f"{copy}.checkpoints")
+    storage = f"sqlite:///{copy}"
+    record = open_study_file(deployed.path, storage=storage).store.list(kind="original")[0]
+    blob = next(Path(f"{copy}.checkpoints").rglob(record.blob))
+    blob.write_bytes(blob.read_bytes()[:-10])  # truncated
+
+    commands = [["prepare"], ["search", "--n-trials", "3"], ["report", "--out", str(tmp_path / "report")]]
+    for command in commands:
+        assert main([command[0], str(deployed.path), "--storage", storage, *command[1:]]) == 2
+        error = capsys.readouterr().err.splitlines()[-1]
+        assert error.startswith("searchmerge: error: the stored original of model ")
+        assert str(blob.name) in error and "is corrupt" in error
+        assert "`searchmerge prepare STUDY.yaml --force`" in error
+
+    assert main(["prepare", str(deployed.path), "--storage", storage, "--force"]) == 0  # the remedy works
+    assert main(["report", str(deployed.path), "--storage", storage, "--out", str(tmp_path / "report")]) == 0
+    capsys.readouterr()
+
+
+def test_a_postgresql_storage_without_a_blob_folder_names_the_flag(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "tiny.yaml").write_text(TINY_STUDY)
+    monkeypatch.chdir(tmp_path)
+    assert main(["prepare", "tiny.yaml", "--storage", "postgresql+psycopg://postgres@127.0.0.1:5432/test"]) == 2
+    error = capsys.readouterr().err
+    assert "--blob-dir" in error and "blob_dir=" in error
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.yaml"]

@@ -16,6 +16,9 @@ python3 -m pytest -q -p no:cacheprovider tests/test_merge.py tests/test_evaluate
 echo "== device memory: paper-scale, share every group, batch 1 and 8"
 python3 benchmarks/bench_gpu_memory.py --batch-size 1
 python3 benchmarks/bench_gpu_memory.py --batch-size 8 | tail -6
+echo "== runtime under a GPU budget: six VGG16s (Figure 1), the runtime against the simulator, switch bytes"
+python3 benchmarks/bench_runtime.py --sections figure1,gpu,switch --seconds 10 --cache /tmp/bench-runtime
+python3 -m pytest -q -p no:cacheprovider tests/test_runtime.py 2>&1 | tail -3
 echo "== digits-edge on the GPU: prepare, then evaluate share-all and none"
 db="/tmp/gpu-digits.db"; rm -rf "$db" "$db.checkpoints"
 /usr/bin/time -f "prepare + evaluate share-all: %e s wall" \

@@ -3,6 +3,7 @@ the stream simulator, profiles, and the profile/simulate commands. Tiny models, 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import random
@@ -70,6 +71,17 @@ def profile(workload: Workload, originals, groups) -> Profile:  # type: ignore[n
 
 def inputs(batch: int = 2) -> torch.Tensor:
     return torch.rand((batch, *SHAPE), generator=torch.Generator().manual_seed(batch))
+
+
+#: The runtime's devices here: the simulated one always, CUDA when present (run by benchmarks/gpu_check.sh).
+DEVICES = ["simulated", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]
+
+
+def reference(model: torch.nn.Module, x: torch.Tensor, device: str) -> torch.Tensor:
+    """The model's own output, computed where the runtime computes (so rounding matches)."""
+    target = "cpu" if device == "simulated" else device
+    with torch.inference_mode():
+        return copy.deepcopy(model).to(target)(x.to(target))
 
 
 # --------------------------------------------------------------------------- layout
@@ -150,12 +162,12 @@ def test_unit_swapping_loads_the_whole_merged_group() -> None:
 # -------------------------------------------------------------------------- runtime
 
 
-def test_runtime_runs_the_merged_models_and_never_copies_a_shared_tensor_twice(merged) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("device", DEVICES)
+def test_runtime_runs_the_merged_models_and_never_copies_a_shared_tensor_twice(merged, device: str) -> None:  # type: ignore[no-untyped-def]
     layout = layout_of(merged)
-    runtime = SwapRuntime(merged, gpu_memory=layout.resident_bytes, device="simulated")
+    runtime = SwapRuntime(merged, gpu_memory=layout.resident_bytes, device=device)
     x = inputs()
-    with torch.inference_mode():
-        expected = {name: model(x) for name, model in merged.items()}
+    expected = {name: reference(model, x, device) for name, model in merged.items()}
     torch.testing.assert_close(runtime.run("a", x), expected["a"])
     after_a = runtime.counters.bytes_loaded
     assert after_a == layout.model_bytes("a")
@@ -169,31 +181,31 @@ def test_runtime_runs_the_merged_models_and_never_copies_a_shared_tensor_twice(m
     assert runtime.resident_models() == {"a", "b", "c"}
 
 
-def test_runtime_swaps_within_the_budget(originals, profile: Profile) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("device", DEVICES)
+def test_runtime_swaps_within_the_budget(originals, profile: Profile, device: str) -> None:  # type: ignore[no-untyped-def]
     layout = layout_of(originals)
     activations = profile.model("a").activation_bytes[2]  # what a batch of 2 reserves
     budget = 2 * max(layout.model_bytes(m) for m in layout.models) + activations  # two of three models
-    runtime = SwapRuntime(originals, gpu_memory=budget, device="simulated", profile=profile)
+    runtime = SwapRuntime(originals, gpu_memory=budget, device=device, profile=profile)
     x = inputs()
     for model in "abcabcab":
-        with torch.inference_mode():
-            torch.testing.assert_close(runtime.run(model, x), originals[model](x))
+        torch.testing.assert_close(runtime.run(model, x), reference(originals[model], x, device))
         assert runtime.resident_bytes() <= budget
     assert runtime.peak_bytes <= budget
     assert runtime.counters.evictions > 0
     assert sum(layout.sizes[t] * n for t, n in runtime.copies.items()) == runtime.counters.bytes_loaded
 
 
-def test_a_model_larger_than_the_budget_runs_layer_by_layer(merged) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_model_larger_than_the_budget_runs_layer_by_layer(merged, device: str) -> None:  # type: ignore[no-untyped-def]
     layout = layout_of(merged)
     layer_bytes = [sum(layout.sizes[t] for t in ids) for _, ids in layout.layers["a"]]
     pairs = max(x + y for x, y in zip(layer_bytes, layer_bytes[1:]))
     x = inputs()
-    with torch.inference_mode():
-        expected = merged["a"](x)
+    expected = reference(merged["a"], x, device)
     for budget, prefetch in ((pairs, True), (max(layer_bytes), False)):
         assert budget < layout.model_bytes("a")
-        runtime = SwapRuntime(merged, gpu_memory=budget, device="simulated")
+        runtime = SwapRuntime(merged, gpu_memory=budget, device=device)
         torch.testing.assert_close(runtime.run("a", x), expected)
         assert runtime.counters.streamed_runs == 1
         assert runtime.counters.bytes_loaded == layout.model_bytes("a")

@@ -132,11 +132,14 @@ class Curves:
     per_evaluation: list[float]
 
 
-def replay(strategy: str, seed: int, table: dict, budget: int) -> Curves:
+def replay(strategy: str, seed: int, table: dict, budget: int, stopped_as: str = "complete") -> Curves:
     """Run one strategy against the table until ``budget`` trials and ``budget`` evaluations.
 
     A strategy that keeps repeating plans stops after ``REPEAT_LIMIT`` x ``budget`` trials;
-    the evaluations it did not spend leave its best saving where it was.
+    the evaluations it did not spend leave its best saving where it was. A plan the
+    evaluator stopped early (``hopeless``) is recorded as the search records it:
+    ``complete`` (its saved bytes and a violated constraint) or ``pruned`` (its worst
+    ratio as the last intermediate value, then PRUNED), as searches did before.
     """
     space = SearchSpace([GroupInfo(b, int(table["block_saved_bytes"][b])) for b in table["blocks"]])
     outcomes = {frozenset(row["blocks"]): row for row in table["plans"]}
@@ -148,7 +151,11 @@ def replay(strategy: str, seed: int, table: dict, budget: int) -> Curves:
         trial.set_user_attr("repeat", plan in evaluated)
         evaluated.add(plan)
         trial.set_user_attr("feasible", row["feasible"])
+        trial.set_user_attr("saved_bytes", row["saved_bytes"])
         trial.set_user_attr("constraint", table["target"] - row["worst_ratio"])
+        if stopped_as == "pruned" and row["stop_reason"] in ("hopeless", "pruned"):
+            trial.report(row["worst_ratio"], step=1)
+            raise optuna.TrialPruned()
         return float(row["saved_bytes"])
 
     def enough(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
@@ -162,7 +169,7 @@ def replay(strategy: str, seed: int, table: dict, budget: int) -> Curves:
     best, per_trial, per_evaluation = 0.0, [], []
     for trial in study.trials:
         if trial.user_attrs.get("feasible"):
-            best = max(best, float(trial.value or 0.0))
+            best = max(best, float(trial.user_attrs["saved_bytes"]))
         per_trial.append(best)
         if not trial.user_attrs["repeat"]:
             per_evaluation.append(best)
@@ -203,11 +210,13 @@ def _start_replay_worker() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
-def _replay_seed(strategy: str, table: dict, seed: int) -> Curves:
-    return replay(strategy, seed, table, max(BUDGETS))
+def _replay_seed(strategy: str, table: dict, stopped_as: str, seed: int) -> Curves:
+    return replay(strategy, seed, table, max(BUDGETS), stopped_as)
 
 
-def compare(seeds: int, strategies: tuple[str, ...] = STRATEGIES, workers: int = 2) -> None:
+def compare(
+    seeds: int, strategies: tuple[str, ...] = STRATEGIES, workers: int = 2, stopped_as: str = "complete"
+) -> None:
     from concurrent.futures import ProcessPoolExecutor
     from functools import partial
 
@@ -222,7 +231,7 @@ def compare(seeds: int, strategies: tuple[str, ...] = STRATEGIES, workers: int =
     with ProcessPoolExecutor(workers, initializer=_start_replay_worker) as pool:
         for strategy in strategies:
             start = time.perf_counter()
-            curves = list(pool.map(partial(_replay_seed, strategy, table), range(seeds)))
+            curves = list(pool.map(partial(_replay_seed, strategy, table, stopped_as), range(seeds)))
             per_trial[strategy] = [_mean_and_error([c.per_trial[n - 1] for c in curves]) for n in BUDGETS]
             per_evaluation[strategy] = [_mean_and_error([c.per_evaluation[n - 1] for c in curves]) for n in BUDGETS]
             print(f"  replayed {strategy} {seeds} times in {time.perf_counter() - start:.1f} s", flush=True)
@@ -242,12 +251,14 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=100,
                         help="replays per strategy; below ~100, the luck of the first random plans decides small budgets")
     parser.add_argument("--strategies", default=",".join(STRATEGIES), help="comma-separated strategies to replay")
+    parser.add_argument("--stopped-as", choices=("complete", "pruned"), default="complete",
+                        help="how a plan stopped as hopeless is recorded (searchmerge records it COMPLETE)")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if args.build_table:
         build_table(args.storage, args.workers)
-    compare(args.seeds, tuple(args.strategies.split(",")), args.workers)
+    compare(args.seeds, tuple(args.strategies.split(",")), args.workers, args.stopped_as)
 
 
 if __name__ == "__main__":

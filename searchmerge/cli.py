@@ -75,7 +75,7 @@ def _open_study(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from searchmerge.study import prepare_study
+    from searchmerge.prepare import prepare_study
 
     study = _open_study(args)
     prepared = prepare_study(study, force=args.force, progress=_say)
@@ -87,7 +87,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from searchmerge.study import evaluate_plan
+    from searchmerge.evaluate import evaluate_plan
 
     study = _open_study(args)
     evaluation, checkpoint = evaluate_plan(study, args.share, seed=args.seed, progress=None if args.json else _say)
@@ -102,10 +102,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _search_for(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from searchmerge.search import MergeSearch
+    from searchmerge.search import open_search
 
     study = _open_study(args)
-    return MergeSearch(
+    return open_search(
         study,
         strategy=args.strategy,
         study_name=args.study_name,
@@ -144,7 +144,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_drift_check(args: argparse.Namespace) -> int:
-    from searchmerge.drift import drift_check
+    from searchmerge.drift_check import drift_check
     from searchmerge.report import format_drift_check
 
     study = _open_study(args)
@@ -168,7 +168,7 @@ def cmd_research(args: argparse.Namespace) -> int:
     if args.parent_study_file:
         # The re-search lives with its parent: the parent's storage, unless --storage says otherwise.
         parent_file = open_study_file(args.parent_study_file, storage=storage, blob_dir=blob_dir)
-        storage, blob_dir = parent_file.storage, blob_dir or parent_file.store.blob_dir
+        storage, blob_dir = parent_file.storage, blob_dir or parent_file.store.blob_location
     study = open_study_file(args.study, storage=storage, blob_dir=blob_dir)
     search = research(
         study, scenario=args.data, parent_file=parent_file, parent_study=args.from_study, strategy=args.strategy,
@@ -176,6 +176,33 @@ def cmd_research(args: argparse.Namespace) -> int:
         progress=_say,
     )
     print(format_search(search, max_rows=10))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from searchmerge.search import load_search
+
+    study = _open_study(args)
+    search = load_search(study, study_name=args.study_name)
+    trial = search.trial(args.trial) if args.trial is not None else None
+    directory = search.export(args.out, trial)
+    chosen = trial or search.best()
+    print(f"exported trial {chosen.number} of {search.study_name!r} ({'feasible' if chosen.feasible else 'INFEASIBLE'},"
+          f" {len(chosen.plan)} shared group(s), saves {chosen.saved_bytes / 1e6:.3f} MB) to {directory}")
+    return 0
+
+
+def cmd_store_gc(args: argparse.Namespace) -> int:
+    from datetime import timedelta
+
+    from searchmerge.search import referenced_checkpoints
+
+    study = _open_study(args)
+    keep = referenced_checkpoints(study.storage) if args.records else None
+    done = study.store.collect_garbage(keep=keep, min_age=timedelta(hours=args.min_age_hours), dry_run=args.dry_run)
+    verb = "would remove" if done.dry_run else "removed"
+    print(f"{verb} {len(done.records)} unreferenced record(s) and {len(done.blobs)} unused blob(s)"
+          f" ({done.bytes_freed / 1e6:.3f} MB) from {study.store.blob_location}")
     return 0
 
 
@@ -359,6 +386,33 @@ def build_parser() -> argparse.ArgumentParser:
                           help="the parent's study file, when STUDY.yaml adds or retires a model")
     _add_run_arguments(research, n_trials=10, study_name="the new study (default: PARENT-SCENARIO)")
     research.set_defaults(handler=cmd_research)
+
+    export = commands.add_parser(
+        "export",
+        help="write the merged deployment (safetensors + manifest) of a study's best feasible plan",
+        description="Rebuild the merged models of the best feasible trial (or trial K) from the checkpoint store"
+        " and write them as a deployment folder: weights.safetensors (shared tensors once) and manifest.json.",
+    )
+    _add_study_arguments(export)
+    export.add_argument("--study-name", default=None, help="the search (default: WORKLOAD-greedy)")
+    export.add_argument("--trial", type=int, default=None, metavar="K", help="export trial K instead of the best")
+    export.add_argument("--out", required=True, metavar="DIR", help="the deployment folder to write")
+    export.set_defaults(handler=cmd_export)
+
+    store = commands.add_parser("store", help="maintain the checkpoint store of a study file's storage")
+    store_commands = store.add_subparsers(dest="store_command", required=True, metavar="ACTION")
+    gc = store_commands.add_parser(
+        "gc",
+        help="remove checkpoint blobs that no record uses (and, with --records, records no trial names)",
+        description="Safe while workers run: only objects older than --min-age-hours are candidates. Originals"
+        " are never removed.",
+    )
+    _add_study_arguments(gc)
+    gc.add_argument("--records", action="store_true",
+                    help="also remove merged-weight records that no trial of any study in the storage names")
+    gc.add_argument("--min-age-hours", type=float, default=1.0, help="keep anything younger (default: 1)")
+    gc.add_argument("--dry-run", action="store_true", help="say what would be removed, remove nothing")
+    gc.set_defaults(handler=cmd_store_gc)
 
     report = commands.add_parser("report", help="best plan, trials and plots of a study file's searches")
     _add_study_arguments(report)

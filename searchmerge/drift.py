@@ -1,4 +1,4 @@
-"""Drift: the cameras change after deployment. Scenarios, drifted data, and the drift check.
+"""Drift: the cameras change after deployment. Scenarios and drifted data.
 
 A deployed merge was found feasible on the data the originals were trained on. When a
 camera's picture changes (night, rain, a camera knocked to a new angle) the merged models
@@ -12,13 +12,13 @@ makes that change reproducible and measurable:
 * **drifted data** is made from the same real images through the changed cameras, with
   splits of its own (seeded by the study seed and the scenario name), so it is new footage
   rather than the training images re-coloured;
-* the **drift check** scores the deployed plan's stored merged weights on the drifted
-  data, without retraining: which models now miss their target, and which shared groups
-  they take part in (the groups a re-search should back off from first).
+* a **drifted workload** is a prepared workload with the drifted data and the original
+  baselines, which a search (:mod:`searchmerge.search`) is given to search on it.
 
 Baselines stay the originals' validation accuracy on the original data: that is the
 accuracy the application was promised, and a drift is only handled when the merged models
-deliver it again. The incremental re-search lives in :mod:`searchmerge.research`.
+deliver it again. The drift check of a deployed plan is :mod:`searchmerge.drift_check`,
+the incremental re-search :mod:`searchmerge.research`.
 
 Example:
     >>> from searchmerge.data import CameraCondition
@@ -35,16 +35,23 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from searchmerge.data import CameraCondition, TaskData, shifted
 from searchmerge.errors import SearchmergeError
-from searchmerge.study import Progress, StudyFile
+from searchmerge.prepare import PreparedWorkload, data_fingerprint, workload_data
+from searchmerge.study import StudyFile
 
-if TYPE_CHECKING:
-    from searchmerge.prepare import PreparedWorkload
-    from searchmerge.search import MergeSearch, TrialSummary
-    from searchmerge.space import SharingPlan
+__all__ = [
+    "BUILTIN_SCENARIOS",
+    "DriftScenario",
+    "drift_camera",
+    "drift_seed",
+    "drifted_data",
+    "drifted_workload",
+    "get_scenario",
+    "scenarios",
+]
 
 #: The camera field that multiplies; every other field adds.
 MULTIPLIED = frozenset({"contrast"})
@@ -190,8 +197,6 @@ def drift_seed(seed: int, scenario: str) -> int:
 
 def drifted_data(study: StudyFile, scenario: str) -> dict[str, TaskData]:
     """Each model's task seen through its drifted camera, with the scenario's own splits."""
-    from searchmerge.prepare import workload_data
-
     chosen = get_scenario(study, scenario)
     chosen.check_models([spec.name for spec in study.workload.models])
     seed = drift_seed(study.settings.seed, chosen.name)
@@ -207,8 +212,6 @@ def drifted_workload(study: StudyFile, prepared: PreparedWorkload, scenario: str
     The drifted data must fit every model as the original data did (same classes, same
     image shape), or merged models could not be scored on it.
     """
-    from searchmerge.prepare import data_fingerprint
-
     data = drifted_data(study, scenario)
     for name, original in prepared.data.items():
         new = data[name]
@@ -218,122 +221,3 @@ def drifted_workload(study: StudyFile, prepared: PreparedWorkload, scenario: str
                 f" shape {new.input_shape}, but the model takes {original.num_classes} classes of {original.input_shape}"
             )
     return dataclasses.replace(prepared, data=data, data_fingerprint=data_fingerprint(data))
-
-
-# --------------------------------------------------------------------------- drift check
-
-
-@dataclass(frozen=True)
-class ModelDrift:
-    """One deployed merged model, before and after the drift."""
-
-    name: str
-    baseline: float
-    accuracy_before: float
-    accuracy_after: float
-    target: float
-    groups: tuple[str, ...]
-
-    @property
-    def ratio_before(self) -> float:
-        return self.accuracy_before / self.baseline
-
-    @property
-    def ratio_after(self) -> float:
-        return self.accuracy_after / self.baseline
-
-    @property
-    def misses(self) -> bool:
-        """Whether the model misses its target on the drifted data."""
-        return self.ratio_after < self.target
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name, "baseline": self.baseline, "accuracy_before": self.accuracy_before,
-            "accuracy_after": self.accuracy_after, "ratio_before": self.ratio_before, "ratio_after": self.ratio_after,
-            "target": self.target, "misses": self.misses, "groups": list(self.groups),
-        }
-
-
-@dataclass(frozen=True)
-class DriftCheck:
-    """The deployed plan of a study scored on a drift scenario's data."""
-
-    study_name: str
-    scenario: str
-    trial: int
-    plan: SharingPlan
-    checkpoint: str
-    saved_bytes: int
-    models: tuple[ModelDrift, ...]
-
-    @property
-    def missing(self) -> tuple[ModelDrift, ...]:
-        """The models that miss their target after the drift."""
-        return tuple(m for m in self.models if m.misses)
-
-    @property
-    def implicated_groups(self) -> tuple[str, ...]:
-        """Shared groups that at least one missing model takes part in."""
-        return tuple(sorted({g for m in self.missing for g in m.groups}))
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "study": self.study_name, "scenario": self.scenario, "trial": self.trial,
-            "plan": sorted(self.plan.shared), "checkpoint": self.checkpoint, "saved_bytes": self.saved_bytes,
-            "models": [m.to_dict() for m in self.models], "missing": [m.name for m in self.missing],
-            "implicated_groups": list(self.implicated_groups),
-        }
-
-
-def deployed_plan(search: MergeSearch) -> TrialSummary:
-    """The plan a study deployed: its best feasible trial, whose merged weights are stored."""
-    best = search.best()
-    if best is None or best.checkpoint is None:
-        raise SearchmergeError(
-            f"study {search.study_name!r} has no feasible plan to start from; run a full search first"
-            f" (searchmerge search {search.study_file.path} --study-name {search.study_name})"
-        )
-    return best
-
-
-def drift_check(
-    study: StudyFile, scenario: str, *, study_name: str | None = None, progress: Progress | None = None
-) -> DriftCheck:
-    """Score the deployed plan of a search on a drift scenario's data, without retraining.
-
-    Args:
-        study: The study file whose search deployed a plan.
-        scenario: A scenario name (see :func:`scenarios`).
-        study_name: The search (default: ``WORKLOAD-greedy``, as ``searchmerge search`` names it).
-        progress: Called with one line per step.
-
-    Returns:
-        Per model: accuracy on the data the plan was searched on (before) and on the
-        drifted data (after), the target, whether it misses now, and its shared groups.
-    """
-    from searchmerge.search import load_search
-    from searchmerge.train import accuracy, default_device
-
-    say = progress or (lambda _line: None)
-    get_scenario(study, scenario)  # an unknown scenario fails before any work
-    search = load_search(study, study_name=study_name)
-    deployed = deployed_plan(search)
-    say(f"deployed plan: trial {deployed.number} of {search.study_name!r}, {len(deployed.plan)} shared group(s)")
-    drifted = drifted_workload(study, search.prepared, scenario)
-    merged = search.merged_models(deployed)
-    device = default_device()
-    target = study.settings.target
-    outcomes = []
-    for name, model in merged.items():
-        model.to(device)
-        before = accuracy(model, search.prepared.data[name].val, device=device)
-        after = accuracy(model, drifted.data[name].val, device=device)
-        model.to("cpu")
-        groups = tuple(g for g in sorted(deployed.plan.shared) if name in search.space.group(g).models)
-        outcomes.append(ModelDrift(name, search.prepared.baselines[name].val_accuracy, before, after, target, groups))
-        say(f"{name}: accuracy {before:.3f} before, {after:.3f} on {scenario!r}")
-    return DriftCheck(
-        search.study_name, scenario, deployed.number, deployed.plan, deployed.checkpoint,  # type: ignore[arg-type]
-        deployed.saved_bytes, tuple(outcomes),
-    )

@@ -25,10 +25,14 @@ from searchmerge.analysis import AnalysisResult, analyze
 from searchmerge.analysis.memory import model_tensors, unique_tensor_bytes
 from searchmerge.data import Split, stratified_subsample
 from searchmerge.errors import SearchmergeError
-from searchmerge.merge import merge_models
-from searchmerge.prepare import PreparedWorkload
+from searchmerge.feasibility import constraint_value, is_feasible
+from searchmerge.merge import merge_models, merged_state
+from searchmerge.prepare import PreparedWorkload, prepare_study
+from searchmerge.progress import Progress
 from searchmerge.settings import EvaluatorSettings, check_target
 from searchmerge.space import SharingPlan
+from searchmerge.store import CheckpointKey, variant_of
+from searchmerge.study import StudyFile
 from searchmerge.train import (
     accuracy,
     batch_norms,
@@ -38,6 +42,16 @@ from searchmerge.train import (
     repeatable_kernels,
     steps_per_epoch,
 )
+
+__all__ = [
+    "Cost",
+    "Evaluation",
+    "Evaluator",
+    "ModelOutcome",
+    "ReportFn",
+    "evaluate_plan",
+    "merged_key",
+]
 
 #: Called after every check with (check index, worst accuracy ratio); returns True to stop (prune).
 ReportFn = Callable[[int, float], bool]
@@ -56,6 +70,11 @@ class ModelOutcome:
     #: The check that measured ``ratio`` (the deciding check unless the model was not due then).
     check: int = 0
 
+    @property
+    def ratios(self) -> tuple[float, ...]:
+        """Every ratio measured for this model: validation, and test where it was confirmed."""
+        return (self.ratio,) if self.test_ratio is None else (self.ratio, self.test_ratio)
+
 
 @dataclass(frozen=True)
 class Cost:
@@ -69,10 +88,14 @@ class Cost:
 
 @dataclass(frozen=True)
 class Evaluation:
-    """The outcome of evaluating one plan."""
+    """The outcome of evaluating one plan.
+
+    Feasibility is not stored but derived, by :mod:`searchmerge.feasibility`'s one rule,
+    from the measured ratios: a pass on validation whose confirmation on the test split
+    failed is infeasible here exactly as it is for the samplers.
+    """
 
     plan: SharingPlan
-    feasible: bool
     stop_reason: str
     target: float
     models: tuple[ModelOutcome, ...]
@@ -83,13 +106,24 @@ class Evaluation:
 
     @property
     def worst_ratio(self) -> float:
+        """The worst validation ratio at the deciding check (what the learning curve shows)."""
         return min(m.ratio for m in self.models)
+
+    @property
+    def constraint(self) -> float:
+        """``target`` minus the worst ratio measured on any split (feasible when ``<= 0``)."""
+        return constraint_value(self.target, (r for m in self.models for r in m.ratios))
+
+    @property
+    def feasible(self) -> bool:
+        return is_feasible(self.constraint)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "plan": sorted(self.plan.shared),
             "plan_hash": self.plan.plan_hash,
             "feasible": self.feasible,
+            "constraint": self.constraint,
             "stop_reason": self.stop_reason,
             "target": self.target,
             "models": [asdict(m) for m in self.models],
@@ -98,6 +132,20 @@ class Evaluation:
             "cost": asdict(self.cost),
             "curve": list(self.curve),
         }
+
+    @classmethod
+    def from_dict(cls, plan: SharingPlan, data: Mapping[str, Any]) -> Evaluation:
+        """The evaluation :meth:`to_dict` wrote (e.g. kept with a checkpoint)."""
+        return cls(
+            plan=plan,
+            stop_reason=data["stop_reason"],
+            target=data["target"],
+            models=tuple(ModelOutcome(**m) for m in data["models"]),
+            unique_bytes=data["unique_bytes"],
+            saved_bytes=data["saved_bytes"],
+            cost=Cost(**data["cost"]),
+            curve=tuple(data["curve"]),
+        )
 
 
 class Evaluator:
@@ -187,7 +235,7 @@ class Evaluator:
         )
         worst_curve: list[float] = []
         steps = 0
-        outcome: tuple[bool, str, dict[str, float], dict[str, float | None]] | None = None
+        outcome: tuple[str, dict[str, float], dict[str, float]] | None = None
 
         # Full retraining (no early exit, no pruner) needs no check before the last one.
         watching = settings.early_exit or report is not None
@@ -210,21 +258,22 @@ class Evaluator:
                 worst = min(ratios, key=ratios.__getitem__)
                 self.progress(f"check {check}/{total_checks} after {steps} steps: worst accuracy ratio"
                               f" {ratios[worst]:.3f} ({worst}), target {self.target}")
-            confirmed = self._confirm(merged, ratios)
-            if confirmed is not None and (settings.early_exit or last):
-                outcome = (True, "success", ratios, confirmed)
+            passed, test_ratios = self._confirm(merged, ratios)
+            if passed and (settings.early_exit or last):
+                outcome = ("success", ratios, test_ratios)
                 break
             if last:
-                outcome = (False, "budget", ratios, {})
+                outcome = ("budget", ratios, test_ratios)  # a failed confirmation is kept: it decides
                 break
-            if report is not None and report(check, min(ratios.values())):
-                outcome = (False, "pruned", ratios, {})
+            # The caller (an Optuna pruner) sees every check; it may stop only a plan that fails at it.
+            if report is not None and report(check, min(ratios.values())) and not passed:
+                outcome = ("pruned", ratios, test_ratios)
                 break
             if settings.early_exit and scores.hopeless(check, total_checks):
-                outcome = (False, "hopeless", ratios, {})
+                outcome = ("hopeless", ratios, {})
                 break
         assert outcome is not None
-        feasible, reason, ratios, test_ratios = outcome
+        reason, ratios, test_ratios = outcome
 
         for model in merged.values():
             model.to("cpu").eval()
@@ -235,7 +284,7 @@ class Evaluator:
                 accuracy=ratios[n] * baselines[n].val_accuracy,
                 baseline=baselines[n].val_accuracy,
                 ratio=ratios[n],
-                meets_target=ratios[n] >= self.target,
+                meets_target=ratios[n] >= self.target and test_ratios.get(n, self.target) >= self.target,
                 test_ratio=test_ratios.get(n),
                 check=scores.measured_at(n),
             )
@@ -246,7 +295,6 @@ class Evaluator:
         curve = tuple(worst_curve)
         evaluation = Evaluation(
             plan=plan,
-            feasible=feasible,
             stop_reason=reason,
             target=self.target,
             models=models,
@@ -257,21 +305,80 @@ class Evaluator:
         )
         return evaluation, merged
 
-    def _confirm(self, merged: Mapping[str, nn.Module], ratios: Mapping[str, float]) -> dict[str, float | None] | None:
-        """Test ratios of the marginal passes when every model passes and they hold; else ``None``."""
+    def _confirm(self, merged: Mapping[str, nn.Module], ratios: Mapping[str, float]) -> tuple[bool, dict[str, float]]:
+        """Whether a pass holds, and the test ratios measured to tell.
+
+        Only when every model passes on validation are the marginal passes (within
+        ``confirm_margin`` of the target) measured on the test split; the pass holds when
+        each of those meets the target there too.
+        """
         if any(r < self.target for r in ratios.values()):
-            return None
-        confirmed: dict[str, float | None] = {}
+            return False, {}
+        measured: dict[str, float] = {}
         for name, ratio in ratios.items():
             if ratio >= self.target + self.settings.confirm_margin:
-                confirmed[name] = None
                 continue
             baseline = self.prepared.baselines[name].test_accuracy
-            test_ratio = accuracy(merged[name], self.prepared.data[name].test, device=self.device) / baseline
-            if test_ratio < self.target:
-                return None
-            confirmed[name] = test_ratio
-        return confirmed
+            measured[name] = accuracy(merged[name], self.prepared.data[name].test, device=self.device) / baseline
+            if measured[name] < self.target:
+                return False, measured
+        return True, measured
+
+
+def merged_key(
+    prepared: PreparedWorkload,
+    plan: SharingPlan,
+    *,
+    target: float,
+    settings: EvaluatorSettings,
+    seed: int,
+    start_checkpoint: str | None = None,
+    frozen: Collection[str] = (),
+) -> CheckpointKey:
+    """The checkpoint key of a plan's merged weights: everything that determines them.
+
+    The originals and data (fingerprints), the plan, and in the variant: the seed, the
+    target (early exit stops at a different check for another target), the evaluator's
+    settings, the checkpoint retraining started from (a re-search) and the frozen models.
+    The same evaluation asked again finds its record; any other gets a record of its own,
+    so a stored record is never replaced and every trial's checkpoint id keeps resolving.
+    """
+    determined = {
+        "seed": seed,
+        "target": target,
+        "evaluator": asdict(settings),
+        "start_checkpoint": start_checkpoint,
+        "frozen": sorted(frozen),
+    }
+    return CheckpointKey(
+        prepared.workload_fingerprint, plan.plan_hash, prepared.data_fingerprint, "merged", variant_of(determined)
+    )
+
+
+def evaluate_plan(
+    study: StudyFile,
+    share: str | SharingPlan,
+    *,
+    seed: int = 0,
+    progress: Progress | None = None,
+) -> tuple[Evaluation, str]:
+    """Evaluate one plan (``none``, ``all``, ``GROUP,...`` or a :class:`SharingPlan`) and store its weights.
+
+    Returns the evaluation and the id of the checkpoint that keeps the merged weights
+    (the key a search uses for the same plan, seed and settings, so a search answers
+    that plan from the store). An evaluation stored already is retrained anyway and
+    its fresh outcome returned; the stored record is kept.
+    """
+    prepared = prepare_study(study, progress=progress)
+    settings = study.settings.evaluator
+    evaluator = Evaluator(prepared, settings, study.settings.target, progress=progress)
+    names = [g.name for g in evaluator.analysis.groups]
+    plan = share if isinstance(share, SharingPlan) else SharingPlan.parse(share, names)
+    evaluation, merged = evaluator.evaluate(plan.checked(names), seed=seed)
+    key = merged_key(prepared, plan, target=evaluator.target, settings=settings, seed=seed)
+    checkpoint = study.store.put(key, merged_state(merged), {"evaluation": evaluation.to_dict()})
+    return evaluation, checkpoint
+
 
 class _Scoreboard:
     """Each model's accuracy ratio through one evaluation, measured only when a check needs it.

@@ -21,12 +21,23 @@ from torch import nn
 
 from searchmerge.data import CameraCondition, TaskData, make_task_data, model_task
 from searchmerge.errors import SearchmergeError
+from searchmerge.progress import Progress
 from searchmerge.settings import StudySettings
 from searchmerge.store import CheckpointCorruptError, CheckpointKey, CheckpointRecord, CheckpointStore
-from searchmerge.study import Progress
+from searchmerge.study import StudyFile
 from searchmerge.train import accuracy, default_device, train_model
 from searchmerge.workload import ModelSpec, Workload
 
+__all__ = [
+    "Baseline",
+    "PreparedWorkload",
+    "data_fingerprint",
+    "model_task",
+    "prepare",
+    "prepare_study",
+    "workload_data",
+    "workload_fingerprint",
+]
 
 
 @dataclass(frozen=True)
@@ -160,6 +171,11 @@ def prepare(
     for model in models.values():
         model.eval()
     return PreparedWorkload(workload, settings, data, models, baselines, fingerprint, data_print)
+
+
+def prepare_study(study: StudyFile, *, force: bool = False, progress: Progress | None = None) -> PreparedWorkload:
+    """Train and store the originals of a study file, or load them when they are stored."""
+    return prepare(study.workload, study.settings, study.store, force=force, progress=progress)
 
 
 def _load_original(store: CheckpointStore, record: CheckpointRecord, name: str) -> dict[str, torch.Tensor]:

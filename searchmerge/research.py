@@ -33,15 +33,29 @@ from typing import Any
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
-from searchmerge.analysis import ShareableGroup
+from searchmerge.analysis import ShareableGroup, analyze
 from searchmerge.analysis.layers import shareable_tensors
-
-from searchmerge.drift import deployed_plan, get_scenario
+from searchmerge.drift import get_scenario
 from searchmerge.errors import SearchmergeError
-from searchmerge.search import MergeSearch, WarmStart, load_search
+from searchmerge.prepare import prepare_study
+from searchmerge.progress import Progress
+from searchmerge.search import MergeSearch, WarmStart, constraint_of, deployed_plan, load_search, open_search
 from searchmerge.space import SearchSpace, SharingPlan
-from searchmerge.strategies import PlanRecord
-from searchmerge.study import Progress, StudyFile
+from searchmerge.strategies import PlanRecord, trial_feasible
+from searchmerge.study import StudyFile
+
+__all__ = [
+    "WARM_ATTR",
+    "back_off",
+    "default_research_name",
+    "failing_models",
+    "join_deployed_groups",
+    "mapped_plan",
+    "next_warm_plan",
+    "prior_records",
+    "research",
+    "start_models",
+]
 
 #: Trial user attribute marking the re-search's own first trials: ``deployed`` or ``backoff``.
 WARM_ATTR = "warm_start"
@@ -105,8 +119,6 @@ def research(
         f" ({len(deployed.plan)} shared groups, checkpoint {deployed.checkpoint})")
     tensors = parent.study_file.store.load(deployed.checkpoint)  # type: ignore[arg-type]
 
-    from searchmerge.study import prepare_study
-
     # After a drift the parent searched this very workload on its original data: its
     # prepared originals are ours, so they are not loaded a second time.
     same_originals = parent_file is study and parent.scenario is None
@@ -117,9 +129,9 @@ def research(
     if name == parent.study_name and study.storage == parent_file.storage:
         raise SearchmergeError(f"the re-search needs a study name of its own, not the parent's {name!r}")
     options = {"prior": prior_records(parent, study)} if strategy == "surrogate" else {}
-    search = MergeSearch(study, strategy=strategy, study_name=name, seed=seed, heartbeat_interval=heartbeat_interval,
-                         progress=say, scenario=scenario, warm_start=warm, sampler_options=options,
-                         prepared=prepared)
+    search = open_search(study, scenario=scenario, prepared=prepared, progress=say, strategy=strategy,
+                         study_name=name, seed=seed, heartbeat_interval=heartbeat_interval, warm_start=warm,
+                         sampler_options=options)
     start = mapped_plan(deployed.plan, search.space)
     dropped = sorted(deployed.plan.shared - start.shared)
     if dropped:
@@ -219,8 +231,6 @@ def prior_records(parent: MergeSearch, study: StudyFile) -> list[PlanRecord]:
     They were measured before the change, so the surrogate weighs them less than its own
     trials; they still tell it which groups were hard to share.
     """
-    from searchmerge.analysis import analyze
-
     if study.workload.name == parent.study_file.workload.name:
         space = parent.space
     else:
@@ -265,7 +275,7 @@ def next_warm_plan(search: MergeSearch, start: SharingPlan) -> tuple[SharingPlan
     if any(WARM_ATTR not in t.user_attrs for t in trials):
         return None  # the strategy has taken over
     last = trials[-1]
-    if last.user_attrs.get("feasible"):
+    if trial_feasible(last, constraint_of):
         return None
     plan = search.space.plan_from_params(last.params)
     smaller = back_off(plan, failing_models(last, search.study_file.settings.target), search.space)

@@ -4,13 +4,23 @@ Every strategy is an Optuna sampler, so storage, resume after a crash
 (heartbeats fail trials left RUNNING by a killed process and retry their plans),
 distributed workers on PostgreSQL and optuna-dashboard work the same for all of
 them. One trial is one sharing plan: the objective is the bytes it saves, and
-the constraint ``target - worst accuracy ratio`` (feasible when <= 0) says
-whether every model kept its accuracy.
+the constraint ``target - worst accuracy ratio`` (feasible when <= 0, the one rule
+of :mod:`searchmerge.feasibility`) says whether every model kept its accuracy.
+
+A plan the evaluator gives up as hopeless is recorded COMPLETE with its saved bytes
+and its violated constraint, not PRUNED: Optuna's constrained samplers learn from
+it (NSGA-II and GP read only COMPLETE trials), and a replay of every strategy on the
+benchmark table measured it (``docs/strategies.md``). A plan that an Optuna pruner
+stops is PRUNED.
+
+Constructing a search trains nothing: it is given the prepared originals
+(:func:`open_search` prepares them, or loads them from the store, first).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import socket
 import time
@@ -19,21 +29,41 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import exc as sa_exc
 
+from searchmerge.deployment import export_deployment
+from searchmerge.drift import drifted_workload, get_scenario
 from searchmerge.errors import SearchmergeError
+from searchmerge.evaluate import Evaluation, Evaluator, merged_key
+from searchmerge.merge import load_merged_state, merge_models, merged_state
+from searchmerge.prepare import PreparedWorkload, prepare_study
+from searchmerge.progress import Progress
 from searchmerge.settings import EvaluatorSettings
 from searchmerge.space import GroupInfo, SearchSpace, SharingPlan
-from searchmerge.store import CheckpointKey
-from searchmerge.study import Progress, StudyFile
+from searchmerge.strategies import make_sampler, trial_feasible
+from searchmerge.study import StudyFile
 
-if TYPE_CHECKING:
-    from searchmerge.prepare import PreparedWorkload
+__all__ = [
+    "FINISHED",
+    "MergeSearch",
+    "TrialSummary",
+    "WarmStart",
+    "constraint_of",
+    "default_study_name",
+    "deployed_plan",
+    "load_search",
+    "open_search",
+    "referenced_checkpoints",
+    "searchmerge_studies",
+]
+
+#: The name the dashboard shows for the objective.
+OBJECTIVE_NAME = "bytes saved"
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 _ATTR_PREFIX = "searchmerge:"
@@ -77,7 +107,7 @@ class TrialSummary:
             number=trial.number,
             state=trial.state.name,
             plan=space.plan_from_params(trial.params),
-            feasible=bool(attrs.get("feasible", False)),
+            feasible=trial_feasible(trial, constraint_of),
             saved_bytes=int(attrs.get("saved_bytes", 0)),
             unique_bytes=int(attrs.get("unique_bytes", 0)),
             worst_ratio=float(attrs.get("worst_ratio", 0.0)),
@@ -121,6 +151,9 @@ class MergeSearch:
 
     Args:
         study: The loaded study file (workload, settings, storage, checkpoint store).
+        prepared: The study's prepared originals (:func:`~searchmerge.prepare.prepare_study`),
+            or, to search a drift scenario's data, the drifted workload
+            (:func:`~searchmerge.drift.drifted_workload`) with ``scenario`` naming it.
         strategy: ``greedy``, ``tpe``, ``gp``, ``nsga2``, ``surrogate`` or ``random``.
         study_name: The Optuna study name (default: workload name and strategy).
         seed: Seed of the sampler and of the retraining.
@@ -132,18 +165,19 @@ class MergeSearch:
             hopeless plans, and a pruner comparing a new plan's first checks (before
             much retraining) with finished plans would stop feasible plans too.
         progress: Called with one line per event of a long run.
-        scenario: A drift scenario (see :mod:`searchmerge.drift`): search on its data,
-            judged against the original baselines. Recorded in the study.
+        scenario: The drift scenario whose data ``prepared`` holds (see
+            :mod:`searchmerge.drift`); recorded in the study, and it selects the study's
+            ``drift_evaluator`` settings.
         warm_start: Retrain from these models instead of the originals, and record the
             parent study and checkpoint in the study and on every trial.
         sampler_options: The strategy's own options (see
             :func:`~searchmerge.strategies.strategy_options`), e.g. a surrogate's ``prior``.
-        prepared: The study file's prepared originals, when the caller has them already
-            (otherwise they are prepared, or loaded from the store, here).
 
     Example:
+        >>> from searchmerge.prepare import prepare_study
         >>> from searchmerge.study import open_study_file
-        >>> search = MergeSearch(open_study_file("studies/digits-edge.yaml"), strategy="greedy")  # doctest: +SKIP
+        >>> study = open_study_file("studies/digits-edge.yaml")  # doctest: +SKIP
+        >>> search = MergeSearch(study, prepare_study(study), strategy="greedy")  # doctest: +SKIP
         >>> search.run(10)  # doctest: +SKIP
         >>> search.best()  # doctest: +SKIP
     """
@@ -151,6 +185,7 @@ class MergeSearch:
     def __init__(
         self,
         study: StudyFile,
+        prepared: PreparedWorkload,
         *,
         strategy: str = "greedy",
         study_name: str | None = None,
@@ -162,22 +197,14 @@ class MergeSearch:
         scenario: str | None = None,
         warm_start: WarmStart | None = None,
         sampler_options: Mapping[str, Any] | None = None,
-        prepared: PreparedWorkload | None = None,
     ) -> None:
-        from searchmerge.evaluate import Evaluator
-        from searchmerge.strategies import make_sampler
-
         self.study_file = study
         self.strategy = strategy
         self.seed = seed
         self.say = progress or (lambda _line: None)
-        self.prepared = prepared if prepared is not None else _prepare(study, self.say)
+        self.prepared = prepared
         self.scenario = scenario
         self.warm_start = warm_start
-        if scenario is not None:
-            from searchmerge.drift import drifted_workload
-
-            self.prepared = drifted_workload(study, self.prepared, scenario)
         self.evaluator = Evaluator(self.prepared, self.evaluator_settings, study.settings.target, progress=None)
         self.space = SearchSpace([GroupInfo(g.name, g.saved_bytes, g.models) for g in self.evaluator.analysis.groups])
         sampler = make_sampler(strategy, self.space, seed=seed, constraints_func=constraint_of, **(sampler_options or {}))
@@ -200,6 +227,14 @@ class MergeSearch:
         settings = self.study_file.settings
         return settings.evaluator if self.scenario is None else settings.drift_evaluator
 
+    @functools.cached_property
+    def deploy_objective(self) -> Any:
+        """The study file's edge box (``deploy:``) as the objective; the models are measured at first use."""
+        from searchmerge.runtime.objective import DeployObjective
+
+        return DeployObjective(self.study_file.settings.deploy, self.prepared.workload, self.prepared.models,
+                               self.evaluator.analysis.groups, progress=self.say)
+
     # ----------------------------------------------------------------- identity
     def _identity(self) -> dict[str, Any]:
         settings = self.study_file.settings
@@ -210,6 +245,7 @@ class MergeSearch:
             "target": settings.target,
             "evaluator": dataclasses.asdict(self.evaluator_settings),
             **({"scenario": self.scenario} if self.scenario is not None else {}),
+            **({"deploy": settings.deploy.to_dict()} if settings.deploy is not None else {}),
             **(
                 {"parent_study": self.warm_start.parent_study, "parent_checkpoint": self.warm_start.parent_checkpoint}
                 if self.warm_start is not None
@@ -230,6 +266,7 @@ class MergeSearch:
             self.optuna_study.set_user_attr(_ATTR_PREFIX + "workload", self.study_file.workload.name)
             self.optuna_study.set_user_attr(_ATTR_PREFIX + "strategy", self.strategy)
             self.optuna_study.set_user_attr(_ATTR_PREFIX + "max_saved_bytes", self.space.max_saved_bytes)
+            self.optuna_study.set_metric_names([OBJECTIVE_NAME])
             # The workload fingerprint goes last: a worker that sees it sees the whole identity.
             for key, value in sorted(identity.items(), key=lambda item: item[0] == "workload_fingerprint"):
                 self.optuna_study.set_user_attr(_ATTR_PREFIX + key, value)
@@ -281,9 +318,15 @@ class MergeSearch:
         verdict = "feasible" if evaluation.feasible else "infeasible"
         self.say(f"trial {trial.number}: {verdict} (worst ratio {evaluation.worst_ratio:.3f}, {evaluation.stop_reason},"
                  f" {'from the store' if cached else f'{evaluation.cost.seconds:.1f} s'})")
-        if evaluation.stop_reason in ("hopeless", "pruned"):
-            raise optuna.TrialPruned(f"stopped early: {evaluation.stop_reason}")
-        return float(evaluation.saved_bytes)
+        if evaluation.stop_reason == "pruned":  # an Optuna pruner stopped it; hopeless plans stay COMPLETE
+            raise optuna.TrialPruned("stopped by the pruner")
+        if self.study_file.settings.deploy is None:
+            return float(evaluation.saved_bytes)
+        # Memory-aware: the frames the edge box processes in time, ties broken by bytes saved.
+        value, simulated = self.deploy_objective.score(plan, evaluation.saved_bytes, self.space.max_saved_bytes)
+        for key, recorded in simulated.items():
+            trial.set_user_attr(key, recorded)
+        return value
 
     def _check_not_surplus(self, trial: optuna.Trial, n_trials: int) -> None:
         """Give up a trial that workers started at the same moment would take past ``n_trials``.
@@ -300,19 +343,18 @@ class MergeSearch:
             trial.set_user_attr("surplus", True)
             raise _SurplusTrial(f"{len(ahead)} trials already finished or running for a study of {n_trials}")
 
-    def _evaluate(self, plan: SharingPlan, trial: optuna.Trial) -> tuple[Any, str, bool]:
-        from searchmerge.evaluate import Evaluation
-        from searchmerge.merge import merged_state
-
-        # Weights retrained from a parent's checkpoint are not those retrained from the originals.
-        kind = "merged" if self.warm_start is None else f"merged-from-{self.warm_start.parent_checkpoint}"
-        key = CheckpointKey(self.prepared.workload_fingerprint, plan.plan_hash, self.prepared.data_fingerprint, kind)
-        record = self.study_file.store.find(key)
+    def _evaluate(self, plan: SharingPlan, trial: optuna.Trial) -> tuple[Evaluation, str, bool]:
+        """The plan's evaluation, its checkpoint id, and whether it came from the store."""
         frozen = self.warm_start.frozen_for(plan) if self.warm_start is not None else frozenset()
-        signature = {**self._identity(), **({"frozen": sorted(frozen)} if frozen else {})}
-        reusable = record is not None and record.metadata["evaluation"]["stop_reason"] != "pruned"
-        if reusable and record.metadata.get("evaluated_with") == {**signature, "seed": self.seed}:  # type: ignore[union-attr]
-            return _evaluation_from_dict(Evaluation, plan, record.metadata["evaluation"]), record.id, True  # type: ignore[union-attr]
+        key = merged_key(
+            self.prepared, plan, target=self.evaluator.target, settings=self.evaluator_settings, seed=self.seed,
+            start_checkpoint=self.warm_start.parent_checkpoint if self.warm_start is not None else None,
+            frozen=frozen,
+        )
+        record = self.study_file.store.find(key)
+        # A plan an Optuna pruner stopped was not judged: it is evaluated again.
+        if record is not None and record.metadata["evaluation"]["stop_reason"] != "pruned":
+            return Evaluation.from_dict(plan, record.metadata["evaluation"]), record.id, True
 
         def report(check: int, worst_ratio: float) -> bool:
             trial.report(worst_ratio, step=check)
@@ -322,9 +364,8 @@ class MergeSearch:
         evaluation, merged = self.evaluator.evaluate(
             plan, seed=self.seed, report=report, start_from=start_from, frozen=frozen
         )
-        tensors = merged_state(merged)
-        metadata = {"evaluation": evaluation.to_dict(), "evaluated_with": {**signature, "seed": self.seed}}
-        checkpoint = self.study_file.store.put(key, tensors, metadata)
+        metadata = {"evaluation": evaluation.to_dict(), "evaluated_with": {**self._identity(), "seed": self.seed}}
+        checkpoint = self.study_file.store.put(key, merged_state(merged), metadata)
         return evaluation, checkpoint, False
 
     # ----------------------------------------------------------------- reading
@@ -338,8 +379,11 @@ class MergeSearch:
         return [TrialSummary.from_trial(t, self.space, self.strategy) for t in self.finished_trials()]
 
     def best(self) -> TrialSummary | None:
-        """The feasible trial that saves the most bytes (``None`` before any feasible one)."""
+        """The best feasible trial: most bytes saved (with ``deploy:``, most frames processed first); ``None`` if none."""
         feasible = [t for t in self.history() if t.feasible]
+        if self.study_file.settings.deploy is not None:  # memory-aware: the most frames processed first
+            processed = {t.number: t.user_attrs.get("processed_fraction", 0.0) for t in self.finished_trials()}
+            return max(feasible, key=lambda t: (processed[t.number], t.saved_bytes, -t.number)) if feasible else None
         return max(feasible, key=lambda t: (t.saved_bytes, -t.number)) if feasible else None
 
     def pareto_front(self) -> list[TrialSummary]:
@@ -358,30 +402,87 @@ class MergeSearch:
 
     def merged_models(self, trial: TrialSummary) -> dict[str, Any]:
         """A trial's merged models, tied by its plan, with the weights from its checkpoint."""
-        from searchmerge.merge import load_merged_state, merge_models
-
         if trial.checkpoint is None:
             raise SearchmergeError(f"trial {trial.number} of study {self.study_name!r} has no stored weights")
         merged = merge_models(self.prepared.models, self.evaluator.analysis.groups, trial.plan)
         load_merged_state(merged, self.study_file.store.load(trial.checkpoint))
         return merged
 
+    def trial(self, number: int) -> TrialSummary:
+        """The finished trial ``number``."""
+        for trial in self.history():
+            if trial.number == number:
+                return trial
+        numbers = [t.number for t in self.history()]
+        raise SearchmergeError(
+            f"study {self.study_name!r} has no finished trial {number} (finished: {numbers or 'none yet'})"
+        )
+
+    def export(self, directory: str | Path, trial: TrialSummary | None = None) -> Path:
+        """Write a trial's merged deployment (weights and manifest) to ``directory``.
+
+        Args:
+            directory: Where to write.
+            trial: The trial to export (default: the best feasible one).
+
+        Raises:
+            SearchmergeError: If the study has no feasible trial (and none was named).
+        """
+        chosen = trial if trial is not None else self.best()
+        if chosen is None:
+            raise SearchmergeError(
+                f"study {self.study_name!r} has no feasible plan yet ({len(self.history())} finished trials);"
+                f" run more trials (searchmerge search {self.study_file.path} --study-name {self.study_name}"
+                " --n-trials N) or export a given trial with --trial K"
+            )
+        merged = self.merged_models(chosen)
+        metadata = {"study": self.study_name, "trial": chosen.number, "checkpoint": chosen.checkpoint,
+                    "feasible": chosen.feasible}
+        return export_deployment(directory, self.prepared.workload, merged, plan=chosen.plan, metadata=metadata)
+
     def export_best(self, directory: str | Path) -> Path:
         """Write the best feasible plan's merged deployment (weights and manifest) to ``directory``."""
-        from searchmerge.deployment import export_deployment
-
-        best = self.best()
-        if best is None or best.checkpoint is None:
-            raise SearchmergeError(f"study {self.study_name!r} has no feasible plan yet; run more trials")
-        merged = self.merged_models(best)
-        metadata = {"study": self.study_name, "trial": best.number, "checkpoint": best.checkpoint}
-        return export_deployment(directory, self.prepared.workload, merged, plan=best.plan, metadata=metadata)
+        return self.export(directory)
 
 
-def _prepare(study: StudyFile, say: Progress) -> Any:
-    from searchmerge.study import prepare_study
+def deployed_plan(search: MergeSearch) -> TrialSummary:
+    """The plan a study deployed: its best feasible trial, whose merged weights are stored."""
+    best = search.best()
+    if best is None or best.checkpoint is None:
+        raise SearchmergeError(
+            f"study {search.study_name!r} has no feasible plan to start from; run a full search first"
+            f" (searchmerge search {search.study_file.path} --study-name {search.study_name})"
+        )
+    return best
 
-    return prepare_study(study, progress=say)
+
+def open_search(
+    study: StudyFile,
+    *,
+    scenario: str | None = None,
+    prepared: PreparedWorkload | None = None,
+    progress: Progress | None = None,
+    **options: Any,
+) -> MergeSearch:
+    """Prepare the originals (or load them from the store) and open a search on them.
+
+    Args:
+        study: The study file.
+        scenario: Search on this drift scenario's data (see :mod:`searchmerge.drift`).
+        prepared: The prepared originals when the caller has them already.
+        progress: Called with one line per step.
+        **options: Passed to :class:`MergeSearch` (strategy, study_name, seed, ...).
+
+    Example:
+        >>> from searchmerge.study import open_study_file
+        >>> search = open_search(open_study_file("studies/digits-edge.yaml"), strategy="tpe")  # doctest: +SKIP
+        >>> search.run(20)  # doctest: +SKIP
+    """
+    if scenario is not None:
+        get_scenario(study, scenario)  # an unknown scenario fails before any work
+    originals = prepared if prepared is not None else prepare_study(study, progress=progress)
+    data = drifted_workload(study, originals, scenario) if scenario is not None else originals
+    return MergeSearch(study, data, scenario=scenario, progress=progress, **options)
 
 
 def _open_storage(url: str, heartbeat_interval: int, grace_period: int) -> RDBStorage:
@@ -451,7 +552,7 @@ def _fail_abandoned(study: optuna.Study, grace_period: float) -> None:
 def _trial_attributes(evaluation: Any, checkpoint: str, cached: bool) -> dict[str, Any]:
     attrs: dict[str, Any] = {
         "feasible": evaluation.feasible,
-        "constraint": evaluation.target - evaluation.worst_ratio,
+        "constraint": evaluation.constraint,
         "worst_ratio": evaluation.worst_ratio,
         "stop_reason": evaluation.stop_reason,
         "unique_bytes": evaluation.unique_bytes,
@@ -471,22 +572,6 @@ def _trial_attributes(evaluation: Any, checkpoint: str, cached: bool) -> dict[st
     return attrs
 
 
-def _evaluation_from_dict(kind: type, plan: SharingPlan, data: dict[str, Any]) -> Any:
-    from searchmerge.evaluate import Cost, ModelOutcome
-
-    return kind(
-        plan=plan,
-        feasible=data["feasible"],
-        stop_reason=data["stop_reason"],
-        target=data["target"],
-        models=tuple(ModelOutcome(**m) for m in data["models"]),
-        unique_bytes=data["unique_bytes"],
-        saved_bytes=data["saved_bytes"],
-        cost=Cost(**data["cost"]),
-        curve=tuple(data["curve"]),
-    )
-
-
 def load_search(
     study: StudyFile, *, strategy: str | None = None, study_name: str | None = None, seed: int = 0
 ) -> MergeSearch:
@@ -499,7 +584,7 @@ def load_search(
         raise SearchmergeError(f"no study named {name!r} in {study.storage} (studies there: {known})")
     strategy = strategy or str(found.user_attrs.get(_ATTR_PREFIX + "strategy", "greedy"))
     scenario = found.user_attrs.get(_ATTR_PREFIX + "scenario")  # a search on drifted data reads that data
-    return MergeSearch(study, strategy=strategy, study_name=name, seed=seed, scenario=scenario)
+    return open_search(study, scenario=scenario, strategy=strategy, study_name=name, seed=seed)
 
 
 def _study_summaries(storage: str) -> list[optuna.study.StudySummary]:
@@ -513,3 +598,18 @@ def searchmerge_studies(study: StudyFile) -> list[str]:
     """Names of the searchmerge studies of this study file's workload in its storage."""
     summaries = _study_summaries(study.storage)
     return [s.study_name for s in summaries if s.user_attrs.get(_ATTR_PREFIX + "workload") == study.workload.name]
+
+
+def referenced_checkpoints(storage: str) -> set[str]:
+    """Every checkpoint id that a trial or study of ``storage`` names (what ``store gc`` keeps)."""
+    referenced: set[str] = set()
+    for summary in _study_summaries(storage):
+        parent = summary.user_attrs.get(_ATTR_PREFIX + "parent_checkpoint")
+        if parent:
+            referenced.add(str(parent))
+        study = optuna.load_study(study_name=summary.study_name, storage=storage)
+        for trial in study.get_trials(deepcopy=False):
+            for key in ("checkpoint", "start_checkpoint"):
+                if trial.user_attrs.get(key):
+                    referenced.add(str(trial.user_attrs[key]))
+    return referenced

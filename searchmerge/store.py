@@ -7,26 +7,32 @@ from another retraining run.
 
 The store has two halves that are written in a fixed order:
 
-* **Blobs**: one safetensors file per checkpoint in ``blob_dir``, named by the
-  SHA-256 of its bytes. safetensors holds raw tensor data and a JSON header,
-  so loading a checkpoint never unpickles anything from disk.
-* **Records**: one row per checkpoint in the table ``searchmerge_checkpoints``
+* **Blobs**: one safetensors object per distinct content, named by the SHA-256 of
+  its bytes, behind Optuna's artifact-store interface (a local folder by default,
+  an S3-compatible bucket for workers on several hosts; see :mod:`searchmerge.blobs`).
+  safetensors holds raw tensor data and a JSON header, so loading a checkpoint never
+  unpickles anything.
+* **Records**: one row per checkpoint in the table ``searchmerge_checkpoints_v2``
   of an SQL database, normally the one the Optuna study uses, so that a study
   and its checkpoints travel together and distributed workers on PostgreSQL
   share both.
 
-A blob is first written to a temporary file, flushed, fsynced and renamed into
-place; only then is the row inserted, in one transaction that also removes the
-row it replaces. A crash at any point therefore leaves either the old record
-or the new one, each pointing at a complete file. Every load checks the size
-and checksum of the file before parsing it, so a truncated or altered file is
-reported as :class:`CheckpointCorruptError` instead of yielding wrong weights.
+Records are **immutable**: a key names everything that determines the weights
+(workload, plan, data, kind and a *variant* digest of the seed, target and
+evaluator settings), storing a key that exists returns the existing record, and a
+record's id therefore resolves for as long as the store exists. (Only
+``put(..., replace=True)``, used by ``prepare --force`` for originals, replaces.)
+A blob is written atomically before its row is inserted, so a crash leaves at
+worst a blob no record uses; ``searchmerge store gc`` removes those. Every load
+checks the size and checksum of the blob before parsing it, so a truncated or
+altered file is reported as :class:`CheckpointCorruptError` instead of yielding
+wrong weights.
 
 Example:
     >>> import torch
     >>> from searchmerge.store import CheckpointKey, CheckpointStore
     >>> store = CheckpointStore.for_storage("sqlite:///study.db")  # doctest: +SKIP
-    >>> key = CheckpointKey("wl-3f2a", "plan-9c1e", "data-77b0", "merged")
+    >>> key = CheckpointKey("wl-3f2a", "plan-9c1e", "data-77b0", "merged", "seed0-3b1f")
     >>> store.put(key, {"conv.weight": torch.zeros(8, 3, 3, 3)})  # doctest: +SKIP
     '5d0c...'
     >>> store.load(key)["conv.weight"].shape  # doctest: +SKIP
@@ -38,20 +44,22 @@ from __future__ import annotations
 import builtins
 import hashlib
 import json
+import os
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass, field, fields
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import safetensors.torch
 import sqlalchemy as sa
 import torch
-from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
-from searchmerge.atomic import write_atomic
+from searchmerge.blobs import ArtifactNotFound, ListableArtifactStore, open_blob_store, read_all, write_bytes
 from searchmerge.errors import SearchmergeError
 
 __all__ = [
@@ -59,15 +67,20 @@ __all__ = [
     "CheckpointKey",
     "CheckpointRecord",
     "CheckpointStore",
+    "GarbageCollection",
+    "variant_of",
 ]
 
-TABLE_NAME = "searchmerge_checkpoints"
+TABLE_NAME = "searchmerge_checkpoints_v2"
+#: The table of versions before records became immutable; migrated on first open.
+_LEGACY_TABLE = "searchmerge_checkpoints"
 _KEY_MAX_LEN = 255
-_KEY_COLUMNS = ("workload_fingerprint", "plan_hash", "data_fingerprint", "kind")
-# The backends with an atomic upsert that ``put`` relies on (Optuna's MySQL is not one).
+_KEY_COLUMNS = ("workload_fingerprint", "plan_hash", "data_fingerprint", "kind", "variant")
+# The backends with an atomic insert-or-ignore that ``put`` relies on (Optuna's MySQL is not one).
 _INSERTS = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
 # Header metadata entry that lists tensors saved once under another name.
 _ALIASES = "searchmerge.aliases"
+_BLOB_SUFFIX = ".safetensors"
 
 _metadata = sa.MetaData()
 _table = sa.Table(
@@ -78,6 +91,7 @@ _table = sa.Table(
     sa.Column("plan_hash", sa.String(_KEY_MAX_LEN), nullable=False),
     sa.Column("data_fingerprint", sa.String(_KEY_MAX_LEN), nullable=False),
     sa.Column("kind", sa.String(_KEY_MAX_LEN), nullable=False),
+    sa.Column("variant", sa.String(_KEY_MAX_LEN), nullable=False),
     sa.Column("blob", sa.String(80), nullable=False),
     sa.Column("sha256", sa.String(64), nullable=False),
     sa.Column("size_bytes", sa.BigInteger, nullable=False),
@@ -85,15 +99,15 @@ _table = sa.Table(
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     # One record per key: the database, not a read-then-write in Python, decides
     # who wins when two workers store the same key at once.
-    sa.UniqueConstraint(*_KEY_COLUMNS, name="uq_searchmerge_checkpoints_key"),
+    sa.UniqueConstraint(*_KEY_COLUMNS, name="uq_searchmerge_checkpoints_v2_key"),
 )
 
 
 class CheckpointCorruptError(SearchmergeError):
-    """A checkpoint's file is missing, truncated or altered.
+    """A checkpoint's blob is missing, truncated or altered.
 
     Raised before anything is parsed, so no wrong weights reach the caller. The
-    usual remedy is to evaluate the plan again and ``put`` the result.
+    usual remedy is to evaluate the plan again (or ``prepare --force`` for originals).
     """
 
 
@@ -102,26 +116,30 @@ class CheckpointKey:
     """What a checkpoint is the weights of.
 
     The key names the result of one evaluation, so that the same evaluation
-    asked again is answered from the store.
+    asked again is answered from the store, and a different one (another seed,
+    target or evaluator setting) gets a record of its own.
 
     Attributes:
-        workload_fingerprint: Hash of the workload (models, tasks, targets).
+        workload_fingerprint: Hash of the workload (models, tasks, training settings).
         plan_hash: Hash of the sharing plan; for ``kind="original"`` the model
             name is fine.
         data_fingerprint: Hash of the data the weights were trained on, so that
             a drift re-check on new data does not reuse stale weights.
         kind: What the weights are, e.g. ``"original"`` or ``"merged"``.
+        variant: Digest of whatever else determines the weights (seed, target,
+            evaluator settings, the checkpoint retraining started from); may be empty.
     """
 
     workload_fingerprint: str
     plan_hash: str
     data_fingerprint: str
     kind: str
+    variant: str = ""
 
     def __post_init__(self) -> None:
         for key_field in fields(self):
             value = getattr(self, key_field.name)
-            if not isinstance(value, str) or not value:
+            if not isinstance(value, str) or (not value and key_field.name != "variant"):
                 raise SearchmergeError(
                     f"checkpoint key field {key_field.name!r} must be a non-empty string, "
                     f"got {value!r}"
@@ -133,17 +151,20 @@ class CheckpointKey:
                 )
 
 
+def variant_of(settings: Any) -> str:
+    """A short digest of JSON-able ``settings``, for :attr:`CheckpointKey.variant`."""
+    payload = json.dumps(settings, sort_keys=True, default=str).encode()
+    return hashlib.sha256(payload).hexdigest()[:32]
+
+
 @dataclass(frozen=True)
 class CheckpointRecord:
-    """The stored description of one checkpoint.
-
-    A record's id always denotes the same bytes: putting a key again creates a
-    new record with a new id and removes the old one.
+    """The stored description of one checkpoint; it never changes once stored.
 
     Attributes:
         id: Checkpoint id (a uuid4 hex string).
         key: The key it is stored under.
-        blob: File name of its safetensors blob inside the store's ``blob_dir``.
+        blob: Id of its safetensors blob in the store's blob location.
         sha256: Hex SHA-256 of the blob's bytes.
         size: Size of the blob in bytes.
         metadata: JSON metadata given to ``put`` (accuracy, cost, ...).
@@ -159,27 +180,38 @@ class CheckpointRecord:
     created_at: datetime
 
 
+@dataclass(frozen=True)
+class GarbageCollection:
+    """What :meth:`CheckpointStore.collect_garbage` removed (or would remove, in a dry run)."""
+
+    records: tuple[str, ...]
+    blobs: tuple[str, ...]
+    bytes_freed: int
+    dry_run: bool
+
+
 class CheckpointStore:
-    """Checkpoints in safetensors files, described by rows in an SQL database.
+    """Checkpoints in safetensors blobs, described by rows in an SQL database.
 
     Several processes, on one host with SQLite or on several hosts with
-    PostgreSQL and a shared ``blob_dir``, may use one store at the same time.
+    PostgreSQL and a shared blob location (a shared folder or an S3 bucket), may
+    use one store at the same time.
 
     Args:
         url: SQLAlchemy database URL, normally the Optuna storage URL, e.g.
             ``sqlite:///study.db`` or ``postgresql+psycopg://user@host/db``. The
-            table ``searchmerge_checkpoints`` is created if missing and lives
+            table ``searchmerge_checkpoints_v2`` is created if missing and lives
             beside Optuna's tables.
-        blob_dir: Directory for the safetensors files; created if missing.
+        blobs: Where the blobs go: a folder (created if missing), an
+            ``s3://BUCKET[/PREFIX]`` location, or an artifact store object.
 
     Raises:
         SearchmergeError: If the database cannot be opened or is neither SQLite
             nor PostgreSQL.
     """
 
-    def __init__(self, url: str, blob_dir: str | Path) -> None:
+    def __init__(self, url: str, blobs: str | os.PathLike[str] | ListableArtifactStore) -> None:
         self.url = url
-        self.blob_dir = Path(blob_dir)
         shown = _shown_url(url)
         try:
             backend = make_url(url).get_backend_name()
@@ -197,22 +229,26 @@ class CheckpointStore:
             _create_table(self._engine)
         except SQLAlchemyError as exc:
             raise SearchmergeError(f"cannot open checkpoint database {shown}: {exc}") from exc
-        self.blob_dir.mkdir(parents=True, exist_ok=True)
+        self.blobs: ListableArtifactStore = (
+            open_blob_store(blobs) if isinstance(blobs, (str, os.PathLike)) else blobs
+        )
+
+    @property
+    def blob_location(self) -> str:
+        """The folder or ``s3://`` location of the blobs (what ``--blob-dir`` takes)."""
+        return self.blobs.location
 
     @classmethod
-    def for_storage(cls, storage_url: str, blob_dir: str | Path | None = None) -> CheckpointStore:
+    def for_storage(cls, storage_url: str, blob_dir: str | os.PathLike[str] | None = None) -> CheckpointStore:
         """Open the store that belongs to an Optuna storage URL.
 
-        For an SQLite file the blobs default to a directory next to it, so that
+        For an SQLite file the blobs default to a folder next to it, so that
         copying ``x.db`` and ``x.db.checkpoints/`` moves a whole study.
 
         Args:
             storage_url: The study's storage URL.
-            blob_dir: Where the blobs go; required unless ``storage_url`` names an
-                SQLite file.
-
-        Returns:
-            The store.
+            blob_dir: Where the blobs go (a folder or ``s3://BUCKET[/PREFIX]``);
+                required unless ``storage_url`` names an SQLite file.
 
         Raises:
             SearchmergeError: If ``blob_dir`` is needed but not given.
@@ -225,9 +261,9 @@ class CheckpointStore:
             database = parsed.database
             if parsed.get_backend_name() != "sqlite" or not database or database == ":memory:":
                 raise SearchmergeError(
-                    f"storage {_shown_url(storage_url)} is not an SQLite file: give the "
-                    "checkpoint blob directory (blob_dir) explicitly, on a file system "
-                    "that every worker can reach"
+                    f"storage {_shown_url(storage_url)} is not an SQLite file: give the checkpoint blob"
+                    " location with --blob-dir (blob_dir= in Python): a folder every worker can reach,"
+                    " or s3://BUCKET/PREFIX"
                 )
             blob_dir = Path(database + ".checkpoints")
         return cls(storage_url, blob_dir)
@@ -241,20 +277,19 @@ class CheckpointStore:
         key: CheckpointKey,
         tensors: dict[str, torch.Tensor],
         metadata: dict[str, Any] | None = None,
+        *,
+        replace: bool = False,
     ) -> str:
-        """Store tensors under a key, replacing what the key held before.
+        """Store tensors under a key; returns the id of the key's record.
+
+        Records are immutable: when the key is stored already, its record is kept
+        and its id returned (the blob of equal bytes is rewritten, which repairs a
+        damaged one). ``replace=True`` instead replaces the record, giving a new id;
+        only ``prepare --force`` does that, for originals.
 
         Tensors that are the same view of one storage (tied weights, the point of
         a merged model) are saved once and come back from :meth:`load` tied
         again; tensors that only overlap are saved as separate copies.
-
-        Args:
-            key: The key to store under.
-            tensors: Name -> tensor, on any device.
-            metadata: JSON-serialisable facts to keep with the weights.
-
-        Returns:
-            The new checkpoint id.
 
         Raises:
             SearchmergeError: If the input is not a dict of tensors, the metadata
@@ -268,36 +303,37 @@ class CheckpointStore:
             raise SearchmergeError(f"checkpoint metadata is not JSON-serialisable: {exc}") from exc
         data = _serialize(tensors)
         sha256 = hashlib.sha256(data).hexdigest()
-        blob = f"{sha256}.safetensors"
-        self._write_blob(blob, data)
+        blob = f"{sha256}{_BLOB_SUFFIX}"
+        write_bytes(self.blobs, blob, data)
 
         row = {
             "id": uuid.uuid4().hex,
-            "workload_fingerprint": key.workload_fingerprint,
-            "plan_hash": key.plan_hash,
-            "data_fingerprint": key.data_fingerprint,
-            "kind": key.kind,
+            **_key_row(key),
             "blob": blob,
             "sha256": sha256,
             "size_bytes": len(data),
             "metadata_json": metadata_json,
             "created_at": datetime.now(timezone.utc),
         }
-        # One INSERT ... ON CONFLICT DO UPDATE: the database serialises two
-        # workers storing the same key (the last one wins), so there is no
-        # window between a read and a write for them to clash in, and nothing
-        # to retry.
-        upsert = _INSERTS[self._engine.dialect.name](_table).values(**row)
-        upsert = upsert.on_conflict_do_update(
-            index_elements=_KEY_COLUMNS,
-            set_={name: upsert.excluded[name] for name in row if name not in _KEY_COLUMNS},
-        )
+        # One INSERT ... ON CONFLICT: the database serialises two workers storing the
+        # same key, so there is no window between a read and a write for them to clash in.
+        insert = _INSERTS[self._engine.dialect.name](_table).values(**row)
+        if replace:
+            insert = insert.on_conflict_do_update(
+                index_elements=_KEY_COLUMNS,
+                set_={name: insert.excluded[name] for name in row if name not in _KEY_COLUMNS},
+            )
+        else:
+            insert = insert.on_conflict_do_nothing(index_elements=_KEY_COLUMNS)
         try:
             with self._engine.begin() as conn:
-                conn.execute(upsert)
+                conn.execute(insert)
         except SQLAlchemyError as exc:
             raise SearchmergeError(f"could not store checkpoint {key}: {exc}") from exc
-        return str(row["id"])
+        stored = self.find(key)
+        if stored is None:  # removed between our insert and this read: only gc of an old record could
+            raise SearchmergeError(f"checkpoint {key} vanished right after it was stored; store it again")
+        return stored.id
 
     def find(self, key: CheckpointKey) -> CheckpointRecord | None:
         """The record stored under a key, or None if there is none."""
@@ -309,8 +345,7 @@ class CheckpointStore:
         """The record with an id.
 
         Raises:
-            SearchmergeError: If no checkpoint has this id (it may have been
-                replaced by a later ``put`` of the same key).
+            SearchmergeError: If no checkpoint has this id.
         """
         query = sa.select(_table).where(_table.c.id == checkpoint_id)
         with self._engine.connect() as conn:
@@ -334,18 +369,14 @@ class CheckpointStore:
     def load(
         self, key_or_id: CheckpointKey | str, *, device: str | torch.device = "cpu"
     ) -> dict[str, torch.Tensor]:
-        """The tensors of a checkpoint, after checking the file's size and checksum.
-
-        Args:
-            key_or_id: A key or a checkpoint id.
-            device: Where to put the tensors.
+        """The tensors of a checkpoint, after checking the blob's size and checksum.
 
         Returns:
             Name -> tensor, with tied tensors tied again.
 
         Raises:
             SearchmergeError: If there is no such checkpoint.
-            CheckpointCorruptError: If its file is missing, truncated or altered.
+            CheckpointCorruptError: If its blob is missing, truncated or altered.
         """
         record = self._resolve(key_or_id)
         data = self._read_verified(record)
@@ -354,8 +385,7 @@ class CheckpointStore:
             aliases = _read_aliases(data)
         except Exception as exc:  # noqa: BLE001 - any parse failure means a bad file
             raise CheckpointCorruptError(
-                f"checkpoint {record.id} ({self.blob_dir / record.blob}) is not a valid "
-                f"safetensors file: {exc}"
+                f"checkpoint {record.id} ({self._where(record)}) is not a valid safetensors file: {exc}"
             ) from exc
         tensors = {name: tensor.to(device) for name, tensor in unique.items()}
         for name, target in aliases.items():
@@ -363,18 +393,60 @@ class CheckpointStore:
         return dict(sorted(tensors.items()))
 
     def verify(self, checkpoint_id: str) -> CheckpointRecord:
-        """Check that a checkpoint's file is intact, without parsing it.
-
-        Returns:
-            The record, if the file is intact.
+        """Check that a checkpoint's blob is intact, without parsing it.
 
         Raises:
             SearchmergeError: If there is no such checkpoint.
-            CheckpointCorruptError: If its file is missing, truncated or altered.
+            CheckpointCorruptError: If its blob is missing, truncated or altered.
         """
         record = self.record(checkpoint_id)
         self._read_verified(record)
         return record
+
+    def collect_garbage(
+        self,
+        *,
+        keep: Collection[str] | None = None,
+        min_age: timedelta = timedelta(hours=1),
+        dry_run: bool = False,
+    ) -> GarbageCollection:
+        """Remove blobs that no record uses (and, given ``keep``, records nobody uses).
+
+        Safe while workers run: a worker writes a blob before its record, and a record
+        before the trial that names it, so only objects older than ``min_age`` are
+        candidates; nothing a live worker is in the middle of storing is that old.
+
+        Args:
+            keep: When given, the ids of the records still in use (e.g. named by some
+                trial of some study): every other record older than ``min_age`` is
+                removed, except originals (kind ``original``), which are always kept.
+            min_age: Objects younger than this are never removed.
+            dry_run: Report what would be removed, remove nothing.
+        """
+        cutoff = datetime.now(timezone.utc) - min_age
+        records = self.list()
+        dropped = [] if keep is None else [
+            r for r in records if r.id not in keep and r.key.kind != "original" and r.created_at < cutoff
+        ]
+        if dropped and not dry_run:
+            with self._engine.begin() as conn:
+                conn.execute(sa.delete(_table).where(_table.c.id.in_([r.id for r in dropped])))
+        used = {r.blob for r in records if r not in dropped}
+        sizes = {r.blob: r.size for r in records}
+        stale = [
+            info for info in self.blobs.list()
+            if info.id not in used and info.age_seconds > min_age.total_seconds()
+            and (info.id.endswith(_BLOB_SUFFIX) or info.id.endswith(".part"))
+        ]
+        freed = 0
+        for info in stale:
+            freed += sizes.get(info.id, 0)
+            if not dry_run:
+                try:
+                    self.blobs.remove(info.id)
+                except ArtifactNotFound:
+                    continue  # another collector got there first
+        return GarbageCollection(tuple(r.id for r in dropped), tuple(i.id for i in stale), freed, dry_run)
 
     def _resolve(self, key_or_id: CheckpointKey | str) -> CheckpointRecord:
         if isinstance(key_or_id, CheckpointKey):
@@ -384,22 +456,15 @@ class CheckpointStore:
             return record
         return self.record(key_or_id)
 
-    def _write_blob(self, blob: str, data: bytes) -> None:
-        """Write a blob so that its final name only ever holds complete bytes."""
-        write_atomic(self.blob_dir / blob, data)
+    def _where(self, record: CheckpointRecord) -> str:
+        return f"{self.blob_location.rstrip('/')}/{record.blob}"
 
     def _read_verified(self, record: CheckpointRecord) -> bytes:
         """The blob's bytes, or CheckpointCorruptError if they are not the stored ones."""
-        path = self.blob_dir / record.blob
-        where = f"checkpoint {record.id} ({path})"
+        where = f"checkpoint {record.id} ({self._where(record)})"
         try:
-            size = path.stat().st_size
-            if size != record.size:
-                raise CheckpointCorruptError(
-                    f"{where} is corrupt: the file has {size} bytes, {record.size} expected"
-                )
-            data = path.read_bytes()
-        except FileNotFoundError as exc:
+            data = read_all(self.blobs, record.blob)
+        except (ArtifactNotFound, FileNotFoundError) as exc:
             raise CheckpointCorruptError(f"{where} is missing its file") from exc
         if len(data) != record.size:
             raise CheckpointCorruptError(
@@ -463,13 +528,12 @@ def _read_aliases(data: bytes) -> dict[str, str]:
     return {} if aliases is None else dict(json.loads(aliases))
 
 
+def _key_row(key: CheckpointKey) -> dict[str, str]:
+    return {name: getattr(key, name) for name in _KEY_COLUMNS}
+
+
 def _key_clauses(key: CheckpointKey) -> tuple[sa.ColumnElement[bool], ...]:
-    return (
-        _table.c.workload_fingerprint == key.workload_fingerprint,
-        _table.c.plan_hash == key.plan_hash,
-        _table.c.data_fingerprint == key.data_fingerprint,
-        _table.c.kind == key.kind,
-    )
+    return tuple(_table.c[name] == value for name, value in _key_row(key).items())
 
 
 def _to_record(row: sa.RowMapping) -> CheckpointRecord:
@@ -478,9 +542,7 @@ def _to_record(row: sa.RowMapping) -> CheckpointRecord:
         created_at = created_at.replace(tzinfo=timezone.utc)
     return CheckpointRecord(
         id=row["id"],
-        key=CheckpointKey(
-            row["workload_fingerprint"], row["plan_hash"], row["data_fingerprint"], row["kind"]
-        ),
+        key=CheckpointKey(*(row[name] for name in _KEY_COLUMNS)),
         blob=row["blob"],
         sha256=row["sha256"],
         size=int(row["size_bytes"]),
@@ -490,11 +552,31 @@ def _to_record(row: sa.RowMapping) -> CheckpointRecord:
 
 
 def _create_table(engine: Engine) -> None:
-    """Create the table if missing, tolerating a worker that creates it at the same time."""
+    """Create the table if missing (tolerating a worker that creates it at the same time), then migrate.
+
+    Stores written before records became immutable have the table ``searchmerge_checkpoints``
+    (one record per key, replaced on every put). Its rows move to the new table with an empty
+    variant, keeping their ids, so the checkpoints that trials name still resolve.
+    """
     try:
         _metadata.create_all(engine)
     except SQLAlchemyError:
         if not sa.inspect(engine).has_table(TABLE_NAME):
+            raise
+    if not sa.inspect(engine).has_table(_LEGACY_TABLE):
+        return
+    legacy = sa.Table(_LEGACY_TABLE, sa.MetaData(), autoload_with=engine)
+    columns = [c.name for c in _table.columns if c.name != "variant"]
+    copy = _INSERTS[engine.dialect.name](_table).from_select(
+        # "WHERE true" keeps SQLite from reading ON CONFLICT as part of the SELECT.
+        [*columns, "variant"], sa.select(*(legacy.c[c] for c in columns), sa.literal("")).where(sa.true())
+    ).on_conflict_do_nothing()
+    try:
+        with engine.begin() as conn:
+            conn.execute(copy)
+            legacy.drop(conn)
+    except SQLAlchemyError:
+        if sa.inspect(engine).has_table(_LEGACY_TABLE):  # not another worker migrating at the same time
             raise
 
 

@@ -1,26 +1,24 @@
-"""Study files as a whole: load one, prepare its originals, evaluate a plan.
+"""A study file as a whole: its workload, settings, storage and checkpoint store.
 
-These are the library functions behind the CLI's ``prepare`` and ``evaluate``;
-everything the CLI does is available here from Python.
+Opening a study file validates it and opens its store; nothing is trained here.
+Preparing the originals is :func:`searchmerge.prepare.prepare_study`, evaluating a
+plan :func:`searchmerge.evaluate.evaluate_plan`, searching
+:func:`searchmerge.search.open_search`.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from searchmerge.data import get_task, model_task
 from searchmerge.errors import SearchmergeError
 from searchmerge.settings import StudySettings
-from searchmerge.space import SharingPlan
-from searchmerge.store import CheckpointKey, CheckpointStore
+from searchmerge.store import CheckpointStore
 from searchmerge.workload import Workload, load_study_file
 
-#: Called with one line per step of long work.
-Progress = Callable[[str], None]
+__all__ = ["StudyFile", "default_storage", "open_study_file"]
 
 
 @dataclass(frozen=True)
@@ -64,36 +62,3 @@ def open_study_file(
     url = storage or str(document.get("storage") or default_storage(workload.name))
     store = CheckpointStore.for_storage(url, blob_dir)
     return StudyFile(Path(path), workload, settings, url, store)
-
-
-def prepare_study(study: StudyFile, *, force: bool = False, progress: Progress | None = None) -> Any:
-    """Train and store the originals of a study file (or load them when stored)."""
-    from searchmerge.prepare import prepare
-
-    return prepare(study.workload, study.settings, study.store, force=force, progress=progress)
-
-
-def evaluate_plan(
-    study: StudyFile,
-    share: str | SharingPlan,
-    *,
-    seed: int = 0,
-    progress: Progress | None = None,
-) -> Any:
-    """Evaluate one plan (``none``, ``all``, ``GROUP,...`` or a :class:`SharingPlan`) and store its weights.
-
-    Returns the :class:`~searchmerge.evaluate.Evaluation` and the id of the
-    checkpoint that keeps the merged weights (key: the plan's hash, kind ``merged``).
-    """
-    from searchmerge.evaluate import Evaluator
-    from searchmerge.merge import merged_state
-
-    prepared = prepare_study(study, progress=progress)
-    evaluator = Evaluator(prepared, study.settings.evaluator, study.settings.target, progress=progress)
-    names = [g.name for g in evaluator.analysis.groups]
-    plan = share if isinstance(share, SharingPlan) else SharingPlan.parse(share, names)
-    evaluation, merged = evaluator.evaluate(plan.checked(names), seed=seed)
-    key = CheckpointKey(prepared.workload_fingerprint, plan.plan_hash, prepared.data_fingerprint, "merged")
-    checkpoint = study.store.put(key, merged_state(merged), {"evaluation": evaluation.to_dict()})
-    return evaluation, checkpoint
-

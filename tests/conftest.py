@@ -3,8 +3,15 @@ and a tiny digits study whose retraining takes seconds."""
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
+import pytest
 import torch
 from torch import nn
+
+from searchmerge.prepare import prepare_study
+from searchmerge.study import open_study_file
 
 
 class TinyNet(nn.Module):
@@ -51,3 +58,31 @@ models:
   - {name: c, factory: "searchmerge.zoo:small_vgg", kwargs: {num_classes: 2, widths: [4, 8, 8], in_channels: 1},
      task: high}
 """
+
+
+@pytest.fixture(scope="session")
+def prepared_tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with the tiny study file and its originals prepared once per session (SQLite).
+
+    Preparing trains two pretrained architectures and three fine-tuned models; doing it
+    once and copying the result (:func:`copy_prepared`) keeps every test isolated without
+    retraining the originals for each.
+    """
+    folder = tmp_path_factory.mktemp("prepared-tiny")
+    (folder / "tiny.yaml").write_text(TINY_STUDY)
+    prepare_study(open_study_file(folder / "tiny.yaml", storage=f"sqlite:///{folder / 'tiny.db'}"))
+    return folder
+
+
+def copy_prepared(source: Path, destination: Path, study_text: str | None = None) -> tuple[Path, str]:
+    """Copy a prepared tiny study (its file, database and blobs) to ``destination``.
+
+    Returns the study file's path and the storage URL of the copy. ``study_text``
+    replaces the study file's text (same models and training settings, so the stored
+    originals still apply: e.g. another evaluator or target).
+    """
+    destination.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(source / "tiny.db", destination / "tiny.db")
+    shutil.copytree(source / "tiny.db.checkpoints", destination / "tiny.db.checkpoints")
+    (destination / "tiny.yaml").write_text(study_text if study_text is not None else (source / "tiny.yaml").read_text())
+    return destination / "tiny.yaml", f"sqlite:///{destination / 'tiny.db'}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import optuna
 import pytest
@@ -14,18 +15,18 @@ from searchmerge.data import CameraCondition
 from searchmerge.drift import (
     BUILTIN_SCENARIOS,
     drift_camera,
-    drift_check,
     drifted_data,
     scenarios,
 )
+from searchmerge.drift_check import drift_check
 from searchmerge.errors import SearchmergeError
 from searchmerge.prepare import workload_data
 from searchmerge.research import WARM_ATTR, research
-from searchmerge.search import MergeSearch, load_search
+from searchmerge.search import load_search, open_search
 from searchmerge.space import SharingPlan
 from searchmerge.study import StudyFile, open_study_file
 from searchmerge.train import accuracy, default_device
-from tests.conftest import TINY_STUDY
+from tests.conftest import TINY_STUDY, copy_prepared
 
 PARENT = "tiny-digits-greedy"
 DRIFT_SECTION = """
@@ -42,12 +43,11 @@ ADDED_MODEL = """
 
 
 @pytest.fixture(scope="module")
-def parent(tmp_path_factory: pytest.TempPathFactory) -> StudyFile:
+def parent(prepared_tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> StudyFile:
     """The tiny study with a finished greedy search (the deployed plan) in a SQLite file."""
-    folder = tmp_path_factory.mktemp("drift")
-    (folder / "tiny.yaml").write_text(TINY_STUDY + DRIFT_SECTION)
-    study = open_study_file(folder / "tiny.yaml", storage=f"sqlite:///{folder / 'tiny.db'}")
-    MergeSearch(study, strategy="greedy").run(4)
+    path, storage = copy_prepared(prepared_tiny, tmp_path_factory.mktemp("drift"), TINY_STUDY + DRIFT_SECTION)
+    study = open_study_file(path, storage=storage)
+    open_search(study, strategy="greedy").run(4)
     return study
 
 
@@ -132,10 +132,10 @@ def test_a_drift_scenario_is_searched_with_the_drift_evaluator(parent: StudyFile
     study = open_study_file(path, storage=parent.storage)
     settings = study.settings
     assert settings.drift_evaluator == dataclasses.replace(settings.evaluator, max_epochs=7, pace_decay=0.5)
-    drifted = MergeSearch(study, strategy="random", scenario="night", study_name="budget-night")
+    drifted = open_search(study, strategy="random", scenario="night", study_name="budget-night")
     assert drifted.evaluator.settings == settings.drift_evaluator
     assert drifted.optuna_study.user_attrs["searchmerge:evaluator"]["max_epochs"] == 7
-    plain = MergeSearch(study, strategy="random", study_name="budget-plain")
+    plain = open_search(study, strategy="random", study_name="budget-plain")
     assert plain.evaluator.settings == settings.evaluator != settings.drift_evaluator
 
     path.write_text(parent.path.read_text() + "drift_evaluator: {max_epoch: 7}\n")
@@ -239,7 +239,7 @@ def test_retiring_a_model_only_scores_the_deployed_plan(parent: StudyFile) -> No
 
 def test_bad_input_is_refused_and_overwrites_nothing(parent: StudyFile, capsys: pytest.CaptureFixture[str]) -> None:
     before = snapshot(parent, PARENT)
-    MergeSearch(parent, strategy="random", study_name="empty")  # a study without a feasible plan
+    open_search(parent, strategy="random", study_name="empty")  # a study without a feasible plan
     with pytest.raises(SearchmergeError, match="no feasible plan to start from; run a full search"):
         research(parent, scenario="night", parent_study="empty", n_trials=1)
     with pytest.raises(SearchmergeError, match="no feasible plan"):

@@ -11,22 +11,20 @@ import torch
 from searchmerge.analysis import analyze
 from searchmerge.cli import main
 from searchmerge.errors import SearchmergeError
-from searchmerge.evaluate import Evaluator
+from searchmerge.evaluate import Evaluator, evaluate_plan
 from searchmerge.merge import merge_models
 from searchmerge.settings import StudySettings
 from searchmerge.space import SharingPlan
 from searchmerge.store import CheckpointCorruptError
-from searchmerge.study import evaluate_plan, open_study_file, prepare_study
-from tests.conftest import TINY_STUDY
-
+from searchmerge.prepare import prepare_study
+from searchmerge.study import open_study_file
+from tests.conftest import TINY_STUDY, copy_prepared
 
 
 @pytest.fixture(scope="module")
-def study_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def study_dir(prepared_tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("study")
-    (folder / "tiny.yaml").write_text(TINY_STUDY)
-    study = open_study_file(folder / "tiny.yaml", storage=f"sqlite:///{folder / 'tiny.db'}")
-    prepare_study(study)
+    copy_prepared(prepared_tiny, folder)
     return folder
 
 
@@ -150,7 +148,7 @@ def test_corrupt_original_is_reported_not_loaded(tmp_path: Path, study_dir: Path
     shutil.copytree(study_dir, folder)
     study = open_tiny(folder)
     record = study.store.list(kind="original")[0]
-    blob = Path(str(study.store.blob_dir)) / record.blob
+    blob = Path(study.store.blob_location) / record.blob
     data = bytearray(blob.read_bytes())
     data[-5] ^= 0xFF
     blob.write_bytes(bytes(data))

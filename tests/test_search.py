@@ -18,9 +18,11 @@ import optuna
 import pytest
 
 from searchmerge.errors import SearchmergeError
-from searchmerge.search import MergeSearch
-from searchmerge.study import open_study_file, prepare_study
-from tests.conftest import TINY_STUDY
+from searchmerge.prepare import prepare_study
+from searchmerge.search import open_search
+from searchmerge.space import SharingPlan
+from searchmerge.study import open_study_file
+from tests.conftest import TINY_STUDY, copy_prepared
 
 EVALUATOR_LINE = "evaluator: {fraction: 0.5, max_epochs: 2, lr: 0.003, init: first}"
 
@@ -29,12 +31,9 @@ POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
 
 @pytest.fixture()
-def tiny(tmp_path: Path) -> tuple[Path, str]:
-    """A tiny study file whose originals are already prepared in a SQLite file."""
-    (tmp_path / "tiny.yaml").write_text(TINY_STUDY)
-    storage = f"sqlite:///{tmp_path / 'tiny.db'}"
-    prepare_study(open_study_file(tmp_path / "tiny.yaml", storage=storage))
-    return tmp_path / "tiny.yaml", storage
+def tiny(prepared_tiny: Path, tmp_path: Path) -> tuple[Path, str]:
+    """A tiny study file whose originals are already prepared in a SQLite file (a copy of its own)."""
+    return copy_prepared(prepared_tiny, tmp_path)
 
 
 def cli(*arguments: str) -> list[str]:
@@ -53,7 +52,7 @@ def assert_no_plan_retrained_twice(trials: list[optuna.trial.FrozenTrial]) -> No
 
 def test_python_api_best_history_pareto_and_export(tiny: tuple[Path, str], tmp_path: Path) -> None:
     path, storage = tiny
-    search = MergeSearch(open_study_file(path, storage=storage), strategy="greedy")
+    search = open_search(open_study_file(path, storage=storage), strategy="greedy")
     search.run(4)
     history = search.history()
     assert len(history) == 4
@@ -73,18 +72,18 @@ def test_python_api_best_history_pareto_and_export(tiny: tuple[Path, str], tmp_p
 
 def test_a_study_name_of_another_workload_is_refused(tiny: tuple[Path, str], tmp_path: Path) -> None:
     path, storage = tiny
-    MergeSearch(open_study_file(path, storage=storage), strategy="random", study_name="shared-name")
+    open_search(open_study_file(path, storage=storage), strategy="random", study_name="shared-name")
     other = tmp_path / "other.yaml"
     other.write_text(TINY_STUDY.replace("target: 0.9", "target: 0.8"))
     with pytest.raises(SearchmergeError, match="refusing to mix trials"):
-        MergeSearch(open_study_file(other, storage=storage), strategy="random", study_name="shared-name")
+        open_search(open_study_file(other, storage=storage), strategy="random", study_name="shared-name")
 
 
 def test_bad_search_input(tiny: tuple[Path, str]) -> None:
     path, storage = tiny
     with pytest.raises(SearchmergeError, match="unknown strategy"):
-        MergeSearch(open_study_file(path, storage=storage), strategy="annealing")
-    search = MergeSearch(open_study_file(path, storage=storage), strategy="random")
+        open_search(open_study_file(path, storage=storage), strategy="annealing")
+    search = open_search(open_study_file(path, storage=storage), strategy="random")
     with pytest.raises(SearchmergeError, match="at least 1"):
         search.run(0)
     completed = subprocess.run(
@@ -166,7 +165,7 @@ def test_a_trial_abandoned_before_its_first_heartbeat_is_failed_and_retried(
     import searchmerge.search as search_module
 
     path, storage = tiny
-    search = MergeSearch(open_study_file(path, storage=storage), strategy="random", study_name="abandoned",
+    search = open_search(open_study_file(path, storage=storage), strategy="random", study_name="abandoned",
                          heartbeat_interval=1)
     search.optuna_study.enqueue_trial({name: True for name in search.space.names[:1]})
     abandoned = search.optuna_study.ask()  # RUNNING, no heartbeat, no params written: its process "died"
@@ -248,7 +247,7 @@ def _free_port() -> int:
 
 def test_dashboard_shows_user_attributes_and_constraints(tiny: tuple[Path, str]) -> None:
     path, storage = tiny
-    search = MergeSearch(open_study_file(path, storage=storage), strategy="greedy", study_name="shown")
+    search = open_search(open_study_file(path, storage=storage), strategy="greedy", study_name="shown")
     search.run(2)
     port = _free_port()
     server = subprocess.Popen(cli("dashboard", "--storage", storage, "--port", str(port)), cwd=REPO,
@@ -283,7 +282,7 @@ def test_report_prints_best_plan_and_writes_plots(tiny: tuple[Path, str], tmp_pa
     from searchmerge.cli import main
 
     path, storage = tiny
-    MergeSearch(open_study_file(path, storage=storage), strategy="random").run(2)
+    open_search(open_study_file(path, storage=storage), strategy="random").run(2)
     out = tmp_path / "report"
     assert main(["report", str(path), "--storage", storage, "--out", str(out)]) == 0
     printed = capsys.readouterr().out
@@ -296,9 +295,74 @@ def test_report_prints_best_plan_and_writes_plots(tiny: tuple[Path, str], tmp_pa
 
 def test_default_pruner_leaves_early_exit_to_the_evaluator(tiny: tuple[Path, str]) -> None:
     path, storage = tiny
-    search = MergeSearch(open_study_file(path, storage=storage), strategy="random", study_name="no-pruner")
+    search = open_search(open_study_file(path, storage=storage), strategy="random", study_name="no-pruner")
     search.run(6)
     # Check 0 is before any retraining; a median pruner would stop most plans there.
     stopped = [t for t in search.optuna_study.trials if t.user_attrs.get("stop_reason") == "pruned"]
     assert stopped == []
     assert isinstance(search.optuna_study.pruner, optuna.pruners.NopPruner)
+
+
+def test_a_failed_confirmation_is_infeasible_for_every_reader(tiny: tuple[Path, str]) -> None:
+    """Validation passes, the test split does not: the constraint, the samplers and best() all say infeasible."""
+    import dataclasses
+
+    import torch
+
+    from searchmerge.data import Split
+    from searchmerge.search import MergeSearch, constraint_of
+    from searchmerge.strategies import history, trial_feasible
+
+    path, storage = tiny
+    # Every pass is confirmed on the test split (margin 1); the test labels are scrambled, so it fails there.
+    path.write_text(path.read_text().replace("init: first}", "init: first, confirm_margin: 1.0}"))
+    study = open_study_file(path, storage=storage)
+    prepared = prepare_study(study)
+    generator = torch.Generator().manual_seed(0)
+    scrambled = {
+        name: dataclasses.replace(
+            data, test=Split(data.test.x, (data.test.y + 1 + torch.randint(0, data.num_classes - 1, data.test.y.shape,
+                                                                            generator=generator)) % data.num_classes)
+        )
+        for name, data in prepared.data.items()
+    }
+    search = MergeSearch(study, dataclasses.replace(prepared, data=scrambled), strategy="greedy")
+    search.optuna_study.enqueue_trial(search.space.params_from_plan(SharingPlan.of(())))
+    search.run(1)
+
+    trial = search.optuna_study.trials[0]
+    print(trial.user_attrs, trial.state)
+    assert trial.user_attrs["worst_ratio"] == 1.0  # validation: the untouched originals pass
+    assert trial.user_attrs["constraint"] > 0 and trial.user_attrs["feasible"] is False
+    assert all(value > 0 for value in trial.system_attrs["constraints"])  # what Optuna's samplers read
+    assert not trial_feasible(trial, constraint_of)
+    assert [record.feasible for record in history(search.optuna_study, search.space, constraint_of)] == [False]
+    assert search.best() is None and search.history()[0].feasible is False
+    with pytest.raises(SearchmergeError, match="no feasible plan"):
+        search.export_best(path.parent / "deploy")
+
+
+def test_checkpoints_never_dangle_after_other_seeds_and_evaluate(tiny: tuple[Path, str], tmp_path: Path) -> None:
+    """The same plans evaluated again (another seed, the evaluate command) leave the first study's ids intact."""
+    from searchmerge.evaluate import evaluate_plan
+
+    path, storage = tiny
+    study = open_study_file(path, storage=storage)
+    first = open_search(study, strategy="greedy", study_name="first", seed=0)
+    first.optuna_study.enqueue_trial(first.space.params_from_plan(SharingPlan.of(())))  # feasible for sure
+    first.run(3)
+    named = {t.number: t.checkpoint for t in first.history()}
+
+    second = open_search(study, strategy="greedy", study_name="second", seed=1)
+    second.optuna_study.enqueue_trial(second.space.params_from_plan(SharingPlan.of(())))
+    second.run(3)
+    for plan in {t.plan for t in first.history()}:
+        evaluate_plan(study, plan, seed=7)
+    again, checkpoint = evaluate_plan(study, first.history()[1].plan, seed=0)
+
+    assert checkpoint == named[1]  # the same evaluation is the same record
+    assert {t.checkpoint for t in second.history()}.isdisjoint(named.values())  # another seed: records of its own
+    for checkpoint_id in named.values():
+        study.store.verify(checkpoint_id)
+    exported = open_search(study, study_name="first").export_best(tmp_path / "deploy")
+    assert json.loads((exported / "manifest.json").read_text())["metadata"]["trial"] == first.best().number

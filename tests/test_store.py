@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -97,7 +99,7 @@ def _assert_same(actual: dict[str, torch.Tensor], expected: dict[str, torch.Tens
 
 
 def _blob_path(store: CheckpointStore, checkpoint_id: str) -> Path:
-    return store.blob_dir / store.record(checkpoint_id).blob
+    return Path(store.blob_location) / store.record(checkpoint_id).blob
 
 
 def test_roundtrip(store: CheckpointStore, workload: str) -> None:
@@ -153,10 +155,30 @@ def test_tied_tensors_roundtrip_and_stay_tied(store: CheckpointStore, workload: 
     assert loaded["rows"].data_ptr() != loaded["model_a.layer1.weight"][2:].data_ptr()
 
 
-def test_put_same_key_replaces(store: CheckpointStore, workload: str) -> None:
+def test_records_are_immutable_a_stored_key_keeps_its_first_record(store: CheckpointStore, workload: str) -> None:
     key = _key(workload)
     first = store.put(key, _tensors(1), {"round": 1})
-    second = store.put(key, _tensors(2), {"round": 2})
+    again = store.put(key, _tensors(2), {"round": 2})
+
+    assert again == first  # the id a trial keeps still resolves, to the same bytes
+    record = store.find(key)
+    assert record is not None and record.id == first and record.metadata == {"round": 1}
+    _assert_same(store.load(first), _tensors(1))
+    assert [r.id for r in store.list(workload)] == [first]
+
+
+def test_a_variant_is_a_record_of_its_own(store: CheckpointStore, workload: str) -> None:
+    seed0 = store.put(CheckpointKey(workload, "plan-1", "data-1", "merged", "seed-0"), _tensors(1))
+    seed1 = store.put(CheckpointKey(workload, "plan-1", "data-1", "merged", "seed-1"), _tensors(2))
+    assert seed0 != seed1
+    _assert_same(store.load(seed0), _tensors(1))
+    _assert_same(store.load(seed1), _tensors(2))
+
+
+def test_replace_gives_a_new_record(store: CheckpointStore, workload: str) -> None:
+    key = _key(workload, "resnet18", "original")
+    first = store.put(key, _tensors(1), {"round": 1})
+    second = store.put(key, _tensors(2), {"round": 2}, replace=True)
 
     assert second != first
     record = store.find(key)
@@ -165,6 +187,15 @@ def test_put_same_key_replaces(store: CheckpointStore, workload: str) -> None:
     assert [r.id for r in store.list(workload)] == [second]
     with pytest.raises(SearchmergeError, match=first):
         store.record(first)
+
+
+def test_a_put_repairs_a_damaged_blob_of_the_same_bytes(store: CheckpointStore, workload: str) -> None:
+    first = store.put(_key(workload), _tensors(1))
+    _blob_path(store, first).write_bytes(b"garbage")
+    with pytest.raises(CheckpointCorruptError):
+        store.load(first)
+    assert store.put(_key(workload), _tensors(1)) == first
+    _assert_same(store.load(first), _tensors(1))
 
 
 def test_identical_content_shares_one_blob(store: CheckpointStore, workload: str) -> None:
@@ -230,7 +261,7 @@ def test_crash_while_renaming_blob_keeps_previous(
 
     assert store.find(key) is not None and store.find(key).id == first  # type: ignore[union-attr]
     _assert_same(store.load(key), _tensors(1))
-    assert not list(store.blob_dir.glob(".*.part")), "temporary file left behind"
+    assert not list(Path(store.blob_location).glob(".*.part")), "temporary file left behind"
 
 
 def test_crash_inside_db_transaction_keeps_previous(store: CheckpointStore, workload: str) -> None:
@@ -288,7 +319,7 @@ def test_bad_input_writes_nothing(store: CheckpointStore, workload: str) -> None
 
 def test_concurrent_writers(storage_url: str, store: CheckpointStore, workload: str) -> None:
     """Separate stores (separate connections, like separate workers) write at once."""
-    others = [CheckpointStore(storage_url, store.blob_dir) for _ in range(3)]
+    others = [CheckpointStore(storage_url, store.blob_location) for _ in range(3)]
     barrier = threading.Barrier(len(others))
     errors: list[BaseException] = []
 
@@ -328,8 +359,8 @@ def test_for_storage_sqlite_defaults_blob_dir(tmp_path: Path) -> None:
     database = tmp_path / "study.db"
     checkpoint_store = CheckpointStore.for_storage(f"sqlite:///{database}")
     try:
-        assert checkpoint_store.blob_dir == Path(f"{database}.checkpoints")
-        assert checkpoint_store.blob_dir.is_dir()
+        assert Path(checkpoint_store.blob_location) == Path(f"{database}.checkpoints")
+        assert Path(checkpoint_store.blob_location).is_dir()
     finally:
         checkpoint_store.close()
 
@@ -363,3 +394,72 @@ def test_coexists_with_optuna_tables(tmp_path: Path) -> None:
         assert len(checkpoint_store.list("wl")) == 1
     finally:
         checkpoint_store.close()
+
+
+def test_gc_removes_only_old_unused_blobs_and_unnamed_records(store: CheckpointStore, workload: str) -> None:
+    kept = store.put(_key(workload, "plan-1"), _tensors(1))
+    unnamed = store.put(_key(workload, "plan-2"), _tensors(2))
+    original = store.put(_key(workload, "resnet18", "original"), _tensors(3))
+    folder = Path(store.blob_location)
+    old_orphan, young_orphan, old_part = folder / f"{'a' * 64}.safetensors", folder / f"{'b' * 64}.safetensors", folder / ".x.part"
+    for path in (old_orphan, young_orphan, old_part):
+        path.write_bytes(b"left by a killed worker")
+    two_hours_ago = time.time() - 7200
+    os.utime(old_orphan, (two_hours_ago, two_hours_ago))
+    os.utime(old_part, (two_hours_ago, two_hours_ago))
+
+    dry = store.collect_garbage(dry_run=True)
+    assert set(dry.blobs) == {old_orphan.name, old_part.name} and old_orphan.exists()
+    done = store.collect_garbage()  # blobs only, by default
+    assert set(done.blobs) == {old_orphan.name, old_part.name} and done.records == ()
+    assert not old_orphan.exists() and not old_part.exists() and young_orphan.exists()
+    for checkpoint in (kept, unnamed, original):
+        store.verify(checkpoint)
+
+
+def test_gc_of_records_keeps_named_ones_and_originals(tmp_path: Path) -> None:
+    """On a storage of its own: record gc looks at every record of the database."""
+    store = CheckpointStore(f"sqlite:///{tmp_path / 'gc.db'}", tmp_path / "blobs")
+    kept = store.put(_key("wl", "plan-1"), _tensors(1))
+    unnamed = store.put(_key("wl", "plan-2"), _tensors(2))
+    original = store.put(_key("wl", "resnet18", "original"), _tensors(3))
+    unnamed_blob = tmp_path / "blobs" / store.record(unnamed).blob
+
+    assert store.collect_garbage(keep={kept}).records == ()  # younger than the default hour
+    done = store.collect_garbage(keep={kept}, min_age=timedelta(0))
+    assert done.records == (unnamed,)
+    assert store.find(_key("wl", "plan-2")) is None
+    store.verify(kept)
+    store.verify(original)
+    assert done.blobs == (unnamed_blob.name,) and not unnamed_blob.exists()
+    store.close()
+
+
+def test_a_store_of_the_earlier_format_is_migrated_with_its_ids(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    engine = sa.create_engine(url)
+    legacy = sa.Table(
+        "searchmerge_checkpoints", sa.MetaData(),
+        *(sa.Column(c.name, c.type, primary_key=c.primary_key) for c in store_module._table.columns
+          if c.name != "variant"),
+    )
+    legacy.metadata.create_all(engine)
+    blobs = tmp_path / "blobs"
+    old = CheckpointStore(f"sqlite:///{tmp_path / 'scratch.db'}", blobs)  # writes a real blob to point at
+    made = old.record(old.put(CheckpointKey("wl", "plan", "data", "merged"), _tensors(1)))
+    old.close()
+    with engine.begin() as conn:
+        conn.execute(legacy.insert().values(
+            id=made.id, workload_fingerprint="wl", plan_hash="plan", data_fingerprint="data", kind="merged",
+            blob=made.blob, sha256=made.sha256, size_bytes=made.size, metadata_json="{}",
+            created_at=made.created_at,
+        ))
+    engine.dispose()
+
+    migrated = CheckpointStore(url, blobs)
+    try:
+        _assert_same(migrated.load(made.id), _tensors(1))
+        assert migrated.find(CheckpointKey("wl", "plan", "data", "merged")).id == made.id  # type: ignore[union-attr]
+        assert not sa.inspect(migrated._engine).has_table("searchmerge_checkpoints")
+    finally:
+        migrated.close()

@@ -457,3 +457,36 @@ def test_deploy_objective_prefers_the_plan_that_fits(workload: Workload, origina
     assert attrs["swap_units"] == 1 and alone["swap_units"] == 3
     assert attrs["swaps"] < alone["swaps"]
     assert shared_value > alone_value
+
+
+def test_memory_aware_search_scores_plans_by_frames_processed(prepared_tiny: Path, tmp_path: Path) -> None:
+    """With deploy:, trials are worth their simulated frames (then bytes), best() follows, and the settings are the study's."""
+    from searchmerge.runtime.objective import objective_value
+    from searchmerge.search import open_search
+    from searchmerge.study import open_study_file
+    from tests.conftest import TINY_STUDY, copy_prepared
+
+    shaped = TINY_STUDY.replace("in_channels: 1},", "in_channels: 1}, input_shape: [1, 16, 16],")
+    deploy = "deploy: {gpu_memory: 200KiB, fps: 5, sla_ms: 2000, seconds: 2}\n"
+    path, storage = copy_prepared(prepared_tiny, tmp_path, shaped + deploy)
+    search = open_search(open_study_file(path, storage=storage), strategy="greedy")
+    search.run(2)
+    trials = search.finished_trials()
+    for trial in trials:
+        assert 0.0 <= trial.user_attrs["processed_fraction"] <= 1.0
+        assert {"swaps", "loading_share", "swap_units"} <= set(trial.user_attrs)
+        frames = 3 * 10  # three streams, 2 s at 5 fps: the tie-break adds less than one frame's worth
+        assert trial.value is not None
+        assert trial.user_attrs["processed_fraction"] <= trial.value < trial.user_attrs["processed_fraction"] + 1 / frames
+    first = search.deploy_objective.simulate(search.space.plan_from_params(trials[0].params))
+    assert trials[0].value == pytest.approx(
+        objective_value(first, int(trials[0].user_attrs["saved_bytes"]), search.space.max_saved_bytes))
+    best = search.best()
+    feasible = [t for t in trials if t.user_attrs.get("constraint", 1.0) <= 0]
+    assert best is not None and best.number in {t.number for t in feasible}
+    top = max(t.user_attrs["processed_fraction"] for t in feasible)
+    assert next(t for t in trials if t.number == best.number).user_attrs["processed_fraction"] == top
+    # Another edge box is another objective: resuming the study with it is refused.
+    path.write_text(shaped + deploy.replace("fps: 5", "fps: 6"))
+    with pytest.raises(SearchmergeError, match="deploy differs"):
+        open_search(open_study_file(path, storage=storage), strategy="greedy")

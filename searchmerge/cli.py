@@ -269,6 +269,15 @@ def _add_run_arguments(parser: argparse.ArgumentParser, *, n_trials: int, study_
                         help="heartbeat of running trials; a trial silent for twice this is failed and retried")
 
 
+def _add_plan_arguments(parser: argparse.ArgumentParser) -> None:
+    """The plans of ``profile`` and ``simulate``, and the search that 'best' comes from."""
+    parser.add_argument("--plan", action="append", default=None, metavar="PLAN",
+                        help="none, all, best (the search's best feasible plan) or comma-separated group names;"
+                        " repeat to compare (default: none, best when a search has one, all)")
+    parser.add_argument("--study-name", default=None, help="the search whose best plan 'best' is"
+                        " (default: WORKLOAD-greedy)")
+
+
 def _n_trials(text: str) -> int:
     """Checked while parsing, so that a bad count fails before the originals are prepared."""
     try:
@@ -421,8 +430,6 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--export", default=None, metavar="DIR", help="also export the best plan's merged deployment")
     report.set_defaults(handler=cmd_report)
 
-    plan_help = "none, all, best (the search's best feasible plan) or comma-separated group names; repeat to" \
-                " compare (default: none, best when a search has one, all)"
     profile = commands.add_parser(
         "profile",
         help="measure what each model costs on this device (time, run memory, load) and lay out the plans",
@@ -431,8 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
         " Needs no training: only the architectures (and, for 'best', a search).",
     )
     _add_study_arguments(profile)
-    profile.add_argument("--plan", action="append", default=None, metavar="PLAN", help=plan_help)
-    profile.add_argument("--study-name", default=None, help="the search whose best plan 'best' is (default: WORKLOAD-greedy)")
+    _add_plan_arguments(profile)
     profile.add_argument("--out", default="profile.json", help="the profile file to write (default: %(default)s)")
     profile.add_argument("--device", default=None, help="where to measure (default: cuda if present, else cpu)")
     profile.add_argument("--link-bandwidth", default=None, metavar="BYTES/S",
@@ -455,8 +461,7 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--seconds", default=None, help="simulated seconds (default: 60)")
     simulate.add_argument("--policy", default=None, help="eviction: lru or lookahead (default: lru)")
     simulate.add_argument("--swap", default=None, help="load per model, or per unit (merged group) (default: model)")
-    simulate.add_argument("--plan", action="append", default=None, metavar="PLAN", help=plan_help)
-    simulate.add_argument("--study-name", default=None, help="the search whose best plan 'best' is (default: WORKLOAD-greedy)")
+    _add_plan_arguments(simulate)
     simulate.add_argument("--profile", default=None, metavar="PROFILE.json",
                           help="a profile from 'searchmerge profile' (default: measure one now)")
     simulate.add_argument("--out", default="searchmerge-simulate", help="folder for the PNGs (default: %(default)s)")

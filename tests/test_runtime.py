@@ -20,7 +20,7 @@ from searchmerge.errors import SearchmergeError
 from searchmerge.merge import merge_models
 from searchmerge.runtime.layout import TensorLayout
 from searchmerge.runtime.measure import layout_of, measure_profile
-from searchmerge.runtime.profile import ModelProfile, PlanProfile, Profile
+from searchmerge.runtime.profile import Profile
 from searchmerge.runtime.residency import Residency
 from searchmerge.runtime.runtime import RuntimeExecutor, SwapRuntime
 from searchmerge.runtime.simulator import simulate

@@ -17,7 +17,7 @@ Plain Python (no torch): the layout is built from real tensors by
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -198,15 +198,3 @@ class TensorLayout:
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise SearchmergeError(f"a tensor layout in the profile is malformed: {exc!r}") from None
 
-
-def upcoming_distance(layout: TensorLayout, upcoming: Sequence[str], swap_blocks: Any) -> dict[int, int]:
-    """For each block, how many runs ahead the schedule ``upcoming`` needs it first.
-
-    ``swap_blocks(model)`` gives the blocks a model's run needs. Blocks the schedule does
-    not name are absent (never needed again, as far as it knows).
-    """
-    distance: dict[int, int] = {}
-    for index, model in enumerate(upcoming):
-        for block in swap_blocks(model):
-            distance.setdefault(block, index)
-    return distance

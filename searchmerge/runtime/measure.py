@@ -1,6 +1,6 @@
 """Measure a profile: the models' compute on the device present and each plan's tensor layout.
 
-Per model, at every batch size: inference time (median of a few runs after a warm-up,
+Per model, at every batch size: inference time (the least of a few runs after a warm-up,
 synchronised on CUDA) and run memory (the analysis' activation measurement: CUDA's
 allocator peak, or the CPU profiler's). Models of one architecture and input shape are
 measured once: sharing and weights change which tensors exist, not the arithmetic. Per
@@ -11,7 +11,6 @@ host memory; elsewhere the profile takes a configured bandwidth (PCIe 3 x16 by d
 
 from __future__ import annotations
 
-import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -94,7 +93,7 @@ def measure_profile(
         batch_sizes: Batch sizes to measure.
         link_bytes_per_s: Host-to-device bandwidth to assume; default: measured on CUDA,
             PCIe 3 x16 elsewhere.
-        repeats: Timed runs per batch size (after one warm-up); the median is kept.
+        repeats: Timed runs per batch size (after one warm-up); the least is kept.
         progress: Called with one line per model measured.
 
     Returns:
@@ -179,7 +178,7 @@ def _time_inference(model: nn.Module, input_shape: Sequence[int], batch: int, de
             _synchronize(device)
             if attempt:  # the first run warms up (allocator, cuDNN's algorithm choice)
                 times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return min(times)  # on a shared machine other work only ever adds time: the least is the model's
 
 
 def _layer_shares(model: nn.Module, input_shape: Sequence[int], batch: int, device: torch.device) -> tuple[float, ...]:

@@ -235,8 +235,7 @@ class Profile:
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         path = Path(path)
-        if path.parent != Path(""):
-            path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(path, json.dumps(self.to_dict(), indent=1).encode() + b"\n")
         return path
 

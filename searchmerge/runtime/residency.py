@@ -14,12 +14,12 @@ Plain Python.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 from searchmerge.budget import POLICIES, SWAP_MODES, format_bytes
 from searchmerge.errors import SearchmergeError
-from searchmerge.runtime.layout import TensorLayout, upcoming_distance
+from searchmerge.runtime.layout import TensorLayout
 
 __all__ = ["Change", "Counters", "Residency", "StreamPlan", "transient_bytes"]
 
@@ -245,7 +245,7 @@ class Residency:
         """Resident blocks outside ``keep``, first to evict first."""
         candidates = [b for b in self.resident if b not in keep]
         if self.policy == "lookahead":
-            distance = upcoming_distance(self.layout, upcoming, self.needed)
+            distance = _distances(upcoming, self.needed)
             return sorted(candidates, key=lambda b: (-distance.get(b, math.inf), self._last_used.get(b, 0), b))
         return sorted(candidates, key=lambda b: (self._last_used.get(b, 0), b))
 
@@ -286,3 +286,16 @@ def transient_bytes(layer_bytes: tuple[int, ...], prefetch: bool) -> int:
     if not prefetch or len(layer_bytes) == 1:
         return max(layer_bytes)
     return max(a + b for a, b in zip(layer_bytes, layer_bytes[1:]))
+
+
+def _distances(upcoming: Sequence[str], swap_blocks: Callable[[str], frozenset[int]]) -> dict[int, int]:
+    """For each block, how many runs ahead the schedule ``upcoming`` needs it first.
+
+    ``swap_blocks(model)`` gives the blocks a model's run needs. Blocks the schedule does
+    not name are absent (never needed again, as far as it knows).
+    """
+    distance: dict[int, int] = {}
+    for index, model in enumerate(upcoming):
+        for block in swap_blocks(model):
+            distance.setdefault(block, index)
+    return distance

@@ -129,7 +129,8 @@ def describe(profile: Profile) -> None:
     for model in profile.models:
         if model.measured_as == model.name:
             times = ", ".join(f"bs {b}: {s * 1000:.0f} ms" for b, s in model.batch_seconds.items())
-            print(f"  {model.name}: inference {times}; run memory bs 1 {format_bytes(model.activation_bytes[1])}")
+            print(f"  {model.name}: inference {times}; run memory bs 1 {format_bytes(model.activation_bytes[1])};"
+                  f" load {model.load_seconds * 1000:.0f} ms")
     print(f"  link: {profile.link_bytes_per_s / 1e9:.2f} GB/s ({'measured' if profile.link_measured else 'PCIe 3 x16'})")
 
 

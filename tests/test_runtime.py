@@ -299,6 +299,8 @@ def test_profile_measures_per_batch_size_and_round_trips(profile: Profile, tmp_p
         assert model.activation_bytes[8] > 0
         assert len(model.layer_shares) == len(profile.plan("none").layout.layers[model.name])
         assert sum(model.layer_shares) == pytest.approx(1.0)
+        loaded = profile.plan("none").layout.model_bytes(model.name) / profile.link_bytes_per_s  # PCIe 3 x16 here
+        assert model.load_seconds == pytest.approx(loaded)
     loaded = Profile.load(profile.save(tmp_path / "profile.json"))
     assert loaded == profile
 

@@ -5,21 +5,23 @@ synchronised on CUDA) and run memory (the analysis' activation measurement: CUDA
 allocator peak, or the CPU profiler's). Models of one architecture and input shape are
 measured once: sharing and weights change which tensors exist, not the arithmetic. Per
 plan, the models are merged by it and the distinct tensors listed, as a deployment would
-hold them. On CUDA the link is measured too: every model's tensors copied from pinned
-host memory; elsewhere the profile takes a configured bandwidth (PCIe 3 x16 by default).
+hold them. On CUDA each model's load is measured too (its tensors copied from pinned host
+memory), and the link's bandwidth follows; elsewhere the profile takes a configured
+bandwidth (PCIe 3 x16 by default) and a load is the model's bytes over it.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
 from torch import nn
 
 from searchmerge.analysis import ShareableGroup, analyze, measure_activation_bytes
-from searchmerge.analysis.memory import example_inputs
+from searchmerge.analysis.memory import example_inputs, model_tensors, unique_tensor_bytes
 from searchmerge.budget import PCIE3_X16_BYTES_PER_S
 from searchmerge.errors import SearchmergeError
 from searchmerge.merge import merge_models
@@ -115,17 +117,17 @@ def measure_profile(
             say(f"measuring {spec.name} on {device} at batch sizes {list(batch_sizes)} ...")
             known = _measure_model(spec.name, models[spec.name], spec.input_shape, batch_sizes, device, repeats)
             by_key[key] = known
-        profiles.append(ModelProfile(
-            name=spec.name,
-            batch_seconds=known.batch_seconds,
-            activation_bytes=known.activation_bytes,
-            layer_shares=known.layer_shares,
-            measured_as=known.name,
-        ))
+        profiles.append(known if known.name == spec.name else replace(known, name=spec.name, measured_as=known.name))
     measured = link_bytes_per_s is None and device.type == "cuda"
+    sizes = {name: unique_tensor_bytes(model_tensors([model])) for name, model in models.items()}
     if measured:
-        say("measuring the host-to-device link (pinned copies) ...")
-        link_bytes_per_s = _measure_link(models.values(), device)
+        say("measuring each model's load: its tensors copied from pinned host memory ...")
+        loads = {name: _measure_load(model, device) for name, model in models.items()}
+        link_bytes_per_s = sum(sizes.values()) / sum(loads.values())
+    else:
+        link_bytes_per_s = link_bytes_per_s or PCIE3_X16_BYTES_PER_S
+        loads = {name: size / link_bytes_per_s for name, size in sizes.items()}
+    profiles = [replace(profile, load_seconds=loads[profile.name]) for profile in profiles]
     fingerprint = workload_fingerprint(workload)
     plan_profiles = []
     for name, plan in plans.items():
@@ -142,7 +144,7 @@ def measure_profile(
         workload=workload.name,
         workload_fingerprint=fingerprint,
         batch_sizes=tuple(batch_sizes),
-        link_bytes_per_s=float(link_bytes_per_s or PCIE3_X16_BYTES_PER_S),
+        link_bytes_per_s=float(link_bytes_per_s),
         link_measured=measured,
         models=tuple(profiles),
         plans=tuple(plan_profiles),
@@ -164,7 +166,7 @@ def _measure_model(
         shares = _layer_shares(model, input_shape, min(batch_sizes), device)
     finally:
         model.to(home)
-    return ModelProfile(name, seconds, activations, shares, name)
+    return ModelProfile(name, seconds, activations, shares, name, load_seconds=0.0)
 
 
 def _time_inference(model: nn.Module, input_shape: Sequence[int], batch: int, device: torch.device, repeats: int) -> float:
@@ -216,22 +218,20 @@ def _layer_shares(model: nn.Module, input_shape: Sequence[int], batch: int, devi
     return tuple(spent[name] / total for name in order)
 
 
-def _measure_link(models: Any, device: torch.device) -> float:
-    """Host-to-device bytes per second: every distinct tensor copied once from pinned memory."""
-    tensors = {_identity(t): t for model in models for t in model.state_dict(keep_vars=True).values()}
-    pinned = [t.detach().to("cpu").contiguous().pin_memory() for t in tensors.values() if t.numel()]
-    total = sum(t.numel() * t.element_size() for t in pinned)
-    for tensor in pinned[:8]:  # warm-up: the first copies set up the copy engine
-        tensor.to(device, non_blocking=True)
-    torch.cuda.synchronize(device)
+def _measure_load(model: nn.Module, device: torch.device) -> float:
+    """Seconds to copy the model's tensors to the device from pinned host memory (after a warm-up copy)."""
+    pinned = [t.detach().to("cpu").contiguous().pin_memory() for t in model.state_dict().values() if t.numel()]
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    copies = [tensor.to(device, non_blocking=True) for tensor in pinned]
-    end.record()
-    torch.cuda.synchronize(device)
-    seconds = start.elapsed_time(end) / 1000.0
-    del copies
-    return total / seconds if seconds > 0 else PCIE3_X16_BYTES_PER_S
+    times = []
+    for _ in range(2):  # the first copy warms up the copy engine and the allocator
+        torch.cuda.synchronize(device)
+        start.record()
+        copies = [tensor.to(device, non_blocking=True) for tensor in pinned]
+        end.record()
+        torch.cuda.synchronize(device)
+        times.append(start.elapsed_time(end) / 1000.0)
+        del copies
+    return times[-1]
 
 
 def _synchronize(device: torch.device) -> None:

@@ -3,7 +3,8 @@
 The simulator predicts from a profile alone, so a profile holds everything it needs:
 
 * per model: inference time and run memory (activations) at batch sizes 1, 2, 4, 8,
-  and how its inference time splits over its layers (for layer-by-layer streaming);
+  how its inference time splits over its layers (for layer-by-layer streaming), and the
+  time to load it whole;
 * per plan: the deployment's tensor layout, so that the bytes each model needs resident
   (shared tensors counted once across the deployment) and the bytes every switch moves
   follow from it;
@@ -69,6 +70,8 @@ class ModelProfile:
         layer_shares: Share of the inference time each layer takes, in the layout's layer order.
         measured_as: The model whose measurement this is (models of one architecture are
             measured once).
+        load_seconds: Time to copy all its tensors to the device (measured on CUDA from
+            pinned memory; elsewhere its bytes over the link bandwidth).
     """
 
     name: str
@@ -76,6 +79,7 @@ class ModelProfile:
     activation_bytes: Mapping[int, int]
     layer_shares: tuple[float, ...]
     measured_as: str
+    load_seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -84,6 +88,7 @@ class ModelProfile:
             "activation_bytes": {str(b): n for b, n in self.activation_bytes.items()},
             "layer_shares": list(self.layer_shares),
             "measured_as": self.measured_as,
+            "load_seconds": self.load_seconds,
         }
 
     @classmethod
@@ -94,6 +99,7 @@ class ModelProfile:
             activation_bytes={int(b): int(n) for b, n in data["activation_bytes"].items()},
             layer_shares=tuple(float(s) for s in data["layer_shares"]),
             measured_as=str(data.get("measured_as", data["name"])),
+            load_seconds=float(data.get("load_seconds", 0.0)),
         )
 
 

@@ -230,7 +230,7 @@ def format_simulation(report: SimulationReport) -> str:
         for r in report.results
     ]
     parts = [head, "", format_table(
-        ["plan", "fits all needs", "fits", "processed", "swaps", "loaded", "loading share", "merged groups"], rows)]
+        ["plan", "all resident", "fits", "processed", "swaps", "loaded", "loading share", "merged groups"], rows)]
     for result in report.results:
         streams = [
             [s.model, s.frames, s.processed, s.dropped,

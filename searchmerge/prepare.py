@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shlex
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -121,6 +123,7 @@ def prepare(
     *,
     force: bool = False,
     progress: Progress | None = None,
+    study_path: str | Path | None = None,
 ) -> PreparedWorkload:
     """Train and store the originals, or load them when they are already stored.
 
@@ -130,6 +133,8 @@ def prepare(
         store: Where originals and baselines are kept.
         force: Retrain even when stored originals exist.
         progress: Called with one line per step of long work.
+        study_path: The study file the workload comes from, named in the command that an
+            error about a corrupt stored original suggests.
     """
     say = progress or (lambda _line: None)
     data = workload_data(workload, settings)
@@ -147,7 +152,7 @@ def prepare(
         if record is None:
             missing.append(name)
             continue
-        model.load_state_dict(_load_original(store, record, name))
+        model.load_state_dict(_load_original(store, record, name, study_path))
         baselines[name] = Baseline(record.metadata["val_accuracy"], record.metadata["test_accuracy"], record.id)
         say(f"reusing stored original {name} (checkpoint {record.id}): val {baselines[name].val_accuracy:.3f},"
             f" test {baselines[name].test_accuracy:.3f}")
@@ -175,17 +180,20 @@ def prepare(
 
 def prepare_study(study: StudyFile, *, force: bool = False, progress: Progress | None = None) -> PreparedWorkload:
     """Train and store the originals of a study file, or load them when they are stored."""
-    return prepare(study.workload, study.settings, study.store, force=force, progress=progress)
+    return prepare(study.workload, study.settings, study.store, force=force, progress=progress, study_path=study.path)
 
 
-def _load_original(store: CheckpointStore, record: CheckpointRecord, name: str) -> dict[str, torch.Tensor]:
+def _load_original(
+    store: CheckpointStore, record: CheckpointRecord, name: str, study_path: str | Path | None
+) -> dict[str, torch.Tensor]:
     """A stored original's weights; a corrupt file is reported with the command that rebuilds it."""
     try:
         return store.load(record.id)
     except CheckpointCorruptError as exc:
+        command = shlex.join(["searchmerge", "prepare", str(study_path or "STUDY.yaml"), "--force"])
         raise CheckpointCorruptError(
-            f"the stored original of model {name!r} is unusable: {exc}; `searchmerge prepare STUDY.yaml --force`"
-            " (prepare(..., force=True) from Python) trains it again and replaces it"
+            f"the stored original of model {name!r} is unusable: {exc}; `{command}` (prepare(..., force=True)"
+            " from Python) trains it again and replaces it"
         ) from None
 
 

@@ -190,7 +190,7 @@ def test_a_corrupt_original_is_named_with_the_command_that_rebuilds_it(
         error = capsys.readouterr().err.splitlines()[-1]
         assert error.startswith("searchmerge: error: the stored original of model ")
         assert str(blob.name) in error and "is corrupt" in error
-        assert "`searchmerge prepare STUDY.yaml --force`" in error
+        assert f"`searchmerge prepare {deployed.path} --force`" in error
 
     assert main(["prepare", str(deployed.path), "--storage", storage, "--force"]) == 0  # the remedy works
     assert main(["report", str(deployed.path), "--storage", storage, "--out", str(tmp_path / "report")]) == 0

@@ -77,6 +77,11 @@ def inputs(batch: int = 2) -> torch.Tensor:
 DEVICES = ["simulated", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]
 
 
+def assert_same(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    """Equal outputs, up to the rounding of a GPU kernel chosen anew (cuDNN may pick another algorithm)."""
+    torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-5)
+
+
 def reference(model: torch.nn.Module, x: torch.Tensor, device: str) -> torch.Tensor:
     """The model's own output, computed where the runtime computes (so rounding matches)."""
     target = "cpu" if device == "simulated" else device
@@ -168,12 +173,12 @@ def test_runtime_runs_the_merged_models_and_never_copies_a_shared_tensor_twice(m
     runtime = SwapRuntime(merged, gpu_memory=layout.resident_bytes, device=device)
     x = inputs()
     expected = {name: reference(model, x, device) for name, model in merged.items()}
-    torch.testing.assert_close(runtime.run("a", x), expected["a"])
+    assert_same(runtime.run("a", x), expected["a"])
     after_a = runtime.counters.bytes_loaded
     assert after_a == layout.model_bytes("a")
-    torch.testing.assert_close(runtime.run("b", x), expected["b"])
+    assert_same(runtime.run("b", x), expected["b"])
     assert runtime.counters.bytes_loaded - after_a == layout.switch_bytes("a", "b")
-    torch.testing.assert_close(runtime.run("c", x), expected["c"])
+    assert_same(runtime.run("c", x), expected["c"])
     runtime.run("a", x)
     assert max(runtime.copies.values()) == 1  # everything fits: each tensor copied once
     assert sum(layout.sizes[t] * n for t, n in runtime.copies.items()) == runtime.counters.bytes_loaded
@@ -189,7 +194,7 @@ def test_runtime_swaps_within_the_budget(originals, profile: Profile, device: st
     runtime = SwapRuntime(originals, gpu_memory=budget, device=device, profile=profile)
     x = inputs()
     for model in "abcabcab":
-        torch.testing.assert_close(runtime.run(model, x), reference(originals[model], x, device))
+        assert_same(runtime.run(model, x), reference(originals[model], x, device))
         assert runtime.resident_bytes() <= budget
     assert runtime.peak_bytes <= budget
     assert runtime.counters.evictions > 0
@@ -206,7 +211,7 @@ def test_a_model_larger_than_the_budget_runs_layer_by_layer(merged, device: str)
     for budget, prefetch in ((pairs, True), (max(layer_bytes), False)):
         assert budget < layout.model_bytes("a")
         runtime = SwapRuntime(merged, gpu_memory=budget, device=device)
-        torch.testing.assert_close(runtime.run("a", x), expected)
+        assert_same(runtime.run("a", x), expected)
         assert runtime.counters.streamed_runs == 1
         assert runtime.counters.bytes_loaded == layout.model_bytes("a")
         assert runtime.peak_bytes <= budget

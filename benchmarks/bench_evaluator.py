@@ -23,7 +23,8 @@ from pathlib import Path
 
 from searchmerge.evaluate import Evaluator
 from searchmerge.space import SharingPlan
-from searchmerge.study import open_study_file, prepare_study
+from searchmerge.prepare import prepare_study
+from searchmerge.study import open_study_file
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -82,7 +83,8 @@ def main() -> None:
             f"{index:>4} {len(plan):>6} {100 * fast.saved_bytes / bound:>5.0f}%"
             f"  {verdict[fast.feasible]:>10} {fast.cost.seconds:>6.1f} {fast.stop_reason:>9}"
             f"  {verdict[slow.feasible]:>10} {slow.cost.seconds:>6.1f}  {'yes' if same else 'NO'}"
-            f"  (worst ratio cheap {fast.worst_ratio:.3f}, full {slow.worst_ratio:.3f})",
+            f"  (worst ratio cheap {fast.worst_ratio:.3f}, full {slow.worst_ratio:.3f};"
+            f" cheap curve {' '.join(f'{r:.2f}' for r in fast.curve)})",
             flush=True,
         )
     n = len(plans)

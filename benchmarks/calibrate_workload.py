@@ -32,7 +32,8 @@ import yaml
 
 from searchmerge.evaluate import Evaluator
 from searchmerge.space import SharingPlan
-from searchmerge.study import open_study_file, prepare_study
+from searchmerge.prepare import prepare_study
+from searchmerge.study import open_study_file
 
 ROOT = Path(__file__).resolve().parents[1]
 Patch = Callable[[dict[str, Any]], None]

@@ -23,6 +23,7 @@ from torch import nn
 
 from searchmerge.data import CameraCondition, TaskData, make_task_data, model_task
 from searchmerge.errors import SearchmergeError
+from searchmerge.lease import hold_lease
 from searchmerge.progress import Progress
 from searchmerge.settings import StudySettings
 from searchmerge.store import CheckpointCorruptError, CheckpointKey, CheckpointRecord, CheckpointStore
@@ -124,8 +125,14 @@ def prepare(
     force: bool = False,
     progress: Progress | None = None,
     study_path: str | Path | None = None,
+    lease_seconds: float = 60.0,
 ) -> PreparedWorkload:
     """Train and store the originals, or load them when they are already stored.
+
+    Workers that start together on one storage train the originals once: the first
+    holds a lease in the database while it trains (see :mod:`searchmerge.lease`), the
+    others wait for it and then load what it stored; a holder killed mid-way loses
+    its lease after ``lease_seconds`` and a waiting worker takes the training over.
 
     Args:
         workload: Models with a ``task`` (and optional ``camera``) each.
@@ -135,6 +142,7 @@ def prepare(
         progress: Called with one line per step of long work.
         study_path: The study file the workload comes from, named in the command that an
             error about a corrupt stored original suggests.
+        lease_seconds: How long a preparing worker's claim lasts without renewal.
     """
     say = progress or (lambda _line: None)
     data = workload_data(workload, settings)
@@ -146,36 +154,64 @@ def prepare(
         _check_fits(name, model, data[name])
 
     baselines: dict[str, Baseline] = {}
-    missing = []
-    for name, model in models.items():
-        record = None if force else store.find(_original_key(fingerprint, name, data[name]))
-        if record is None:
-            missing.append(name)
-            continue
-        model.load_state_dict(_load_original(store, record, name, study_path))
-        baselines[name] = Baseline(record.metadata["val_accuracy"], record.metadata["test_accuracy"], record.id)
-        say(f"reusing stored original {name} (checkpoint {record.id}): val {baselines[name].val_accuracy:.3f},"
-            f" test {baselines[name].test_accuracy:.3f}")
 
+    def reuse_stored(names: list[str]) -> list[str]:
+        """Load the stored originals among ``names`` into ``models``; the names still missing."""
+        missing = []
+        for name in names:
+            record = None if force else store.find(_original_key(fingerprint, name, data[name]))
+            if record is None:
+                missing.append(name)
+                continue
+            models[name].load_state_dict(_load_original(store, record, name, study_path))
+            baselines[name] = Baseline(record.metadata["val_accuracy"], record.metadata["test_accuracy"], record.id)
+            say(f"reusing stored original {name} (checkpoint {record.id}): val {baselines[name].val_accuracy:.3f},"
+                f" test {baselines[name].test_accuracy:.3f}")
+        return missing
+
+    missing = reuse_stored(list(models))
     if missing:
-        device = default_device()
-        pretrained = _pretrain(workload, settings, [n for n in missing], device, say)
-        for name in missing:
-            start = time.perf_counter()
-            model = models[name]
-            _load_backbone(model, pretrained[_arch_key(workload.spec(name))])
-            train_model(model, data[name].train, settings.finetune, seed=settings.seed, device=device)
-            val = accuracy(model, data[name].val, device=device)
-            test = accuracy(model, data[name].test, device=device)
-            model.to("cpu")
-            metadata = {"val_accuracy": val, "test_accuracy": test, "task": data[name].task}
-            checkpoint = store.put(_original_key(fingerprint, name, data[name]), dict(model.state_dict()), metadata)
-            baselines[name] = Baseline(val, test, checkpoint)
-            say(f"fine-tuned {name} on {data[name].task}: val {val:.3f}, test {test:.3f} ({time.perf_counter() - start:.1f} s)")
+        # Workers started together on one storage: the first trains, the others wait and then reuse.
+        with hold_lease(store.url, f"prepare:{fingerprint}:{data_print}", seconds=lease_seconds, say=say):
+            missing = reuse_stored(missing) if not force else missing
+            if missing:
+                _train_missing(workload, settings, store, models, data, fingerprint, missing, baselines, say,
+                               replace=force)
 
     for model in models.values():
         model.eval()
     return PreparedWorkload(workload, settings, data, models, baselines, fingerprint, data_print)
+
+
+def _train_missing(
+    workload: Workload,
+    settings: StudySettings,
+    store: CheckpointStore,
+    models: Mapping[str, nn.Module],
+    data: Mapping[str, TaskData],
+    fingerprint: str,
+    missing: list[str],
+    baselines: dict[str, Baseline],
+    say: Progress,
+    *,
+    replace: bool,
+) -> None:
+    """Pretrain the architectures of ``missing``, fine-tune and store each of them, and measure its baselines."""
+    device = default_device()
+    pretrained = _pretrain(workload, settings, missing, device, say)
+    for name in missing:
+        start = time.perf_counter()
+        model = models[name]
+        _load_backbone(model, pretrained[_arch_key(workload.spec(name))])
+        train_model(model, data[name].train, settings.finetune, seed=settings.seed, device=device)
+        val = accuracy(model, data[name].val, device=device)
+        test = accuracy(model, data[name].test, device=device)
+        model.to("cpu")
+        metadata = {"val_accuracy": val, "test_accuracy": test, "task": data[name].task}
+        key = _original_key(fingerprint, name, data[name])
+        checkpoint = store.put(key, dict(model.state_dict()), metadata, replace=replace)
+        baselines[name] = Baseline(val, test, checkpoint)
+        say(f"fine-tuned {name} on {data[name].task}: val {val:.3f}, test {test:.3f} ({time.perf_counter() - start:.1f} s)")
 
 
 def prepare_study(study: StudyFile, *, force: bool = False, progress: Progress | None = None) -> PreparedWorkload:

@@ -266,7 +266,9 @@ class MergeSearch:
             self.optuna_study.set_user_attr(_ATTR_PREFIX + "workload", self.study_file.workload.name)
             self.optuna_study.set_user_attr(_ATTR_PREFIX + "strategy", self.strategy)
             self.optuna_study.set_user_attr(_ATTR_PREFIX + "max_saved_bytes", self.space.max_saved_bytes)
-            self.optuna_study.set_metric_names([OBJECTIVE_NAME])
+            with warnings.catch_warnings():  # experimental since Optuna 3.2, stable in use
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                self.optuna_study.set_metric_names([OBJECTIVE_NAME])
             # The workload fingerprint goes last: a worker that sees it sees the whole identity.
             for key, value in sorted(identity.items(), key=lambda item: item[0] == "workload_fingerprint"):
                 self.optuna_study.set_user_attr(_ATTR_PREFIX + key, value)

@@ -161,8 +161,9 @@ def test_research_revalidates_backs_off_records_lineage_and_resumes(
     assert first.user_attrs[WARM_ATTR] == "deployed"
     assert all(t.user_attrs["parent_study"] == PARENT for t in trials)
     assert all(t.user_attrs["start_checkpoint"] == deployed.checkpoint for t in trials)
-    if not first.user_attrs["feasible"]:
-        # Backed off: a smaller plan, without some group a failing model took part in.
+    if first.user_attrs["feasible"]:  # the deployed plan survived retraining: the strategy takes over
+        assert WARM_ATTR not in trials[1].user_attrs
+    else:  # backed off: a smaller plan, without some group a failing model took part in
         second = search.space.plan_from_params(trials[1].params)
         failing = {k[6:] for k, v in first.user_attrs.items() if k.startswith("ratio:") and v < 0.9}
         dropped = deployed.plan.shared - second.shared

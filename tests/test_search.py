@@ -53,6 +53,7 @@ def assert_no_plan_retrained_twice(trials: list[optuna.trial.FrozenTrial]) -> No
 def test_python_api_best_history_pareto_and_export(tiny: tuple[Path, str], tmp_path: Path) -> None:
     path, storage = tiny
     search = open_search(open_study_file(path, storage=storage), strategy="greedy")
+    search.optuna_study.enqueue_trial(search.space.params_from_plan(SharingPlan.of(())))  # surely feasible
     search.run(4)
     history = search.history()
     assert len(history) == 4
@@ -62,9 +63,9 @@ def test_python_api_best_history_pareto_and_export(tiny: tuple[Path, str], tmp_p
     assert trial.system_attrs.get("constraints") is not None
     assert search.pareto_front()
     best = search.best()
-    if best is not None:
-        exported = search.export_best(tmp_path / "deploy")
-        assert (exported / "manifest.json").exists()
+    assert best is not None and best.feasible
+    exported = search.export_best(tmp_path / "deploy")
+    assert json.loads((exported / "manifest.json").read_text())["plan"] == sorted(best.plan.shared)
     # Running again with the same total does nothing more.
     search.run(4)
     assert len(search.history()) == 4
@@ -102,9 +103,8 @@ def _kill_mid_trial(command: list[str], storage: str, name: str) -> int | None:
     finished first.
     """
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
     seen = None
-    while time.time() < deadline and process.poll() is None:
+    while process.poll() is None:  # pytest-timeout guards against a hang; load only makes this slower
         try:
             study = optuna.load_study(study_name=name, storage=storage)
             done = len([t for t in study.trials if t.state.is_finished()])
@@ -142,7 +142,7 @@ def test_sigkill_mid_trial_then_resume_completes_exactly_n(tiny: tuple[Path, str
     assert killed is not None, "the search could not be killed mid-trial"
     time.sleep(2.5)  # let the killed trial's heartbeat go stale
 
-    completed = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    completed = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
     assert completed.returncode == 0, completed.stderr
     study = optuna.load_study(study_name=name, storage=storage)
     states = Counter(t.state for t in study.trials)
@@ -202,7 +202,7 @@ def test_workers_starting_together_on_a_fresh_postgres_database_all_open_it() ->
     try:
         openers = [subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stderr=subprocess.PIPE, text=True)
                    for _ in range(4)]
-        errors = [opener.communicate(timeout=120)[1] for opener in openers]
+        errors = [opener.communicate()[1] for opener in openers]
         assert all(opener.returncode == 0 for opener in openers), [e[-500:] for e in errors if e]
     finally:
         with admin.connect() as connection:
@@ -222,15 +222,16 @@ def test_two_workers_share_one_postgres_study(tmp_path: Path) -> None:
     try:
         workers = [subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                    for _ in range(2)]
-        outputs = [w.communicate(timeout=400) for w in workers]
+        outputs = [w.communicate() for w in workers]
         assert all(w.returncode == 0 for w in workers), [o[1][-2000:] for o in outputs]
         study = optuna.load_study(study_name=name, storage=POSTGRES)
         trials = finished(POSTGRES, name)
         assert len(trials) == 6
         assert len({t.number for t in trials}) == 6
         assert all(t.state != optuna.trial.TrialState.RUNNING for t in study.trials)
-        # Every trial names the worker process that ran it; there were two.
-        assert 1 <= len({t.user_attrs["worker"] for t in trials}) <= 2
+        # Every trial names the worker process that ran it: one of these two.
+        ran = {t.user_attrs["worker"] for t in trials}
+        assert ran and ran <= {f"{socket.gethostname()}:{w.pid}" for w in workers}
         assert_no_plan_retrained_twice(trials)
     finally:
         try:
@@ -331,8 +332,8 @@ def test_a_failed_confirmation_is_infeasible_for_every_reader(tiny: tuple[Path, 
     search.run(1)
 
     trial = search.optuna_study.trials[0]
-    print(trial.user_attrs, trial.state)
-    assert trial.user_attrs["worst_ratio"] == 1.0  # validation: the untouched originals pass
+    assert trial.user_attrs["worst_ratio"] >= 0.9  # validation passes at every check, to the end of the budget
+    assert trial.user_attrs["stop_reason"] == "budget"
     assert trial.user_attrs["constraint"] > 0 and trial.user_attrs["feasible"] is False
     assert all(value > 0 for value in trial.system_attrs["constraints"])  # what Optuna's samplers read
     assert not trial_feasible(trial, constraint_of)

@@ -234,6 +234,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 def cmd_dashboard(args: argparse.Namespace) -> int:
     import optuna_dashboard
 
+    from searchmerge.store import CheckpointStore
+
     storage = args.storage
     if storage is None:
         from searchmerge.study import default_storage
@@ -242,8 +244,12 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
         storage = default_storage(load_study_file(args.study)[0].name) if args.study else None
     if storage is None:
         raise SearchmergeError("give a study file or --storage URL")
-    print(f"optuna-dashboard for {storage} on http://{args.host}:{args.port}/ (Ctrl-C stops it)", flush=True)
-    optuna_dashboard.run_server(storage, host=args.host, port=args.port)
+    # The trials' artifacts (per-model tables, deployment manifests) live beside the checkpoint blobs.
+    is_sqlite_file = storage.startswith("sqlite:///") and storage != "sqlite:///:memory:"
+    artifacts = CheckpointStore.for_storage(storage, args.blob_dir).artifacts if is_sqlite_file or args.blob_dir else None
+    print(f"optuna-dashboard for {storage} on http://{args.host}:{args.port}/ (Ctrl-C stops it)"
+          + ("" if artifacts is not None else "; give --blob-dir to see the trials' artifacts"), flush=True)
+    optuna_dashboard.run_server(storage, host=args.host, port=args.port, artifact_store=artifacts)
     return 0
 
 
@@ -471,6 +477,8 @@ def build_parser() -> argparse.ArgumentParser:
     dashboard = commands.add_parser("dashboard", help="start optuna-dashboard on the study storage")
     dashboard.add_argument("study", nargs="?", metavar="STUDY.yaml", help="a study file (for its default storage)")
     dashboard.add_argument("--storage", default=None, help="storage URL (default: the study file's)")
+    dashboard.add_argument("--blob-dir", default=None,
+                           help="the checkpoint blob location, for the trials' artifacts (default: next to a SQLite file)")
     dashboard.add_argument("--host", default="127.0.0.1")
     dashboard.add_argument("--port", type=int, default=8080)
     dashboard.set_defaults(handler=cmd_dashboard)

@@ -23,6 +23,7 @@ import dataclasses
 import functools
 import os
 import socket
+import tempfile
 import time
 import warnings
 from collections.abc import Mapping
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.artifacts import upload_artifact
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import exc as sa_exc
@@ -64,6 +66,8 @@ __all__ = [
 
 #: The name the dashboard shows for the objective.
 OBJECTIVE_NAME = "bytes saved"
+#: ... and with a ``deploy:`` section (memory-aware search), where it is the simulated share of frames.
+DEPLOY_OBJECTIVE_NAME = "frames processed (share, ties by bytes saved)"
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 _ATTR_PREFIX = "searchmerge:"
@@ -266,9 +270,17 @@ class MergeSearch:
             self.optuna_study.set_user_attr(_ATTR_PREFIX + "workload", self.study_file.workload.name)
             self.optuna_study.set_user_attr(_ATTR_PREFIX + "strategy", self.strategy)
             self.optuna_study.set_user_attr(_ATTR_PREFIX + "max_saved_bytes", self.space.max_saved_bytes)
+            self.optuna_study.set_user_attr(_ATTR_PREFIX + "max_saved_mb", round(self.space.max_saved_bytes / 1e6, 4))
+            # What the dashboard's intermediate-value plot shows (it labels it "Objective Value").
+            self.optuna_study.set_user_attr(
+                _ATTR_PREFIX + "intermediate_values",
+                f"worst accuracy ratio of the merged models at each check (feasible at >= {self.evaluator.target});"
+                " the objective is the bytes saved, in MB in each trial's saved_mb",
+            )
             with warnings.catch_warnings():  # experimental since Optuna 3.2, stable in use
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                self.optuna_study.set_metric_names([OBJECTIVE_NAME])
+                memory_aware = self.study_file.settings.deploy is not None
+                self.optuna_study.set_metric_names([DEPLOY_OBJECTIVE_NAME if memory_aware else OBJECTIVE_NAME])
             # The workload fingerprint goes last: a worker that sees it sees the whole identity.
             for key, value in sorted(identity.items(), key=lambda item: item[0] == "workload_fingerprint"):
                 self.optuna_study.set_user_attr(_ATTR_PREFIX + key, value)
@@ -317,6 +329,7 @@ class MergeSearch:
             attrs.update(parent_study=self.warm_start.parent_study, start_checkpoint=self.warm_start.parent_checkpoint)
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
+        self._attach_artifacts(trial, evaluation, checkpoint)
         verdict = "feasible" if evaluation.feasible else "infeasible"
         self.say(f"trial {trial.number}: {verdict} (worst ratio {evaluation.worst_ratio:.3f}, {evaluation.stop_reason},"
                  f" {'from the store' if cached else f'{evaluation.cost.seconds:.1f} s'})")
@@ -329,6 +342,34 @@ class MergeSearch:
         for key, recorded in simulated.items():
             trial.set_user_attr(key, recorded)
         return value
+
+    def _attach_artifacts(self, trial: optuna.Trial, evaluation: Evaluation, checkpoint: str) -> None:
+        """Attach what a person opening the trial in optuna-dashboard wants to see.
+
+        Every trial gets ``models.csv`` (per model: accuracy, baseline, ratios, target
+        met); a feasible one also its merged deployment's ``manifest.json`` (the plan,
+        each tensor's place in the weights file, sizes, SHA-256), as Optuna artifacts in
+        the study's blob location, which ``searchmerge dashboard`` serves.
+        """
+        rows = ["model,accuracy,baseline,ratio,test_ratio,meets_target,scored_at_check"]
+        rows += [
+            f"{m.name},{m.accuracy:.5f},{m.baseline:.5f},{m.ratio:.5f},"
+            f"{'' if m.test_ratio is None else f'{m.test_ratio:.5f}'},{m.meets_target},{m.check}"
+            for m in evaluation.models
+        ]
+        with tempfile.TemporaryDirectory(prefix="searchmerge-artifacts-") as folder:
+            table = Path(folder) / "models.csv"
+            table.write_text("\n".join(rows) + "\n")
+            files = [(table, "text/csv")]
+            if evaluation.feasible:
+                plan = self.space.plan_from_params(trial.params)
+                summary = TrialSummary(trial.number, "RUNNING", plan, True, evaluation.saved_bytes,
+                                       evaluation.unique_bytes, evaluation.worst_ratio, 0.0, checkpoint, self.strategy)
+                deployment = self.export(Path(folder) / "deployment", summary)
+                files.append((deployment / "manifest.json", "application/json"))
+            store = self.study_file.store.artifacts
+            for path, mimetype in files:
+                upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=trial, mimetype=mimetype)
 
     def _check_not_surplus(self, trial: optuna.Trial, n_trials: int) -> None:
         """Give up a trial that workers started at the same moment would take past ``n_trials``.

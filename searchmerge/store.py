@@ -59,7 +59,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
-from searchmerge.blobs import ArtifactNotFound, ListableArtifactStore, open_blob_store, read_all, write_bytes
+from searchmerge.blobs import ARTIFACTS, ArtifactNotFound, ListableArtifactStore, open_blob_store, read_all, write_bytes
 from searchmerge.errors import SearchmergeError
 
 __all__ = [
@@ -232,6 +232,11 @@ class CheckpointStore:
         self.blobs: ListableArtifactStore = (
             open_blob_store(blobs) if isinstance(blobs, (str, os.PathLike)) else blobs
         )
+
+    @property
+    def artifacts(self) -> ListableArtifactStore:
+        """The artifact store for optuna-dashboard's per-trial files, beside the blobs."""
+        return self.blobs.child(ARTIFACTS)
 
     @property
     def blob_location(self) -> str:

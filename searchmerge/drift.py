@@ -40,7 +40,9 @@ from typing import Any
 from searchmerge.data import CameraCondition, TaskData, shifted
 from searchmerge.errors import SearchmergeError
 from searchmerge.prepare import PreparedWorkload, data_fingerprint, workload_data
+from searchmerge.settings import StudySettings
 from searchmerge.study import StudyFile
+from searchmerge.workload import Workload
 
 __all__ = [
     "BUILTIN_SCENARIOS",
@@ -50,7 +52,9 @@ __all__ = [
     "drifted_data",
     "drifted_workload",
     "get_scenario",
+    "scenario_data",
     "scenarios",
+    "workload_scenarios",
 ]
 
 #: The camera field that multiplies; every other field adds.
@@ -139,10 +143,19 @@ def scenarios(study: StudyFile) -> dict[str, DriftScenario]:
           gate-moved:
             models: {gate-digit: {rotation_deg: 20, shift_px: 2}}
     """
+    return workload_scenarios(study.workload, where=f"study file {str(study.path)!r}")
+
+
+def workload_scenarios(workload: Workload, *, where: str = "the workload") -> dict[str, DriftScenario]:
+    """The built-in scenarios and those of a workload's ``drift:`` section (see :func:`scenarios`).
+
+    A deployment's manifest keeps the workload's settings, so an edge without the study
+    file finds the same scenarios.
+    """
     found = dict(BUILTIN_SCENARIOS)
-    section = study.workload.settings.get("drift") or {}
+    section = workload.settings.get("drift") or {}
     if not isinstance(section, Mapping):
-        raise SearchmergeError(f"study file {str(study.path)!r}: 'drift' must map scenario names to camera changes")
+        raise SearchmergeError(f"{where}: 'drift' must map scenario names to camera changes")
     for name, entry in section.items():
         found[str(name)] = _scenario_from_entry(str(name), entry)
     return found
@@ -197,13 +210,23 @@ def drift_seed(seed: int, scenario: str) -> int:
 
 def drifted_data(study: StudyFile, scenario: str) -> dict[str, TaskData]:
     """Each model's task seen through its drifted camera, with the scenario's own splits."""
-    chosen = get_scenario(study, scenario)
-    chosen.check_models([spec.name for spec in study.workload.models])
-    seed = drift_seed(study.settings.seed, chosen.name)
+    return scenario_data(study.workload, study.settings, get_scenario(study, scenario))
+
+
+def scenario_data(workload: Workload, settings: StudySettings, scenario: DriftScenario | None) -> dict[str, TaskData]:
+    """Each model's task seen through its camera in ``scenario`` (``None``: the original data).
+
+    The same footage wherever it is made: an edge's camera stream and the service that
+    labels its samples call this with the deployment's workload and settings.
+    """
+    if scenario is None:
+        return workload_data(workload, settings)
+    scenario.check_models([spec.name for spec in workload.models])
+    seed = drift_seed(settings.seed, scenario.name)
     try:
-        return workload_data(study.workload, study.settings, seed=seed, camera_of=chosen.camera_for)
+        return workload_data(workload, settings, seed=seed, camera_of=scenario.camera_for)
     except SearchmergeError as exc:
-        raise SearchmergeError(f"drift scenario {scenario!r}, {exc}") from None
+        raise SearchmergeError(f"drift scenario {scenario.name!r}, {exc}") from None
 
 
 def drifted_workload(study: StudyFile, prepared: PreparedWorkload, scenario: str) -> PreparedWorkload:

@@ -115,6 +115,45 @@ class SwapRuntime:
         """Bytes of the tensors resident on the device now (what the budget covers between runs)."""
         return sum(t.numel() * t.element_size() for t in self._resident.values())
 
+    def host_tensor(self, tensor: int) -> torch.Tensor:
+        """The host copy of tensor ``tensor`` (an index into :attr:`layout`)."""
+        return self._host[tensor]
+
+    def resident_tensor(self, tensor: int) -> torch.Tensor | None:
+        """The device copy of tensor ``tensor``, or ``None`` when it is not resident."""
+        return self._resident.get(tensor)
+
+    def preload(self, reuse: Mapping[int, torch.Tensor] | None = None) -> int:
+        """Make the models resident before they run, in workload order, as far as the budget holds them.
+
+        A version switch warms a new runtime up this way while the old one still serves.
+        The device tensors in ``reuse`` (by this runtime's tensor index: copies of equal
+        content that the old runtime holds) are adopted instead of copied, so only the
+        tensors that changed cross the link. A model that would evict a preloaded one is
+        left to load when it first runs.
+
+        Returns:
+            The bytes copied to the device.
+        """
+        reuse = reuse or {}
+        copied = 0
+        for name in self.models:
+            if self.residency.used + self.residency.missing_bytes(name) > self.budget:
+                continue
+            change = self.residency.acquire(name)
+            ids = [t for block in change.loaded for t in self.layout.blocks[block].tensors]
+            adopted = {t: reuse[t] for t in ids if t in reuse}
+            self._resident.update(adopted)
+            copies, seconds = self._copy([t for t in ids if t not in adopted], None)
+            self._resident.update(copies)
+            self.counters.load_seconds += seconds()
+            adopted_bytes = sum(self.layout.sizes[t] for t in adopted)
+            self.counters.bytes_loaded -= adopted_bytes  # counted by acquire, but never copied
+            self.counters.tensors_loaded -= len(adopted)
+            copied += change.bytes_loaded - adopted_bytes
+        self._note_peak(0)
+        return copied
+
     # --------------------------------------------------------------------- running
     def run(self, name: str, inputs: Any, *, upcoming: Sequence[str] = ()) -> Any:
         """Run model ``name`` on ``inputs`` (moved to the device), swapping tensors as needed.

@@ -1,6 +1,6 @@
 """The cheap evaluator against full retraining on the shipped digits workload.
 
-Run by hand: ``python benchmarks/bench_evaluator.py [--plans 12] [--study studies/digits-edge.yaml]``.
+Run by hand: ``python benchmarks/bench_evaluator.py [--plans 12] [--seeds 0,1] [--greedy-trials 20]``.
 
 For the plans none, all, and random plans (each group shared with probability
 1/2, seeded), it runs
@@ -8,32 +8,112 @@ For the plans none, all, and random plans (each group shared with probability
   and on hopeless failure), and
 - full retraining: all training data, the same epoch budget, no early exit,
   feasible if every model meets its target at the end,
-and prints per plan both verdicts and times, then the agreement and the ratio of
-total times, measured side by side in one run. The originals are prepared (or
+and prints per plan both verdicts and times, then per plan seed and over all of them
+the agreement, false rejections (plans full retraining makes feasible that the cheap
+evaluator gives up) and false acceptances, and the ratio of total times, measured side by
+side in one run. With ``--greedy-trials N`` it also runs a greedy search of N trials judged
+by each evaluator and compares the best feasible savings they find. The originals are prepared (or
 loaded) first, in a SQLite file under a temporary folder unless --storage is given.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import random
 import tempfile
 import time
 from pathlib import Path
 
 from searchmerge.evaluate import Evaluator
+from searchmerge.prepare import PreparedWorkload, prepare_study
+from searchmerge.search import open_search
 from searchmerge.space import SharingPlan
-from searchmerge.prepare import prepare_study
-from searchmerge.study import open_study_file
+from searchmerge.study import StudyFile, open_study_file
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def draw_plans(names: list[str], count: int, seed: int) -> list[SharingPlan]:
+    """Plans none and all, then random plans (each group shared with probability 1/2) drawn from ``seed``."""
+    rng = random.Random(seed)
+    plans = [SharingPlan.of([]), SharingPlan.of(names)]
+    while len(plans) < count:
+        plan = SharingPlan.of([n for n in names if rng.random() < 0.5])
+        if plan not in plans:
+            plans.append(plan)
+    return plans
+
+
+def compare(cheap: Evaluator, full: Evaluator, plans: list[SharingPlan], seed: int) -> dict[str, float]:
+    """Both verdicts and times for each plan, printed; the seed's totals returned."""
+    bound = cheap.analysis.max_sharing_saved_bytes
+    totals = {"plans": 0, "agree": 0, "false_rejections": 0, "false_acceptances": 0, "cheap_s": 0.0, "full_s": 0.0,
+              "cheap_trained_s": 0.0, "full_trained_s": 0.0, "cheap_feasible": 0, "full_feasible": 0}
+    print(f"plan seed {seed}:")
+    print(f"{'plan':>4} {'groups':>6} {'saved':>6}  {'cheap':>10} {'s':>6} {'stop':>9}  {'full':>10} {'s':>6}  agree")
+    verdict = {True: "feasible", False: "infeasible"}
+    for index, plan in enumerate(plans):
+        fast, _ = cheap.evaluate(plan, seed=seed)
+        slow, _ = full.evaluate(plan, seed=seed)
+        same = fast.feasible == slow.feasible
+        totals["plans"] += 1
+        totals["agree"] += same
+        totals["false_rejections"] += slow.feasible and not fast.feasible
+        totals["false_acceptances"] += fast.feasible and not slow.feasible
+        totals["cheap_s"] += fast.cost.seconds
+        totals["full_s"] += slow.cost.seconds
+        totals["cheap_feasible"] += fast.feasible
+        totals["full_feasible"] += slow.feasible
+        if plan.shared:  # plans that need retraining at all
+            totals["cheap_trained_s"] += fast.cost.seconds
+            totals["full_trained_s"] += slow.cost.seconds
+        print(
+            f"{index:>4} {len(plan):>6} {100 * fast.saved_bytes / bound:>5.0f}%"
+            f"  {verdict[fast.feasible]:>10} {fast.cost.seconds:>6.1f} {fast.stop_reason:>9}"
+            f"  {verdict[slow.feasible]:>10} {slow.cost.seconds:>6.1f}  {'yes' if same else 'NO'}"
+            f"  (worst ratio cheap {fast.worst_ratio:.3f}, full {slow.worst_ratio:.3f};"
+            f" cheap curve {' '.join(f'{r:.2f}' for r in fast.curve)})",
+            flush=True,
+        )
+    _summary(f"plan seed {seed}", totals)
+    return totals
+
+
+def _summary(title: str, t: dict[str, float]) -> None:
+    print(f"{title}: agreement {t['agree']:.0f}/{t['plans']:.0f} = {100 * t['agree'] / t['plans']:.0f}%"
+          f" (false rejections {t['false_rejections']:.0f}, false acceptances {t['false_acceptances']:.0f});"
+          f" time cheap {t['cheap_s']:.0f} s, full {t['full_s']:.0f} s, full/cheap = {t['full_s'] / t['cheap_s']:.1f}x"
+          f" (without plan none {t['full_trained_s'] / max(t['cheap_trained_s'], 1e-9):.1f}x);"
+          f" feasible: cheap {t['cheap_feasible']:.0f}, full {t['full_feasible']:.0f}", flush=True)
+
+
+def greedy_savings(study: StudyFile, prepared: PreparedWorkload, trials: int, storage: str) -> None:
+    """The best feasible saving of a greedy search judged by the cheap evaluator, and of one judged by full retraining.
+
+    A false rejection costs memory: a plan wrongly given up is one the search cannot build on.
+    """
+    full_study = dataclasses.replace(study, settings=study.settings.with_evaluator(fraction=1.0, early_exit=False))
+    results = {}
+    for label, judged_by in (("cheap evaluator", study), ("full retraining", full_study)):
+        search = open_search(judged_by, prepared=prepared, strategy="greedy", study_name=f"greedy-{label}")
+        start = time.perf_counter()
+        search.run(trials)
+        best = search.best()
+        results[label] = best.saved_bytes if best is not None else 0
+        print(f"greedy, {trials} trials, judged by {label}: best feasible saving {results[label] / 1e6:.3f} MB"
+              f" ({100 * results[label] / search.space.max_saved_bytes:.1f}% of the bound),"
+              f" {time.perf_counter() - start:.0f} s", flush=True)
+    print(f"cheap / full best saving: {100 * results['cheap evaluator'] / max(results['full retraining'], 1):.1f}%")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--study", default=str(ROOT / "studies" / "digits-edge.yaml"))
-    parser.add_argument("--plans", type=int, default=12, help="plans in all, none and all included")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--plans", type=int, default=12, help="plans per plan seed, none and all included")
+    parser.add_argument("--seeds", default="0", help="comma-separated plan seeds (they also seed the retraining)")
+    parser.add_argument("--greedy-trials", type=int, default=0,
+                        help="also run a greedy search of N trials judged by each evaluator and compare their savings")
     parser.add_argument("--storage", default=None)
     args = parser.parse_args()
 
@@ -48,53 +128,16 @@ def main() -> None:
     cheap = Evaluator(prepared, settings.evaluator, settings.target)
     full_settings = settings.with_evaluator(fraction=1.0, early_exit=False).evaluator
     full = Evaluator(prepared, full_settings, settings.target, analysis=cheap.analysis)
-
     names = [g.name for g in cheap.analysis.groups]
-    rng = random.Random(args.seed)
-    plans = [SharingPlan.of([]), SharingPlan.of(names)]
-    while len(plans) < args.plans:
-        plan = SharingPlan.of([n for n in names if rng.random() < 0.5])
-        if plan not in plans:
-            plans.append(plan)
-
-    bound = cheap.analysis.max_sharing_saved_bytes
     print(f"target {settings.target}, {len(names)} groups, evaluator {settings.evaluator}")
-    print(f"{'plan':>4} {'groups':>6} {'saved':>6}  {'cheap':>10} {'s':>6} {'stop':>9}  {'full':>10} {'s':>6}  agree")
-    agree = cheap_time = full_time = cheap_trained = full_trained = 0.0
-    cheap_feasible = full_feasible = 0
-    random_feasible = {"cheap": 0, "full": 0}
-    for index, plan in enumerate(plans):
-        fast, _ = cheap.evaluate(plan, seed=args.seed)
-        slow, _ = full.evaluate(plan, seed=args.seed)
-        same = fast.feasible == slow.feasible
-        agree += same
-        cheap_time += fast.cost.seconds
-        full_time += slow.cost.seconds
-        cheap_feasible += fast.feasible
-        full_feasible += slow.feasible
-        if index >= 2:  # after none and all
-            random_feasible["cheap"] += fast.feasible
-            random_feasible["full"] += slow.feasible
-        if plan.shared:  # plans that need retraining at all
-            cheap_trained += fast.cost.seconds
-            full_trained += slow.cost.seconds
-        verdict = {True: "feasible", False: "infeasible"}
-        print(
-            f"{index:>4} {len(plan):>6} {100 * fast.saved_bytes / bound:>5.0f}%"
-            f"  {verdict[fast.feasible]:>10} {fast.cost.seconds:>6.1f} {fast.stop_reason:>9}"
-            f"  {verdict[slow.feasible]:>10} {slow.cost.seconds:>6.1f}  {'yes' if same else 'NO'}"
-            f"  (worst ratio cheap {fast.worst_ratio:.3f}, full {slow.worst_ratio:.3f};"
-            f" cheap curve {' '.join(f'{r:.2f}' for r in fast.curve)})",
-            flush=True,
-        )
-    n = len(plans)
-    print(f"agreement: {agree:.0f}/{n} = {100 * agree / n:.0f}% (required >= 90%)")
-    print(f"total time: cheap {cheap_time:.0f} s, full {full_time:.0f} s, full/cheap = {full_time / cheap_time:.1f}x"
-          " (required >= 5x)")
-    print(f"  without plan none (which needs no retraining): cheap {cheap_trained:.0f} s, full {full_trained:.0f} s,"
-          f" full/cheap = {full_trained / cheap_trained:.1f}x")
-    print(f"feasible: cheap {cheap_feasible}/{n}, full {full_feasible}/{n};"
-          f" random plans feasible: cheap {random_feasible['cheap']}/{n - 2}, full {random_feasible['full']}/{n - 2}")
+
+    overall: dict[str, float] = {}
+    for seed in (int(part) for part in args.seeds.split(",")):
+        for key, value in compare(cheap, full, draw_plans(names, args.plans, seed), seed).items():
+            overall[key] = overall.get(key, 0) + value
+    _summary(f"all plan seeds ({args.seeds})", overall)
+    if args.greedy_trials:
+        greedy_savings(study, prepared, args.greedy_trials, storage)
 
 
 if __name__ == "__main__":

@@ -48,6 +48,7 @@ __all__ = [
     "Evaluation",
     "Evaluator",
     "ModelOutcome",
+    "ObserveFn",
     "ReportFn",
     "evaluate_plan",
     "merged_key",
@@ -55,6 +56,8 @@ __all__ = [
 
 #: Called after every check with (check index, worst accuracy ratio); returns True to stop (prune).
 ReportFn = Callable[[int, float], bool]
+#: Called after every check with (check index, each model's ratio, the merged models).
+ObserveFn = Callable[[int, Mapping[str, float], Mapping[str, nn.Module]], None]
 
 
 @dataclass(frozen=True)
@@ -186,6 +189,7 @@ class Evaluator:
         report: ReportFn | None = None,
         start_from: Mapping[str, nn.Module] | None = None,
         frozen: Collection[str] = (),
+        observe: ObserveFn | None = None,
     ) -> tuple[Evaluation, dict[str, nn.Module]]:
         """Merge, retrain and judge ``plan``; returns the evaluation and the merged models.
 
@@ -195,6 +199,9 @@ class Evaluator:
         ``frozen`` models are scored but not retrained, and neither is any tensor they
         share: a model joining a deployed merge adapts to it alone, the deployed
         models keep their weights exactly, and a step costs only the others' passes.
+
+        ``observe`` is called after every check with the ratios scored so far and the
+        merged models (to record learning curves, as ``benchmarks/calibrate_evaluator.py`` does).
         """
         started = time.perf_counter()
         plan.checked([g.name for g in self.analysis.groups])
@@ -238,7 +245,7 @@ class Evaluator:
         outcome: tuple[str, dict[str, float], dict[str, float]] | None = None
 
         # Full retraining (no early exit, no pruner) needs no check before the last one.
-        watching = settings.early_exit or report is not None
+        watching = settings.early_exit or report is not None or observe is not None
         for check in range(total_checks + 1):
             if check > 0 and optimizer is not None:
                 _start_training(merged, learners, kept_norms)
@@ -254,6 +261,8 @@ class Evaluator:
                 continue
             ratios = scores.score(check, everyone=last or not settings.early_exit)
             worst_curve.append(min(ratios.values()))
+            if observe is not None:
+                observe(check, ratios, merged)
             if self.progress is not None:
                 worst = min(ratios, key=ratios.__getitem__)
                 self.progress(f"check {check}/{total_checks} after {steps} steps: worst accuracy ratio"

@@ -293,4 +293,4 @@ def _warm_up(search: MergeSearch, start: SharingPlan, n_trials: int) -> None:
             plan, role = step
             search.say(f"{role} plan: {len(plan)} shared group(s)")
             study.enqueue_trial(search.space.params_from_plan(plan), user_attrs={WARM_ATTR: role})
-        search.run(done + 1)
+        search.run(done + 1, announce=False)

@@ -296,8 +296,12 @@ class MergeSearch:
     def finished_trials(self) -> list[FrozenTrial]:
         return self.optuna_study.get_trials(deepcopy=False, states=FINISHED)
 
-    def run(self, n_trials: int) -> None:
-        """Run until the study has ``n_trials`` finished (complete or pruned) trials in total."""
+    def run(self, n_trials: int, *, announce: bool = True) -> None:
+        """Run until the study has ``n_trials`` finished (complete or pruned) trials in total.
+
+        ``announce=False`` keeps quiet about reaching ``n_trials`` (a caller running one
+        trial at a time towards a larger total, as the re-search's warm-up does).
+        """
         if n_trials < 1:
             raise SearchmergeError(f"n-trials must be at least 1, got {n_trials}")
         self._n_trials = n_trials
@@ -306,7 +310,8 @@ class MergeSearch:
             done = len(self.finished_trials())
             running = len(self.optuna_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
             if done >= n_trials:
-                self.say(f"study {self.study_name!r}: {done} finished trials, as many as requested ({n_trials})")
+                if announce:
+                    self.say(f"study {self.study_name!r}: {done} finished trials, as many as requested ({n_trials})")
                 return
             if done + running >= n_trials and running:
                 # Other workers hold the remaining trials: wait for them rather than overshoot.

@@ -258,20 +258,29 @@ class CheckpointStore:
         Raises:
             SearchmergeError: If ``blob_dir`` is needed but not given.
         """
-        if blob_dir is None:
-            try:
-                parsed = make_url(storage_url)
-            except ArgumentError as exc:
-                raise SearchmergeError(f"invalid storage URL {storage_url!r}: {exc}") from exc
-            database = parsed.database
-            if parsed.get_backend_name() != "sqlite" or not database or database == ":memory:":
-                raise SearchmergeError(
-                    f"storage {_shown_url(storage_url)} is not an SQLite file: give the checkpoint blob"
-                    " location with --blob-dir (blob_dir= in Python): a folder every worker can reach,"
-                    " or s3://BUCKET/PREFIX"
-                )
-            blob_dir = Path(database + ".checkpoints")
-        return cls(storage_url, blob_dir)
+        return cls(storage_url, cls.check_blob_location(storage_url, blob_dir))
+
+    @staticmethod
+    def check_blob_location(storage_url: str, blob_dir: str | os.PathLike[str] | None) -> str | os.PathLike[str]:
+        """The blob location for a storage: ``blob_dir``, or the folder next to an SQLite file.
+
+        Raises:
+            SearchmergeError: If ``blob_dir`` is needed (the storage is no SQLite file) but not given.
+        """
+        if blob_dir is not None:
+            return blob_dir
+        try:
+            parsed = make_url(storage_url)
+        except ArgumentError as exc:
+            raise SearchmergeError(f"invalid storage URL {storage_url!r}: {exc}") from exc
+        database = parsed.database
+        if parsed.get_backend_name() != "sqlite" or not database or database == ":memory:":
+            raise SearchmergeError(
+                f"storage {_shown_url(storage_url)} is not an SQLite file: give the checkpoint blob"
+                " location with --blob-dir (blob_dir= in Python): a folder every worker can reach,"
+                " or s3://BUCKET/PREFIX"
+            )
+        return Path(database + ".checkpoints")
 
     def close(self) -> None:
         """Release the database connections (the store must not be used after)."""

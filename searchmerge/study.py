@@ -8,6 +8,7 @@ plan :func:`searchmerge.evaluate.evaluate_plan`, searching
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,13 +24,23 @@ __all__ = ["StudyFile", "default_storage", "open_study_file"]
 
 @dataclass(frozen=True)
 class StudyFile:
-    """A loaded study file: its workload, settings, and the storage it uses."""
+    """A loaded study file: its workload, settings, and the storage it uses.
+
+    The checkpoint store opens on first use: opening creates the SQLite file and the
+    blob folder, which nothing may create before the work that needs them has
+    checked its input (a model that does not fit its task, say).
+    """
 
     path: Path
     workload: Workload
     settings: StudySettings
     storage: str
-    store: CheckpointStore
+    blob_dir: str | Path | None = None
+
+    @functools.cached_property
+    def store(self) -> CheckpointStore:
+        """The checkpoint store of the study's storage."""
+        return CheckpointStore.for_storage(self.storage, self.blob_dir)
 
 
 def _check_tasks(workload: Workload, settings: StudySettings) -> None:
@@ -60,5 +71,5 @@ def open_study_file(
     settings = StudySettings.from_document(document).with_target(target)
     _check_tasks(workload, settings)
     url = storage or str(document.get("storage") or default_storage(workload.name))
-    store = CheckpointStore.for_storage(url, blob_dir)
-    return StudyFile(Path(path), workload, settings, url, store)
+    CheckpointStore.check_blob_location(url, blob_dir)
+    return StudyFile(Path(path), workload, settings, url, blob_dir)

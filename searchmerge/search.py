@@ -45,6 +45,7 @@ from searchmerge.evaluate import Evaluation, Evaluator, merged_key
 from searchmerge.merge import load_merged_state, merge_models, merged_state
 from searchmerge.prepare import PreparedWorkload, prepare_study
 from searchmerge.progress import Progress
+from searchmerge.runtime.objective import DeployObjective
 from searchmerge.settings import EvaluatorSettings
 from searchmerge.space import GroupInfo, SearchSpace, SharingPlan
 from searchmerge.strategies import make_sampler, trial_feasible
@@ -232,10 +233,8 @@ class MergeSearch:
         return settings.evaluator if self.scenario is None else settings.drift_evaluator
 
     @functools.cached_property
-    def deploy_objective(self) -> Any:
+    def deploy_objective(self) -> DeployObjective:
         """The study file's edge box (``deploy:``) as the objective; the models are measured at first use."""
-        from searchmerge.runtime.objective import DeployObjective
-
         return DeployObjective(self.study_file.settings.deploy, self.prepared.workload, self.prepared.models,
                                self.evaluator.analysis.groups, progress=self.say)
 

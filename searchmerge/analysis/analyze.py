@@ -12,6 +12,7 @@ import torch
 from searchmerge.analysis.groups import ShareableGroup, common_layers, find_groups
 from searchmerge.analysis.layers import Layer, weighted_layers
 from searchmerge.analysis.memory import measure_activation_bytes, model_tensors, unique_tensor_bytes
+from searchmerge.errors import SearchmergeError
 from searchmerge.workload import Workload, from_models
 
 
@@ -91,8 +92,6 @@ class AnalysisResult:
         return resident + max(m.activation_bytes[batch_size] for m in self.models)
 
     def group(self, name: str) -> ShareableGroup:
-        from searchmerge.errors import SearchmergeError
-
         for group in self.groups:
             if group.name == name:
                 return group

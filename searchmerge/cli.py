@@ -253,6 +253,61 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from searchmerge.service.server import serve
+    from searchmerge.service.service import ServiceSettings
+
+    settings = ServiceSettings(parent_study=args.study_name, research_trials=args.research_trials, window=args.window,
+                               min_samples=args.min_samples, max_upload_bytes=args.max_upload_bytes,
+                               heartbeat_interval=args.heartbeat)
+    serve(_open_study(args), settings, host=args.host, port=args.port, progress=_say)
+    return 0
+
+
+def cmd_edge_token(args: argparse.Namespace) -> int:
+    from searchmerge.service.tokens import create_edge_token
+
+    study = _open_study(args)
+    token = create_edge_token(study.storage, study.workload.name, args.name)
+    _say(f"token of edge {args.name!r} for deployment {study.workload.name!r} (shown once; only its hash is stored):")
+    print(token)
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from searchmerge.service.db import open_engine
+    from searchmerge.service.versions import rollback
+
+    study = _open_study(args)
+    version = rollback(open_engine(study.storage), study.workload.name, args.version)
+    print(f"version {version.version} (trial {version.trial} of {version.source_study!r}) is current again;"
+          " the edges switch back at their next poll")
+    return 0
+
+
+def cmd_edge(args: argparse.Namespace) -> int:
+    import os
+
+    from searchmerge.service.edge import EdgeAgent, EdgeSettings
+
+    token = args.token or os.environ.get("SEARCHMERGE_EDGE_TOKEN")
+    if not token:
+        raise SearchmergeError("give the edge's token with --token or SEARCHMERGE_EDGE_TOKEN")
+    settings = EdgeSettings(
+        state_dir=Path(args.state_dir), streams=tuple(args.streams or ()), fps=args.fps, sample_every=args.sample_every,
+        poll_seconds=args.poll, gpu_memory=args.gpu_memory, device=args.device, drift=args.drift,
+        drift_after=args.drift_after, duration=args.duration,
+        predictions=Path(args.predictions) if args.predictions else None,
+        metrics_host=args.metrics_host, metrics_port=args.metrics_port,
+    )
+    agent = EdgeAgent(args.server, token, settings, progress=_say)
+    try:
+        agent.run()
+    finally:
+        agent.stop()
+    return 0
+
+
 def _add_study_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("study", metavar="STUDY.yaml", help="a study file with tasks per model (see studies/)")
     parser.add_argument("--storage", default=None,
@@ -473,6 +528,63 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--out", default="searchmerge-simulate", help="folder for the PNGs (default: %(default)s)")
     simulate.add_argument("--json", action="store_true", help="print one JSON document")
     simulate.set_defaults(handler=cmd_simulate)
+
+    serve = commands.add_parser(
+        "serve",
+        help="the merging service: versions for edge agents, drift checks on their samples, re-search and publish",
+        description="Serve the study's deployment to edge agents over HTTP (OpenAPI at /openapi.json). Version 1 is"
+        " the best feasible plan of --study-name; when the edges' samples show a model below its target on a drift"
+        " scenario, a re-search runs in the background and its best feasible plan is published as the next version.",
+    )
+    _add_study_arguments(serve)
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--study-name", default=None, help="the search whose best plan is version 1 (default: WORKLOAD-greedy)")
+    serve.add_argument("--research-trials", type=_n_trials, default=10, help="finished trials of each re-search (default: 10)")
+    serve.add_argument("--window", type=int, default=64, help="newest samples per model the drift check reads (default: 64)")
+    serve.add_argument("--min-samples", type=int, default=32, help="samples a model needs to be judged (default: 32)")
+    serve.add_argument("--max-upload-bytes", type=int, default=1 << 20, help="largest request body (default: 1 MiB)")
+    serve.add_argument("--heartbeat", type=int, default=10, metavar="SECONDS", help="heartbeat of the re-search's trials")
+    serve.set_defaults(handler=cmd_serve)
+
+    edge_token = commands.add_parser("edge-token", help="make (or replace) the bearer token of an edge agent",
+                                     description="Prints a new token for edge NAME; only its SHA-256 is stored,"
+                                     " and a token made before for NAME stops working.")
+    _add_study_arguments(edge_token)
+    edge_token.add_argument("name", metavar="NAME", help="the edge's name: letters, digits, - and _")
+    edge_token.set_defaults(handler=cmd_edge_token)
+
+    rollback = commands.add_parser("rollback", help="make an earlier published version current again")
+    _add_study_arguments(rollback)
+    rollback.add_argument("version", type=int, metavar="VERSION", help="the version to return to")
+    rollback.set_defaults(handler=cmd_rollback)
+
+    edge = commands.add_parser(
+        "edge",
+        help="the edge agent: serve the current version on camera streams, sample for the service, switch versions",
+        description="Run the deployment the merging service publishes on one or more streams, write predictions as"
+        " JSON lines, send sampled frames and statistics, and switch to new versions between two frames (verified"
+        " first; only changed tensors copied). /healthz and /metrics (Prometheus) on --metrics-port.",
+    )
+    edge.add_argument("--server", required=True, help="the merging service, e.g. http://127.0.0.1:8000")
+    edge.add_argument("--token", default=None, help="the edge's token (default: $SEARCHMERGE_EDGE_TOKEN)")
+    edge.add_argument("--streams", nargs="+", default=None, metavar="MODEL=SOURCE",
+                      help="MODEL=digits (the generator's camera of MODEL) or MODEL=FOLDER of images"
+                      " (default: a digits stream per model)")
+    edge.add_argument("--state-dir", default="searchmerge-edge", help="the agent's versions and predictions")
+    edge.add_argument("--predictions", default=None, help="JSON-lines file (default: STATE_DIR/predictions.jsonl)")
+    edge.add_argument("--fps", type=float, default=10.0, help="frames per second per stream (default: 10)")
+    edge.add_argument("--sample-every", type=int, default=10, help="send every N-th frame of a stream (default: 10)")
+    edge.add_argument("--poll", type=float, default=5.0, help="seconds between polls of the service (default: 5)")
+    edge.add_argument("--gpu-memory", default="1GiB", help="the device budget (default: 1GiB)")
+    edge.add_argument("--device", default="simulated", help="simulated (the CPU) or cuda (default: simulated)")
+    edge.add_argument("--drift", default=None, metavar="SCENARIO", help="switch the digits streams to this drift"
+                      " scenario ...")
+    edge.add_argument("--drift-after", type=float, default=0.0, metavar="SECONDS", help="... this long after start")
+    edge.add_argument("--duration", type=float, default=None, metavar="SECONDS", help="stop after (default: never)")
+    edge.add_argument("--metrics-host", default="127.0.0.1")
+    edge.add_argument("--metrics-port", type=int, default=9100, help="/metrics and /healthz (0: any free port)")
+    edge.set_defaults(handler=cmd_edge)
 
     dashboard = commands.add_parser("dashboard", help="start optuna-dashboard on the study storage")
     dashboard.add_argument("study", nargs="?", metavar="STUDY.yaml", help="a study file (for its default storage)")

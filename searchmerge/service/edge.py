@@ -39,12 +39,17 @@ from searchmerge.service.serving import ServingVersion
 from searchmerge.service.streams import DigitsStream, FolderStream
 from searchmerge.settings import StudySettings
 
-__all__ = ["EdgeAgent", "EdgeSettings"]
+__all__ = ["EdgeAgent", "EdgeSettings", "retry_delay"]
 
 #: Samples waiting for the service at most; the oldest are discarded past it.
 _QUEUE = 10_000
 #: Bytes of samples per upload (well under the service's default 1 MiB limit).
 _UPLOAD_BYTES = 256 * 1024
+
+
+def retry_delay(failures: int, *, base: float, cap: float) -> float:
+    """Seconds to wait after ``failures`` calls in a row got no answer: doubling from ``base``, at most ``cap``."""
+    return min(cap, base * 2 ** max(failures - 1, 0))
 
 
 @dataclass(frozen=True)
@@ -364,7 +369,7 @@ class EdgeAgent:
 
     # ------------------------------------------------------------------ state
     def _backoff(self, failures: int) -> float:
-        return min(self.settings.max_backoff, self.settings.poll_seconds * 2 ** (failures - 1))
+        return retry_delay(failures, base=self.settings.poll_seconds, cap=self.settings.max_backoff)
 
     def _contact(self, reachable: bool) -> None:
         self.reachable = reachable

@@ -1,0 +1,280 @@
+"""The edge agent: switches that copy only changed tensors, refused tampering, an absent service,
+kill -9 in the middle of a switch, and the whole loop (drift injected -> new version served)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+from prometheus_client.parser import text_string_to_metric_families
+
+from searchmerge.deployment import export_deployment, load_deployment
+from searchmerge.search import load_search
+from searchmerge.service.db import open_engine
+from searchmerge.service.edge import EdgeAgent, EdgeSettings, retry_delay
+from searchmerge.service.protocol import VersionInfo
+from searchmerge.service.serving import ServingVersion
+from searchmerge.service.tokens import create_edge_token
+from searchmerge.service.versions import artifact_store, current_version, publish, rollback
+from searchmerge.study import StudyFile
+from tests.edge_cloud_support import (
+    PARENT,
+    free_port,
+    health,
+    kill,
+    python_process,
+    searched_copy,
+    searchmerge_process,
+    start_service,
+    stop,
+    wait_for,
+)
+
+pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+
+
+def version_info(number: int, folder: Path) -> VersionInfo:
+    manifest = json.loads((folder / "manifest.json").read_text())
+    return VersionInfo(version=number, created_at="2026-01-01T00:00:00Z", source_study="s", trial=number,
+                       scenario=None, manifest_sha256="", manifest_size=0,
+                       weights_sha256=manifest["weights"]["sha256"], weights_size=manifest["weights"]["size"])
+
+
+def test_a_switch_copies_only_the_tensors_that_changed(prepared_tiny: Path, tmp_path_factory: pytest.TempPathFactory,
+                                                       tmp_path: Path) -> None:
+    study = searched_copy(prepared_tiny, tmp_path_factory, "edge-switch")
+    first = load_search(study, study_name=PARENT).export(tmp_path / "v1")
+    deployment = load_deployment(first)
+    with torch.no_grad():
+        deployment.models["a"].fc.weight.add_(1.0)  # one private tensor changes
+    second = export_deployment(tmp_path / "v2", deployment.workload, deployment.models, plan=deployment.plan)
+
+    old = ServingVersion.prepare(version_info(1, first), first, gpu_memory="1GiB", device="simulated")
+    assert old.bytes_copied == old.bytes_total  # a first load copies everything
+    same = ServingVersion.prepare(version_info(1, first), first, gpu_memory="1GiB", device="simulated", previous=old)
+    assert same.bytes_copied == 0
+    new = ServingVersion.prepare(version_info(2, second), second, gpu_memory="1GiB", device="simulated", previous=old)
+    assert new.bytes_copied == deployment.models["a"].fc.weight.numel() * 4
+    changed = [i for i, (a, b) in enumerate(zip(old.digests, new.digests)) if a != b]
+    assert [new.runtime.layout.keys[i] for i in changed] == ["a/fc.weight"]
+    # Adopted tensors are the old version's device memory; the new version still computes its own outputs.
+    kept = next(i for i in range(len(new.digests)) if i not in changed)
+    assert new.runtime.resident_tensor(kept) is old.runtime.resident_tensor(kept)
+    frame = torch.randn(1, 16, 16)
+    with torch.inference_mode():
+        expected = int(deployment.models["a"](frame[None]).argmax(dim=1)[0])
+    assert new.predict("a", frame) == expected
+    assert retry_delay(1, base=0.5, cap=4) == 0.5 and retry_delay(3, base=0.5, cap=4) == 2.0
+    assert retry_delay(10, base=0.5, cap=4) == 4
+
+
+@pytest.fixture()
+def served(prepared_tiny: Path, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> Iterator[tuple]:
+    """A study copy, its service process (version 1 published) and an edge token."""
+    study = searched_copy(prepared_tiny, tmp_path_factory, "edge")
+    port = free_port()
+    process = start_service(study, port, tmp_path / "service.log")
+    token = create_edge_token(study.storage, study.workload.name, "gate")
+    yield study, port, token, process
+    stop(process)
+
+
+class AgentThread:
+    """An agent running in a thread of the test process (its state read directly)."""
+
+    def __init__(self, port: int, token: str, state: Path) -> None:
+        settings = EdgeSettings(state_dir=state, fps=20, sample_every=2, poll_seconds=0.3, max_backoff=1.0,
+                                metrics_port=0)
+        self.lines: list[str] = []
+        self.agent = EdgeAgent(f"http://127.0.0.1:{port}", token, settings, progress=self.lines.append)
+        self.thread = threading.Thread(target=self.agent.run, daemon=True)
+        self.thread.start()
+        wait_for(lambda: self.agent.metrics_port, what="the agent to serve")
+
+    def processed(self) -> int:
+        return sum(s.processed for s in self.agent.streams)
+
+    def metric(self, name: str) -> float:
+        text = httpx.get(f"http://127.0.0.1:{self.agent.metrics_port}/metrics").text
+        return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples if s.name == name)
+
+    def close(self) -> None:
+        self.agent.stop()
+        self.thread.join()
+
+
+def second_version(study: StudyFile) -> VersionInfo:
+    """Another feasible trial of the parent search, published as the next version."""
+    search = load_search(study, study_name=PARENT)
+    other = next(t for t in search.history() if t.feasible and t.number != search.best().number)
+    return publish(open_engine(study.storage), study, search, other)
+
+
+def test_a_tampered_version_is_refused_and_the_old_one_keeps_serving(served: tuple, tmp_path: Path) -> None:
+    study, port, token, _ = served
+    agent = AgentThread(port, token, tmp_path / "edge")
+    try:
+        assert agent.agent.active.info.version == 1
+        v2 = second_version(study)
+        blob = Path(artifact_store(study).location) / f"{v2.weights_sha256}.safetensors"
+        original = blob.read_bytes()
+        blob.write_bytes(original[:-64] + bytes(64))  # same size, other bytes
+        wait_for(lambda: agent.agent.refused >= 2, what="the tampered version to be refused (and retried)")
+        before = agent.processed()
+        wait_for(lambda: agent.processed() > before + 20, what="frames served by the old version")
+        assert agent.agent.active.info.version == 1 and agent.agent.health()["version"] == 1
+        assert not (tmp_path / "edge" / "versions" / "2").exists()
+        assert json.loads((tmp_path / "edge" / "current.json").read_text())["version"] == 1
+        assert any("version 2 refused, version 1 keeps serving" in line for line in agent.lines)
+        assert agent.metric("searchmerge_edge_versions_refused_total") >= 2
+        # Put right, the same version is taken at the next poll.
+        blob.write_bytes(original)
+        wait_for(lambda: agent.agent.active.info.version == 2, what="the repaired version")
+        assert agent.metric("searchmerge_edge_version") == 2
+        assert agent.metric("searchmerge_edge_version_switches_total") == 1
+    finally:
+        agent.close()
+
+
+def test_the_edge_keeps_serving_while_the_service_is_unreachable(served: tuple, tmp_path: Path) -> None:
+    study, port, token, process = served
+    agent = AgentThread(port, token, tmp_path / "edge")
+    try:
+        wait_for(lambda: agent.metric("searchmerge_edge_samples_sent_total") > 0, what="samples to reach the service")
+        kill(process)
+        wait_for(lambda: agent.metric("searchmerge_edge_server_unreachable_total") >= 3,
+                 what="the agent to notice (and retry)")
+        assert agent.agent.health()["server"]["reachable"] is False
+        before = agent.processed()
+        wait_for(lambda: agent.processed() > before + 40, what="frames served without the service")
+        assert agent.agent.health()["status"] == "ok" and agent.agent.active.info.version == 1
+        waiting = len(agent.agent._samples)
+        assert waiting > 0  # samples wait for the service
+        sent = agent.metric("searchmerge_edge_samples_sent_total")
+        restarted = start_service(study, port, tmp_path / "service2.log")
+        try:
+            wait_for(lambda: agent.metric("searchmerge_edge_samples_sent_total") >= sent + waiting,
+                     what="the waiting samples to be sent")
+            assert agent.agent.health()["server"]["reachable"] is True
+        finally:
+            stop(restarted)
+    finally:
+        agent.close()
+
+
+#: An agent that stops for ever at one step of a switch to version 2 (the test kills it there).
+STALLING_AGENT = """
+import sys, time
+from pathlib import Path
+from searchmerge.service import client, local, serving
+from searchmerge.service.edge import EdgeAgent, EdgeSettings
+
+step = sys.argv[1] if len(sys.argv) > 1 else {step!r}
+
+def stall(name, original):
+    def wrapper(*args, **kwargs):
+        result = original(*args, **kwargs)
+        version = next(a for a in args if hasattr(a, "version")).version
+        if version == 2 and (name != "download" or args[2] == "weights.safetensors"):
+            print("STALLED at", name, flush=True)
+            time.sleep(3600)
+        return result
+    return wrapper
+
+if step == "download":      # the weights downloaded into the hidden part folder, not yet renamed
+    client.ServiceClient.download = stall("download", client.ServiceClient.download)
+elif step == "prepare":     # verified and renamed, loaded beside version 1, current.json still 1
+    serving.ServingVersion.prepare = classmethod(stall("prepare", serving.ServingVersion.prepare.__func__))
+elif step == "current":     # current.json names 2, the serving loop not yet switched
+    local.LocalVersions.set_current = stall("current", local.LocalVersions.set_current)
+settings = EdgeSettings(state_dir=Path({state!r}), fps=20, poll_seconds=0.3, metrics_port={metrics})
+EdgeAgent({server!r}, {token!r}, settings, progress=print).run()
+"""
+
+
+@pytest.mark.parametrize("step", ["download", "prepare", "current"])
+def test_an_edge_killed_during_a_switch_restarts_on_a_complete_verified_version(
+    served: tuple, tmp_path: Path, step: str
+) -> None:
+    study, port, token, _ = served
+    state, metrics = tmp_path / "edge", free_port()
+    code = STALLING_AGENT.format(step=step, state=str(state), metrics=metrics, server=f"http://127.0.0.1:{port}",
+                                 token=token)
+    log = tmp_path / "edge.log"
+    edge = python_process(code, log, cwd=tmp_path)
+    try:
+        wait_for(lambda: (health(metrics) or {}).get("version") == 1, alive=edge, what="version 1", log=log)
+        v2 = second_version(study)
+        wait_for(lambda: "STALLED" in log.read_text(), alive=edge, what="the switch to stall", log=log)
+    finally:
+        kill(edge)
+    named = json.loads((state / "current.json").read_text())["version"]
+    assert named == (2 if step == "current" else 1)
+    assert (state / "versions" / "2").is_dir() == (step != "download")
+    assert list((state / "versions").glob(".2.part-*")) if step == "download" else True
+
+    log2 = tmp_path / "edge2.log"
+    restarted = searchmerge_process(["edge", "--server", f"http://127.0.0.1:{port}", "--token", token, "--state-dir",
+                                     str(state), "--fps", "20", "--poll", "0.3", "--metrics-port", str(metrics)],
+                                    log2, cwd=tmp_path)
+    try:
+        first = wait_for(lambda: health(metrics), alive=restarted, what="the restarted edge", log=log2)
+        assert first["status"] == "ok" and first["verified"]  # type: ignore[index]
+        assert f"serving version {named} on" in log2.read_text()  # the version current.json named
+        served_now = wait_for(lambda: (h := health(metrics)) and h["version"] == 2 and h, alive=restarted,
+                              what="version 2", log=log2)
+        assert served_now["weights_sha256"] == v2.weights_sha256  # type: ignore[index]
+        assert not list((state / "versions").glob(".*.part-*"))  # the half-downloaded copy is gone
+    finally:
+        stop(restarted)
+    engine = open_engine(study.storage)
+    rollback(engine, study.workload.name, 1)  # the next parameter starts from version 1 again
+    assert current_version(engine, study.workload.name).version == 1
+
+
+def test_drift_injected_at_the_edge_is_repaired_by_a_new_version_end_to_end(
+    prepared_tiny: Path, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+) -> None:
+    """Service and agent as real processes on loopback: night falls, the service sees it in the
+    samples, re-searches, publishes; the agent switches, and does better on the night footage."""
+    study = searched_copy(prepared_tiny, tmp_path_factory, "edge-e2e")
+    port, metrics = free_port(), free_port()
+    service = start_service(study, port, tmp_path / "service.log", "--research-trials", "1", "--min-samples", "16",
+                            "--window", "32")
+    token = create_edge_token(study.storage, study.workload.name, "gate")
+    state = tmp_path / "edge"
+    log = tmp_path / "edge.log"
+    edge = searchmerge_process(["edge", "--server", f"http://127.0.0.1:{port}", "--token", token, "--state-dir",
+                                str(state), "--fps", "10", "--sample-every", "1", "--poll", "0.5", "--drift", "night",
+                                "--drift-after", "3", "--metrics-port", str(metrics)], log, cwd=tmp_path)
+    try:
+        final = wait_for(lambda: (h := health(metrics)) and h["version"] == 2 and h, alive=edge,
+                         what="the new version to be served", log=log)
+        status = httpx.get(f"http://127.0.0.1:{port}/v1/edges/gate/status",
+                           headers={"Authorization": f"Bearer {token}"}).json()
+    finally:
+        stop(edge)
+        stop(service)
+    job = status["jobs"][0]
+    assert (job["scenario"], job["state"], job["version"]) == ("night", "published", 2)
+    lines = [json.loads(line) for line in (state / "predictions.jsonl").read_text().splitlines()]
+    frames = [line for line in lines if "prediction" in line]
+    drifted = min(line["t"] for line in frames if line["scenario"] == "night")
+    assert datetime.fromisoformat(job["detected_at"].replace("Z", "+00:00")).timestamp() > drifted
+    assert all(line["scenario"] == "night" for line in frames if line["version"] == 2)
+    for model in ("a", "b", "c"):
+        def accuracy(version: int) -> float:
+            chosen = [l for l in frames if l["model"] == model and l["scenario"] == "night" and l["version"] == version]
+            return sum(l["prediction"] == l["truth"] for l in chosen) / len(chosen)
+        assert accuracy(2) > accuracy(1), model
+    # The switch copied exactly the tensors whose bytes changed.
+    old, new = (ServingVersion.prepare(version_info(n, state / "versions" / str(n)), state / "versions" / str(n),
+                                       gpu_memory="1GiB", device="simulated") for n in (1, 2))
+    changed = sum(size for size, digest in zip(new.runtime.layout.sizes, new.digests) if digest not in old.digests)
+    assert final["last_switch_bytes"] == changed <= final["deployment_bytes"]  # type: ignore[index]

@@ -529,9 +529,23 @@ def _serialize(tensors: dict[str, torch.Tensor]) -> bytes:
     if aliases:
         header[_ALIASES] = json.dumps(aliases, sort_keys=True)
     try:
-        return safetensors.torch.save(unique, metadata=header)
+        return _canonical(safetensors.torch.save(unique, metadata=header))
     except (ValueError, TypeError, RuntimeError) as exc:
         raise SearchmergeError(f"cannot save these tensors as safetensors: {exc}") from exc
+
+
+def _canonical(data: bytes) -> bytes:
+    """The same safetensors bytes with the header's keys in sorted order.
+
+    safetensors writes its metadata map in no fixed order (measured: two orders for the
+    same tensors in one process), and blobs are named by the hash of their bytes: equal
+    tensors must give equal bytes. The header is JSON padded with spaces to a multiple of
+    8 bytes; the tensor data after it, and its offsets, do not change.
+    """
+    length = int.from_bytes(data[:8], "little")
+    header = json.dumps(json.loads(data[8 : 8 + length]), sort_keys=True, separators=(",", ":")).encode()
+    header += b" " * (-len(header) % 8)
+    return len(header).to_bytes(8, "little") + header + data[8 + length :]
 
 
 def _read_aliases(data: bytes) -> dict[str, str]:

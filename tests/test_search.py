@@ -319,7 +319,7 @@ def test_a_failed_confirmation_is_infeasible_for_every_reader(tiny: tuple[Path, 
 
     import torch
 
-    from searchmerge.data import Split
+    from searchmerge.sources.digits import Split
     from searchmerge.search import MergeSearch, constraint_of
     from searchmerge.strategies import history, trial_feasible
 
@@ -376,3 +376,24 @@ def test_checkpoints_never_dangle_after_other_seeds_and_evaluate(tiny: tuple[Pat
         study.store.verify(checkpoint_id)
     exported = open_search(study, study_name="first").export_best(tmp_path / "deploy")
     assert json.loads((exported / "manifest.json").read_text())["metadata"]["trial"] == first.best().number
+
+
+def test_export_command(tiny: tuple[Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from searchmerge.cli import main
+
+    path, storage = tiny
+    search = open_search(open_study_file(path, storage=storage), strategy="greedy", study_name="to-export")
+    search.optuna_study.enqueue_trial(search.space.params_from_plan(SharingPlan.of(())))
+    search.run(2)
+    common = ["export", str(path), "--storage", storage, "--study-name", "to-export"]
+    assert main([*common, "--out", str(tmp_path / "best")]) == 0
+    manifest = json.loads((tmp_path / "best" / "manifest.json").read_text())
+    assert manifest["metadata"]["trial"] == search.best().number and manifest["metadata"]["feasible"] is True
+    assert main([*common, "--trial", "1", "--out", str(tmp_path / "one")]) == 0
+    assert json.loads((tmp_path / "one" / "manifest.json").read_text())["metadata"]["trial"] == 1
+    assert main([*common, "--trial", "7", "--out", str(tmp_path / "none")]) == 2
+    assert "no finished trial 7" in capsys.readouterr().err
+
+    open_search(open_study_file(path, storage=storage), strategy="random", study_name="empty")
+    assert main(["export", str(path), "--storage", storage, "--study-name", "empty", "--out", str(tmp_path / "x")]) == 2
+    assert "has no feasible plan yet" in capsys.readouterr().err and not (tmp_path / "x").exists()

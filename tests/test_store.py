@@ -463,3 +463,13 @@ def test_a_store_of_the_earlier_format_is_migrated_with_its_ids(tmp_path: Path) 
         assert not sa.inspect(migrated._engine).has_table("searchmerge_checkpoints")
     finally:
         migrated.close()
+
+
+def test_equal_tensors_give_equal_bytes_every_time() -> None:
+    """Blobs are named by their hash: safetensors' metadata order must not change it."""
+    import hashlib
+
+    shared = torch.randn(4, 3)
+    tensors = {"a/conv.weight": shared, "b/conv.weight": shared, "a/fc.bias": torch.zeros(2)}
+    digests = {hashlib.sha256(store_module._serialize(tensors)).hexdigest() for _ in range(100)}
+    assert len(digests) == 1

@@ -298,7 +298,7 @@ def cmd_edge(args: argparse.Namespace) -> int:
         poll_seconds=args.poll, gpu_memory=args.gpu_memory, device=args.device, drift=args.drift,
         drift_after=args.drift_after, duration=args.duration,
         predictions=Path(args.predictions) if args.predictions else None,
-        metrics_host=args.metrics_host, metrics_port=args.metrics_port,
+        metrics_host=args.metrics_host, metrics_port=args.metrics_port, threads=args.threads,
     )
     agent = EdgeAgent(args.server, token, settings, progress=_say)
     try:
@@ -584,6 +584,8 @@ def build_parser() -> argparse.ArgumentParser:
     edge.add_argument("--duration", type=float, default=None, metavar="SECONDS", help="stop after (default: never)")
     edge.add_argument("--metrics-host", default="127.0.0.1")
     edge.add_argument("--metrics-port", type=int, default=9100, help="/metrics and /healthz (0: any free port)")
+    edge.add_argument("--threads", type=int, default=1, help="CPU threads of the models' operators (default: 1,"
+                      " fastest for one frame of a small model on a busy CPU)")
     edge.set_defaults(handler=cmd_edge)
 
     dashboard = commands.add_parser("dashboard", help="start optuna-dashboard on the study storage")

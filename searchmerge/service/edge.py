@@ -181,6 +181,7 @@ class EdgeAgent:
                 return ServingVersion.prepare(info, self.local.path(info.version), gpu_memory=self.settings.gpu_memory,
                                               device=self.settings.device)
             except SearchmergeError as exc:
+                self.local.discard(info.version)
                 self.say(f"the local version {info.version} does not load ({exc}); asking the service")
         failures = 0
         while not self._stop.is_set():
@@ -345,6 +346,7 @@ class EdgeAgent:
         except ServiceUnreachable:
             raise
         except SearchmergeError as exc:  # a checksum mismatch, or weights that do not load
+            self.local.discard(info.version)
             self.refused += 1
             self.metrics.refused.inc()
             self.say(f"version {info.version} refused, version {active.info.version} keeps serving: {exc}")

@@ -50,6 +50,10 @@ class LocalVersions:
     def set_current(self, info: VersionInfo) -> None:
         write_atomic(self.root / _CURRENT, info.model_dump_json().encode())
 
+    def discard(self, version: int) -> None:
+        """Remove a version's folder (one that failed to load is downloaded again next time)."""
+        shutil.rmtree(self.path(version), ignore_errors=True)
+
     def install(self, client: ServiceClient, info: VersionInfo) -> Path:
         """The folder of version ``info``, downloaded and verified unless it is here already.
 

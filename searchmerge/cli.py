@@ -391,9 +391,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     prepare = commands.add_parser(
         "prepare",
-        help="train and store the original models of a study file",
-        description="Pretrain each architecture, fine-tune one copy per camera task, store the originals and"
-        " their baseline accuracy. Already stored originals are reused unless --force.",
+        help="check and store the original models of a study file and their baselines",
+        description="Load each model with its weights and check it against its data (a digits-demo model without"
+        " weights: pretrain each architecture, fine-tune one copy per camera task), then store the originals and"
+        " their baseline metric on val and test. Already stored originals are reused unless --force.",
     )
     _add_study_arguments(prepare)
     prepare.add_argument("--force", action="store_true", help="retrain even if the originals are stored")

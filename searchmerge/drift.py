@@ -1,31 +1,31 @@
-"""Drift: the cameras change after deployment. Scenarios and drifted data.
+"""Drift: what the cameras see changes after deployment. Scenarios and drifted data.
 
 A deployed merge was found feasible on the data the originals were trained on. When a
 camera's picture changes (night, rain, a camera knocked to a new angle) the merged models
 may fall below their targets while the originals would not, or vice versa. This module
 makes that change reproducible and measurable:
 
-* a **drift scenario** is a set of changes to each model's own camera. Offsets add to the
-  camera's value (``rotation_deg``, ``rotation_jitter_deg``, ``shift_px``, ``blur_sigma``,
-  ``noise_std``, ``brightness``) and ``contrast`` multiplies it, so "night" means "this
-  camera, darker and flatter" whatever the camera was;
-* **drifted data** is made from the same real images through the changed cameras, with
-  splits of its own (seeded by the study seed and the scenario name), so it is new footage
-  rather than the training images re-coloured;
+* a **drift scenario** gives some models data of their own (``models: {gate: {data:
+  {format: imagefolder, root: data/gate-night}}}``: footage of the changed scene), or
+  changes the cameras of a source that renders its images through one (the digits demo).
+  Camera offsets add to the camera's value (``rotation_deg``, ``rotation_jitter_deg``,
+  ``shift_px``, ``blur_sigma``, ``noise_std``, ``brightness``) and ``contrast`` multiplies
+  it, so "night" means "this camera, darker and flatter" whatever the camera was;
+* **drifted data** is the scenario's data source, or the same real images through the
+  changed cameras with splits of their own (seeded by the study seed and the scenario
+  name), so it is new footage rather than the training images re-coloured;
 * a **drifted workload** is a prepared workload with the drifted data and the original
   baselines, which a search (:mod:`searchmerge.search`) is given to search on it.
 
-Baselines stay the originals' validation accuracy on the original data: that is the
+Baselines stay the originals' validation metric on the original data: that is the
 accuracy the application was promised, and a drift is only handled when the merged models
 deliver it again. The drift check of a deployed plan is :mod:`searchmerge.drift_check`,
 the incremental re-search :mod:`searchmerge.research`.
 
 Example:
-    >>> from searchmerge.data import CameraCondition
     >>> night = BUILTIN_SCENARIOS["night"]
-    >>> night.camera_for("gate", CameraCondition(brightness=-0.1, contrast=0.8))  # doctest: +NORMALIZE_WHITESPACE
-    CameraCondition(rotation_deg=0.0, rotation_jitter_deg=0.0, shift_px=0.0, blur_sigma=0.0,
-                    noise_std=0.08, brightness=-0.30000000000000004, contrast=0.48)
+    >>> night.changes_for("gate")
+    ({'brightness': -0.2, 'contrast': 0.6, 'noise_std': 0.08},)
 """
 
 from __future__ import annotations
@@ -37,17 +37,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from searchmerge.data import CameraCondition, TaskData, shifted
 from searchmerge.errors import SearchmergeError
-from searchmerge.prepare import PreparedWorkload, data_fingerprint, workload_data
+from searchmerge.model_data import DataRequest
+from searchmerge.prepare import PreparedWorkload, data_fingerprint, source_context, workload_data
 from searchmerge.settings import StudySettings
+from searchmerge.sources import SourceContext, TaskData
 from searchmerge.study import StudyFile
 from searchmerge.workload import Workload
 
 __all__ = [
     "BUILTIN_SCENARIOS",
     "DriftScenario",
-    "drift_camera",
     "drift_seed",
     "drifted_data",
     "drifted_workload",
@@ -57,34 +57,41 @@ __all__ = [
     "workload_scenarios",
 ]
 
-#: The camera field that multiplies; every other field adds.
-MULTIPLIED = frozenset({"contrast"})
-
-
 @dataclass(frozen=True)
 class DriftScenario:
-    """Changes to the cameras of a workload, relative to each model's own camera.
+    """What changes for the models of a workload: their cameras, or their data.
 
     Attributes:
         name: The scenario's name (``--data NAME``).
         changes: Camera changes applied to every model (``{"brightness": -0.2}``).
-        models: Extra changes for some models, applied after ``changes``; with
-            ``only_listed`` the other models keep their cameras.
+        models: Per model, extra camera changes (applied after ``changes``) or ``{"data":
+            {...}}``, another data source for it; with ``only_listed`` the other models keep
+            their data.
         only_listed: Whether only the models in ``models`` drift.
         description: One line for people.
     """
 
     name: str
     changes: Mapping[str, float] = field(default_factory=dict)
-    models: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    models: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     only_listed: bool = False
     description: str = ""
 
-    def camera_for(self, model: str, camera: CameraCondition) -> CameraCondition:
-        """``camera`` as it looks in this scenario, for ``model``."""
-        if self.only_listed and model not in self.models:
-            return camera
-        return drift_camera(drift_camera(camera, self.changes), self.models.get(model, {}))
+    def changes_for(self, model: str) -> tuple[Mapping[str, float], ...]:
+        """The camera changes ``model`` sees, in the order they apply (none when its data is replaced)."""
+        own = self.models.get(model, {})
+        if (self.only_listed and model not in self.models) or "data" in own:
+            return ()
+        return tuple(changes for changes in (self.changes, own) if changes)
+
+    def request_for(self, request: DataRequest) -> DataRequest:
+        """A model's data request as it is in this scenario."""
+        own = self.models.get(request.model, {})
+        if "data" in own:
+            return request.replaced(own["data"])
+        for changes in self.changes_for(request.model):
+            request = request.drifted(changes)
+        return request
 
     def check_models(self, names: list[str]) -> None:
         """Refuse per-model changes for models the workload does not have."""
@@ -94,21 +101,6 @@ class DriftScenario:
                 f"drift scenario {self.name!r} names model(s) {', '.join(unknown)} that the workload does not have"
                 f" (models: {', '.join(names)})"
             )
-
-
-def drift_camera(camera: CameraCondition, changes: Mapping[str, float]) -> CameraCondition:
-    """Apply drift ``changes`` to ``camera``: offsets add, ``contrast`` multiplies.
-
-    Adding keeps a camera's own character (a camera that was already dim gets dimmer
-    at night); multiplying contrast keeps it positive, as a contrast must be.
-    """
-    values = {}
-    for name, change in changes.items():
-        if isinstance(change, bool) or not isinstance(change, (int, float)):
-            raise SearchmergeError(f"drift change {name!r} must be a number, got {change!r}")
-        current = getattr(camera, name, None)
-        values[name] = current * change if name in MULTIPLIED else (current or 0.0) + change
-    return shifted(camera, **values)  # validates names and values (e.g. no negative noise)
 
 
 #: Scenarios every workload has; a study file's ``drift:`` section may add or replace them.
@@ -135,13 +127,15 @@ def scenarios(study: StudyFile) -> dict[str, DriftScenario]:
     """The built-in scenarios and those of the study file's ``drift:`` section.
 
     A study file's scenario is either changes for every camera, or has a ``models``
-    mapping of per-model changes (plus optional common ``changes``; with only ``models``
-    given, the other cameras do not drift)::
+    mapping of per-model changes or data sources (plus optional common ``changes``; with
+    only ``models`` given, the other models do not drift)::
 
         drift:
           dusk: {brightness: -0.1, contrast: 0.8}
           gate-moved:
             models: {gate-digit: {rotation_deg: 20, shift_px: 2}}
+          gate-night:
+            models: {gate-people: {data: {format: imagefolder, root: data/gate-night}}}
     """
     return workload_scenarios(study.workload, where=f"study file {str(study.path)!r}")
 
@@ -178,19 +172,28 @@ def _scenario_from_entry(name: str, entry: Any) -> DriftScenario:
     return DriftScenario(
         name,
         _checked_changes(where, entry.get("changes") or {}),
-        {str(m): _checked_changes(f"{where}, model {m!r}", c) for m, c in models.items()},
+        {str(m): _model_entry(f"{where}, model {m!r}", c) for m, c in models.items()},
         only_listed="changes" not in entry,
         description=description,
     )
 
 
+def _model_entry(where: str, entry: Any) -> dict[str, Any]:
+    """One model's part of a scenario: camera changes, or ``{data: {...}}`` (checked when the data is read)."""
+    if isinstance(entry, Mapping) and "data" in entry:
+        if set(entry) != {"data"} or not isinstance(entry["data"], Mapping):
+            raise SearchmergeError(f"{where}: give either camera changes or only 'data: {{format: ..., ...}}'")
+        return {"data": dict(entry["data"])}
+    return _checked_changes(where, entry)
+
+
 def _checked_changes(where: str, changes: Any) -> dict[str, float]:
+    """Numbers by name; which names a camera has, its data source checks when it applies them."""
     if not isinstance(changes, Mapping):
         raise SearchmergeError(f"{where}: camera changes must be a mapping, got {changes!r}")
-    try:
-        drift_camera(CameraCondition(), changes)  # names known, values numbers
-    except SearchmergeError as exc:
-        raise SearchmergeError(f"{where}: {exc}") from None
+    for key, value in changes.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise SearchmergeError(f"{where}: drift change {key!r} must be a number, got {value!r}")
     return {str(k): float(v) for k, v in changes.items()}
 
 
@@ -209,22 +212,33 @@ def drift_seed(seed: int, scenario: str) -> int:
 
 
 def drifted_data(study: StudyFile, scenario: str) -> dict[str, TaskData]:
-    """Each model's task seen through its drifted camera, with the scenario's own splits."""
-    return scenario_data(study.workload, study.settings, get_scenario(study, scenario))
+    """Each model's data in the scenario: its own data source, or seen through its drifted camera."""
+    context = source_context(study.settings, study_path=study.path, cache_dir=study.cache_dir)
+    return scenario_data(study.workload, study.settings, get_scenario(study, scenario), context=context)
 
 
-def scenario_data(workload: Workload, settings: StudySettings, scenario: DriftScenario | None) -> dict[str, TaskData]:
-    """Each model's task seen through its camera in ``scenario`` (``None``: the original data).
+def scenario_data(
+    workload: Workload, settings: StudySettings, scenario: DriftScenario | None, *, context: SourceContext | None = None
+) -> dict[str, TaskData]:
+    """Each model's data in ``scenario`` (``None``: the original data).
 
     The same footage wherever it is made: an edge's camera stream and the service that
     labels its samples call this with the deployment's workload and settings.
+
+    Args:
+        workload: The models and their data.
+        settings: The study's settings (seed, data format).
+        scenario: The drift scenario, or ``None``.
+        context: Where relative data paths start and images are cached (default: the
+            working directory, no cache).
     """
+    context = context or source_context(settings)
     if scenario is None:
-        return workload_data(workload, settings)
+        return workload_data(workload, context)
     scenario.check_models([spec.name for spec in workload.models])
     seed = drift_seed(settings.seed, scenario.name)
     try:
-        return workload_data(workload, settings, seed=seed, camera_of=scenario.camera_for)
+        return workload_data(workload, dataclasses.replace(context, seed=seed), request_of=scenario.request_for)
     except SearchmergeError as exc:
         raise SearchmergeError(f"drift scenario {scenario.name!r}, {exc}") from None
 
@@ -232,15 +246,15 @@ def scenario_data(workload: Workload, settings: StudySettings, scenario: DriftSc
 def drifted_workload(study: StudyFile, prepared: PreparedWorkload, scenario: str) -> PreparedWorkload:
     """``prepared`` with the scenario's data; originals and baselines unchanged.
 
-    The drifted data must fit every model as the original data did (same classes, same
-    image shape), or merged models could not be scored on it.
+    The drifted data must fit every model as the original data did (same kind, same
+    classes), or merged models could not be scored on it.
     """
     data = drifted_data(study, scenario)
     for name, original in prepared.data.items():
         new = data[name]
-        if new.num_classes != original.num_classes or new.input_shape != original.input_shape:
+        if new.kind != original.kind or (new.kind == "classification" and new.num_classes != original.num_classes):
             raise SearchmergeError(
-                f"drift scenario {scenario!r}: data for model {name!r} has {new.num_classes} classes and images of"
-                f" shape {new.input_shape}, but the model takes {original.num_classes} classes of {original.input_shape}"
+                f"drift scenario {scenario!r}: {new.description} for model {name!r} is {new.kind} data with"
+                f" {new.num_classes} classes, but the model's data is {original.kind} with {original.num_classes}"
             )
     return dataclasses.replace(prepared, data=data, data_fingerprint=data_fingerprint(data))

@@ -17,7 +17,7 @@ from searchmerge.progress import Progress
 from searchmerge.search import deployed_plan, load_search
 from searchmerge.space import SharingPlan
 from searchmerge.study import StudyFile
-from searchmerge.train import accuracy, default_device
+from searchmerge.train import default_device, score
 
 __all__ = ["DriftCheck", "ModelDrift", "drift_check"]
 
@@ -110,10 +110,12 @@ def drift_check(
     device = default_device()
     target = study.settings.target
     outcomes = []
+    workers = study.settings.workers
     for name, model in merged.items():
         model.to(device)
-        before = accuracy(model, search.prepared.data[name].val, device=device)
-        after = accuracy(model, drifted.data[name].val, device=device)
+        kind = search.prepared.kinds[name]
+        before = score(model, search.prepared.data[name].val, kind, device=device, workers=workers)
+        after = score(model, drifted.data[name].val, kind, device=device, workers=workers)
         model.to("cpu")
         groups = tuple(g for g in sorted(deployed.plan.shared) if name in search.space.group(g).models)
         outcomes.append(ModelDrift(name, search.prepared.baselines[name].val_accuracy, before, after, target, groups))

@@ -20,26 +20,27 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.data import Dataset
 
 from searchmerge.analysis import AnalysisResult, analyze
 from searchmerge.analysis.memory import model_tensors, unique_tensor_bytes
-from searchmerge.data import Split, stratified_subsample
 from searchmerge.errors import SearchmergeError
 from searchmerge.feasibility import constraint_value, is_feasible
 from searchmerge.merge import merge_models, merged_state
 from searchmerge.prepare import PreparedWorkload, prepare_study
 from searchmerge.progress import Progress
 from searchmerge.settings import EvaluatorSettings, check_target
+from searchmerge.sources import subsample
 from searchmerge.space import SharingPlan
 from searchmerge.store import CheckpointKey, variant_of
 from searchmerge.study import StudyFile
 from searchmerge.train import (
-    accuracy,
     batch_norms,
     batches,
     default_device,
     recalibrate_batch_norm,
     repeatable_kernels,
+    score,
     steps_per_epoch,
 )
 
@@ -215,9 +216,10 @@ class Evaluator:
 
         torch.manual_seed(seed)
         learners = [n for n in names if n not in frozen]
-        train = {n: _subsample(self.prepared.data[n].train, settings.fraction, seed) for n in names}
+        kinds, workers = self.prepared.kinds, self.prepared.settings.workers
+        train = {n: subsample(self.prepared.data[n], "train", settings.fraction, seed=seed) for n in names}
         streams = {
-            n: batches(train[n], settings.batch_size, seed=seed + i, device=self.device)
+            n: batches(train[n], kinds[n], settings.batch_size, seed=seed + i, workers=workers)
             for i, n in enumerate(names)
             if n in learners
         }
@@ -230,7 +232,6 @@ class Evaluator:
             model.to(self.device)
         parameters = _trainable_parameters(merged, learners, frozen)
         optimizer = torch.optim.Adam(parameters, lr=settings.lr) if parameters else None
-        loss_fn = nn.CrossEntropyLoss()
 
         epoch_steps = max((steps_per_epoch(train[n], settings.batch_size) for n in learners), default=1)
         check_every = max(1, epoch_steps // settings.checks_per_epoch)
@@ -251,7 +252,7 @@ class Evaluator:
                 _start_training(merged, learners, kept_norms)
                 for _ in range(check_every):
                     optimizer.zero_grad(set_to_none=True)
-                    loss = sum(loss_fn(merged[n](x), y) for n in learners for x, y in [next(streams[n])])
+                    loss = sum(kinds[n].loss(merged[n], kinds[n].to_device(next(streams[n]), self.device)) for n in learners)
                     loss.backward()  # type: ignore[union-attr]
                     optimizer.step()
                     schedule.step()  # type: ignore[union-attr]
@@ -314,6 +315,11 @@ class Evaluator:
         )
         return evaluation, merged
 
+    def score(self, model: nn.Module, name: str, split: str) -> float:
+        """The metric of ``model`` (merged from ``name``) on that model's ``split``, by its task kind."""
+        return score(model, getattr(self.prepared.data[name], split), self.prepared.kinds[name], device=self.device,
+                     workers=self.prepared.settings.workers)
+
     def _confirm(self, merged: Mapping[str, nn.Module], ratios: Mapping[str, float]) -> tuple[bool, dict[str, float]]:
         """Whether a pass holds, and the test ratios measured to tell.
 
@@ -328,7 +334,7 @@ class Evaluator:
             if ratio >= self.target + self.settings.confirm_margin:
                 continue
             baseline = self.prepared.baselines[name].test_accuracy
-            measured[name] = accuracy(merged[name], self.prepared.data[name].test, device=self.device) / baseline
+            measured[name] = self.score(merged[name], name, "test") / baseline
             if measured[name] < self.target:
                 return False, measured
         return True, measured
@@ -401,7 +407,7 @@ class _Scoreboard:
         self,
         evaluator: Evaluator,
         merged: Mapping[str, nn.Module],
-        train: Mapping[str, Split],
+        train: Mapping[str, Dataset[Any]],
         touched: set[str],
         frozen: Collection[str],
         kept_norms: Collection[nn.Module],
@@ -451,8 +457,9 @@ class _Scoreboard:
                 curve.append((check, curve[-1][1]))
                 continue
             if self.settings.recalibrate and name in self.touched:
-                recalibrate_batch_norm(self.merged[name], self.train[name], device=device, keep=self.kept_norms)
-            ratio = accuracy(self.merged[name], prepared.data[name].val, device=device)
+                recalibrate_batch_norm(self.merged[name], self.train[name], prepared.kinds[name], device=device,
+                                       keep=self.kept_norms, workers=prepared.settings.workers)
+            ratio = self.evaluator.score(self.merged[name], name, "val")
             curve.append((check, ratio / prepared.baselines[name].val_accuracy))
 
     def hopeless(self, check: int, total_checks: int) -> bool:
@@ -510,10 +517,6 @@ def _frozen_norms(merged: Mapping[str, nn.Module], frozen: Collection[str]) -> s
     return {
         norm for model in merged.values() for norm in batch_norms(model) if any(id(b) in fixed for b in norm.buffers())
     }
-
-
-def _subsample(split: Split, fraction: float, seed: int) -> Split:
-    return split if fraction >= 1 else stratified_subsample(split, fraction, seed=seed)
 
 
 def _same_weights(model: nn.Module, original: nn.Module) -> bool:

@@ -1,16 +1,17 @@
-"""Prepare a workload's originals: data per camera task, pretraining, fine-tuning, baselines.
+"""Prepare a workload's originals: each model's data, the model as given or made by the recipe, baselines.
 
-Real edge models are fine-tuned from a common pretrained backbone, so this does the
-same: every architecture is pretrained once on a source task, then one copy per
-camera task is fine-tuned on that camera's data. The originals go into the
-checkpoint store with their validation and test accuracy, which are the baselines
-that a merged model's accuracy is compared with.
+A model with ``weights`` (or a factory that returns it trained) is used as it is: it is
+loaded, checked against one batch of its data and scored on its validation and test
+splits. A model whose data comes without trained models (the digits demo) and that has
+no weights is made by the study's recipe (:mod:`searchmerge.recipe`: pretrain, fine-tune).
+Either way the originals go into the checkpoint store with their validation and test
+metric (top-1 accuracy, or mAP@0.5 for a detector): the baselines that a merged model is
+compared with.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import shlex
 import time
 from collections.abc import Callable, Mapping
@@ -21,23 +22,27 @@ from typing import Any
 import torch
 from torch import nn
 
-from searchmerge.data import CameraCondition, TaskData, make_task_data, model_task
 from searchmerge.errors import SearchmergeError
 from searchmerge.lease import hold_lease
+from searchmerge.model_data import DataRequest, check_fits, model_request
 from searchmerge.progress import Progress
+from searchmerge.recipe import arch_key, fine_tune, pretrain
 from searchmerge.settings import StudySettings
+from searchmerge.sources import SourceContext, TaskData
+from searchmerge.sources.base import digest
 from searchmerge.store import CheckpointCorruptError, CheckpointKey, CheckpointRecord, CheckpointStore
 from searchmerge.study import StudyFile
-from searchmerge.train import accuracy, default_device, train_model
-from searchmerge.workload import ModelSpec, Workload
+from searchmerge.tasks import TaskKind
+from searchmerge.train import default_device, in_order, score
+from searchmerge.workload import DEFAULT_INPUT_SHAPE, Workload
 
 __all__ = [
     "Baseline",
     "PreparedWorkload",
     "data_fingerprint",
-    "model_task",
     "prepare",
     "prepare_study",
+    "source_context",
     "workload_data",
     "workload_fingerprint",
 ]
@@ -45,7 +50,7 @@ __all__ = [
 
 @dataclass(frozen=True)
 class Baseline:
-    """An original model's accuracy, against which its merged version is judged."""
+    """An original model's metric (accuracy, or mAP@0.5 for a detector), against which its merged version is judged."""
 
     val_accuracy: float
     test_accuracy: float
@@ -54,7 +59,7 @@ class Baseline:
 
 @dataclass(frozen=True)
 class PreparedWorkload:
-    """A workload ready to be merged: its data, its original models and their baselines."""
+    """A workload ready to be merged: its data, its original models, their baselines and task kinds."""
 
     workload: Workload
     settings: StudySettings
@@ -63,46 +68,56 @@ class PreparedWorkload:
     baselines: Mapping[str, Baseline]
     workload_fingerprint: str
     data_fingerprint: str
+    #: Each model's task adapter: how it is batched, trained, scored and recalibrated.
+    kinds: Mapping[str, TaskKind]
+
+
+def source_context(
+    settings: StudySettings, *, study_path: str | Path | None = None, cache_dir: Path | None = None,
+    seed: int | None = None,
+) -> SourceContext:
+    """What the data sources of a study need: its folder, seed, image cache and top-level ``data:``."""
+    return SourceContext(
+        folder=Path(study_path).parent if study_path is not None else Path.cwd(),
+        seed=settings.seed if seed is None else seed,
+        cache_dir=cache_dir if settings.cache else None,
+        defaults={"image_size": settings.image_size, "channels": settings.channels},
+    )
 
 
 def workload_data(
     workload: Workload,
-    settings: StudySettings,
+    context: SourceContext,
     *,
-    seed: int | None = None,
-    camera_of: Callable[[str, CameraCondition], CameraCondition] | None = None,
+    request_of: Callable[[DataRequest], DataRequest] | None = None,
 ) -> dict[str, TaskData]:
-    """Each model's task data, made deterministically from the study's seed.
+    """Each model's data (file lists and labels; samples are read when used).
 
     Args:
-        workload: Models with a ``task`` (and optional ``camera``) each.
-        settings: The study's settings (seed, image size, channels).
-        seed: Another seed for the splits and camera noise (a drift scenario's own footage).
-        camera_of: Changes a model's camera, given the model's name (a drift scenario).
+        workload: Models with a ``task`` (and ``data`` or a digits ``camera``) each.
+        context: The study's folder, seed and cache (see :func:`source_context`).
+        request_of: Changes a model's data request (a drift scenario's cameras or data).
     """
     data = {}
     for spec in workload.models:
-        task, camera = model_task(spec)
-        if camera_of is not None:
-            camera = camera_of(spec.name, camera)
-        try:
-            data[spec.name] = make_task_data(
-                task, camera, seed=settings.seed if seed is None else seed,
-                image_size=settings.image_size, channels=settings.channels,
-            )
-        except SearchmergeError as exc:
-            raise SearchmergeError(f"model {spec.name!r}: {exc}") from None
+        request = model_request(spec)
+        data[spec.name] = (request_of(request) if request_of is not None else request).open(context)
     return data
 
 
 def workload_fingerprint(workload: Workload, settings: StudySettings) -> str:
-    """Identifies the originals: same models, tasks and training settings, same fingerprint."""
-    described = {
+    """Identifies the originals: same models (and weights files), tasks and training settings, same fingerprint."""
+    models = []
+    for m in workload.models:
+        described: dict[str, Any] = {"name": m.name, "arch": m.arch, "kwargs": dict(m.kwargs), "options": dict(m.options)}
+        if m.weights:
+            described["weights_sha256"] = _file_sha256(m.name, Path(m.weights))
+        if tuple(m.input_shape) != DEFAULT_INPUT_SHAPE:
+            described["input_shape"] = list(m.input_shape)
+        models.append(described)
+    described_workload = {
         "workload": workload.name,
-        "models": [
-            {"name": m.name, "arch": m.arch, "kwargs": dict(m.kwargs), "options": dict(m.options)}
-            for m in workload.models
-        ],
+        "models": models,
         "seed": settings.seed,
         "image_size": settings.image_size,
         "channels": settings.channels,
@@ -110,11 +125,11 @@ def workload_fingerprint(workload: Workload, settings: StudySettings) -> str:
         "pretrain": vars(settings.pretrain),
         "finetune": vars(settings.finetune),
     }
-    return _digest(described)
+    return digest(described_workload)
 
 
 def data_fingerprint(data: Mapping[str, TaskData]) -> str:
-    return _digest({name: task_data.fingerprint for name, task_data in data.items()})
+    return digest({name: task_data.fingerprint for name, task_data in data.items()})
 
 
 def prepare(
@@ -125,33 +140,42 @@ def prepare(
     force: bool = False,
     progress: Progress | None = None,
     study_path: str | Path | None = None,
+    cache_dir: Path | None = None,
     lease_seconds: float = 60.0,
 ) -> PreparedWorkload:
-    """Train and store the originals, or load them when they are already stored.
+    """Store the originals and their baselines, or load them when they are already stored.
 
-    Workers that start together on one storage train the originals once: the first
-    holds a lease in the database while it trains (see :mod:`searchmerge.lease`), the
+    Workers that start together on one storage prepare the originals once: the first
+    holds a lease in the database while it works (see :mod:`searchmerge.lease`), the
     others wait for it and then load what it stored; a holder killed mid-way loses
-    its lease after ``lease_seconds`` and a waiting worker takes the training over.
+    its lease after ``lease_seconds`` and a waiting worker takes the work over.
 
     Args:
-        workload: Models with a ``task`` (and optional ``camera``) each.
-        settings: The study's settings (seed, pretraining, fine-tuning).
+        workload: Models with a ``task`` and their data each.
+        settings: The study's settings (seed, data, recipe).
         store: Where originals and baselines are kept.
-        force: Retrain even when stored originals exist.
+        force: Prepare again even when stored originals exist.
         progress: Called with one line per step of long work.
-        study_path: The study file the workload comes from, named in the command that an
-            error about a corrupt stored original suggests.
+        study_path: The study file the workload comes from: relative data paths start at its
+            folder, and an error about a corrupt stored original names it.
+        cache_dir: Where decoded images are kept between runs (``None``: not kept).
         lease_seconds: How long a preparing worker's claim lasts without renewal.
+
+    Raises:
+        SearchmergeError: If data is missing or malformed, a model does not fit its data or
+            scores 0 on a split (a ratio to a baseline of 0 means nothing); nothing is stored then.
     """
     say = progress or (lambda _line: None)
-    data = workload_data(workload, settings)
+    requests = {spec.name: model_request(spec) for spec in workload.models}
+    context = source_context(settings, study_path=study_path, cache_dir=cache_dir)
+    data = {name: request.open(context) for name, request in requests.items()}
+    kinds = {name: request.adapter for name, request in requests.items()}
     fingerprint = workload_fingerprint(workload, settings)
     data_print = data_fingerprint(data)
     torch.manual_seed(settings.seed)  # the heads that pretraining does not give start the same every run
     models = {spec.name: spec.build() for spec in workload.models}
     for name, model in models.items():
-        _check_fits(name, model, data[name])
+        check_fits(name, model, data[name], kinds[name])
 
     baselines: dict[str, Baseline] = {}
 
@@ -171,52 +195,80 @@ def prepare(
 
     missing = reuse_stored(list(models))
     if missing:
-        # Workers started together on one storage: the first trains, the others wait and then reuse.
+        # Workers started together on one storage: the first prepares, the others wait and then reuse.
         with hold_lease(store.url, f"prepare:{fingerprint}:{data_print}", seconds=lease_seconds, say=say):
             missing = reuse_stored(missing) if not force else missing
             if missing:
-                _train_missing(workload, settings, store, models, data, fingerprint, missing, baselines, say,
-                               replace=force)
+                originals = _Originals(workload, settings, requests, data, context, say)
+                measured = originals.make(models, missing)
+                for name in missing:  # stored only once every model is ready: bad input stores nothing
+                    model = models[name].to("cpu")
+                    val, test = measured[name]
+                    metadata = {"val_accuracy": val, "test_accuracy": test, "task": requests[name].task,
+                                "metric": kinds[name].metric_name}
+                    key = _original_key(fingerprint, name, data[name])
+                    baselines[name] = Baseline(val, test, store.put(key, dict(model.state_dict()), metadata,
+                                                                    replace=force))
 
     for model in models.values():
         model.eval()
-    return PreparedWorkload(workload, settings, data, models, baselines, fingerprint, data_print)
+    return PreparedWorkload(workload, settings, data, models, baselines, fingerprint, data_print, kinds)
 
 
-def _train_missing(
-    workload: Workload,
-    settings: StudySettings,
-    store: CheckpointStore,
-    models: Mapping[str, nn.Module],
-    data: Mapping[str, TaskData],
-    fingerprint: str,
-    missing: list[str],
-    baselines: dict[str, Baseline],
-    say: Progress,
-    *,
-    replace: bool,
-) -> None:
-    """Pretrain the architectures of ``missing``, fine-tune and store each of them, and measure its baselines."""
-    device = default_device()
-    pretrained = _pretrain(workload, settings, missing, device, say)
-    for name in missing:
-        start = time.perf_counter()
-        model = models[name]
-        _load_backbone(model, pretrained[_arch_key(workload.spec(name))])
-        train_model(model, data[name].train, settings.finetune, seed=settings.seed, device=device)
-        val = accuracy(model, data[name].val, device=device)
-        test = accuracy(model, data[name].test, device=device)
-        model.to("cpu")
-        metadata = {"val_accuracy": val, "test_accuracy": test, "task": data[name].task}
-        key = _original_key(fingerprint, name, data[name])
-        checkpoint = store.put(key, dict(model.state_dict()), metadata, replace=replace)
-        baselines[name] = Baseline(val, test, checkpoint)
-        say(f"fine-tuned {name} on {data[name].task}: val {val:.3f}, test {test:.3f} ({time.perf_counter() - start:.1f} s)")
+@dataclass(frozen=True)
+class _Originals:
+    """Makes the missing originals: as given, or by the recipe; then measures their baselines."""
+
+    workload: Workload
+    settings: StudySettings
+    requests: Mapping[str, DataRequest]
+    data: Mapping[str, TaskData]
+    context: SourceContext
+    say: Progress
+
+    def make(self, models: Mapping[str, nn.Module], missing: list[str]) -> dict[str, tuple[float, float]]:
+        """Each missing model's (val, test) metric, after the recipe trained it where it must."""
+        device = default_device()
+        recipe = [n for n in missing if self.requests[n].makes_originals and not self.workload.spec(n).weights]
+        pretrained = pretrain(self.workload, self.settings, self.requests, recipe, self.context, device, self.say)
+        measured = {}
+        for name in missing:
+            start = time.perf_counter()
+            request, data = self.requests[name], self.data[name]
+            if name in recipe:
+                fine_tune(models[name], pretrained[arch_key(self.workload.spec(name))], data, request, self.settings,
+                          device)
+                done = f"fine-tuned {name} on {request.task}"
+            else:
+                self._read_training_split(name)
+                done = f"{name} as given ({data.description})"
+            model = models[name].to(device)
+            val, test = (score(model, split, request.adapter, device=device, workers=self.settings.workers)
+                         for split in (data.val, data.test))
+            for split, value in (("val", val), ("test", test)):
+                if value <= 0:
+                    raise SearchmergeError(
+                        f"model {name!r} scores 0 {request.adapter.metric_name} on the {split} split of"
+                        f" {data.description}: a merged model's ratio to a baseline of 0 means nothing (are the"
+                        " weights trained for this data?)"
+                    )
+            measured[name] = (val, test)
+            self.say(f"{done}: val {val:.3f}, test {test:.3f} {request.adapter.metric_name}"
+                     f" ({time.perf_counter() - start:.1f} s)")
+        return measured
+
+    def _read_training_split(self, name: str) -> None:
+        """Read every training sample once: a sample that does not decode is found now, not mid-search,
+        and the image cache is filled for the first evaluation."""
+        adapter = self.requests[name].adapter
+        for _ in in_order(self.data[name].train, adapter, 64, workers=self.settings.workers):
+            pass
 
 
 def prepare_study(study: StudyFile, *, force: bool = False, progress: Progress | None = None) -> PreparedWorkload:
-    """Train and store the originals of a study file, or load them when they are stored."""
-    return prepare(study.workload, study.settings, study.store, force=force, progress=progress, study_path=study.path)
+    """Store the originals of a study file and their baselines, or load them when they are stored."""
+    return prepare(study.workload, study.settings, study.store, force=force, progress=progress, study_path=study.path,
+                   cache_dir=study.cache_dir)
 
 
 def _load_original(
@@ -237,62 +289,13 @@ def _original_key(fingerprint: str, name: str, data: TaskData) -> CheckpointKey:
     return CheckpointKey(fingerprint, name, data.fingerprint, "original")
 
 
-def _arch_key(spec: ModelSpec) -> str:
-    kwargs = {k: v for k, v in spec.kwargs.items() if k != "num_classes"}
-    return json.dumps([spec.arch, kwargs], sort_keys=True, default=str)
-
-
-def _pretrain(
-    workload: Workload, settings: StudySettings, names: list[str], device: torch.device, say: Progress
-) -> dict[str, dict[str, torch.Tensor]]:
-    """Pretrain each architecture once on the source task (neutral camera, training images only)."""
-    source = make_task_data(
-        settings.pretrain_task, seed=settings.seed, image_size=settings.image_size, channels=settings.channels
-    )
-    weights: dict[str, dict[str, torch.Tensor]] = {}
-    for name in names:
-        spec = workload.spec(name)
-        key = _arch_key(spec)
-        if key in weights:
-            continue
-        start = time.perf_counter()
-        torch.manual_seed(settings.seed)
-        model = ModelSpec(
-            name=f"{name}-source", arch=spec.arch, kwargs={**spec.kwargs, "num_classes": source.num_classes}
-        ).build()
-        _check_fits(f"{name} (pretraining)", model, source)
-        train_model(model, source.train, settings.pretrain, seed=settings.seed, device=device)
-        acc = accuracy(model, source.val, device=device)
-        weights[key] = {k: v.detach().to("cpu") for k, v in model.state_dict().items()}
-        say(f"pretrained {spec.arch} {dict(spec.kwargs)} on {settings.pretrain_task}: val {acc:.3f}"
-            f" ({time.perf_counter() - start:.1f} s)")
-    return weights
-
-
-def _load_backbone(model: nn.Module, pretrained: Mapping[str, torch.Tensor]) -> None:
-    """Start from the pretrained weights wherever the shapes agree (the head may differ)."""
-    own = model.state_dict()
-    fitting = {k: v for k, v in pretrained.items() if k in own and own[k].shape == v.shape}
-    model.load_state_dict(fitting, strict=False)
-
-
-def _check_fits(name: str, model: nn.Module, data: TaskData) -> None:
-    """The model must take the task's images and give one score per class."""
-    model.eval()
+def _file_sha256(name: str, path: Path) -> str:
+    digest = hashlib.sha256()
     try:
-        with torch.no_grad():
-            out = model(data.val.x[:2])
-    except RuntimeError as exc:
-        raise SearchmergeError(
-            f"model {name!r} cannot take the {data.task!r} images of shape {tuple(data.val.x.shape[1:])}: "
-            f"{str(exc).splitlines()[0]}"
-        ) from None
-    if out.dim() != 2 or out.shape[1] != data.num_classes:
-        raise SearchmergeError(
-            f"model {name!r} gives {tuple(out.shape[1:])} outputs per image but task {data.task!r} has"
-            f" {data.num_classes} classes (set num_classes: {data.num_classes} in its kwargs)"
-        )
+        with path.open("rb") as file:
+            for block in iter(lambda: file.read(1 << 20), b""):
+                digest.update(block)
+    except OSError as exc:
+        raise SearchmergeError(f"model {name!r}: cannot read weights file {str(path)!r}: {exc.strerror or exc}") from None
+    return digest.hexdigest()
 
-
-def _digest(value: Any) -> str:
-    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:32]

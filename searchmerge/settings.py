@@ -13,6 +13,10 @@ from typing import Any
 
 from searchmerge.budget import DeploySettings
 from searchmerge.errors import SearchmergeError
+from searchmerge.keys import check_keys
+
+#: The keys of a study file's top-level ``data:`` section (each model's own is ``models[].data``).
+DATA_KEYS = ("image_size", "channels", "workers", "cache")
 
 
 @dataclass(frozen=True)
@@ -83,6 +87,10 @@ class StudySettings:
     seed: int = 0
     image_size: int = 32
     channels: int = 3
+    #: Processes that read and decode data for each ``DataLoader`` (0: the calling process).
+    workers: int = 0
+    #: Keep decoded, resized images in a cache folder next to the study's store.
+    cache: bool = True
     pretrain_task: str = "digit"
     pretrain: TrainSettings = field(default_factory=TrainSettings)
     finetune: TrainSettings = field(default_factory=TrainSettings)
@@ -101,6 +109,12 @@ class StudySettings:
     def from_document(cls, document: Mapping[str, Any]) -> StudySettings:
         """Read the settings of a study file's YAML document (missing keys keep their defaults)."""
         data = document.get("data") or {}
+        if not isinstance(data, Mapping):
+            raise SearchmergeError(f"data must be a mapping of data settings, got {data!r}")
+        check_keys("data", data, DATA_KEYS)
+        workers = data.get("workers", cls.workers)
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+            raise SearchmergeError(f"data.workers must be an integer >= 0, got {workers!r}")
         pretrain = dict(document.get("pretrain") or {})
         task = pretrain.pop("task", cls.pretrain_task)
         evaluator = document.get("evaluator") or {}
@@ -112,6 +126,8 @@ class StudySettings:
             seed=int(document.get("seed", cls.seed)),
             image_size=int(data.get("image_size", cls.image_size)),
             channels=int(data.get("channels", cls.channels)),
+            workers=workers,
+            cache=bool(data.get("cache", cls.cache)),
             pretrain_task=str(task),
             pretrain=_section(TrainSettings, pretrain, "pretrain"),
             finetune=_section(TrainSettings, document.get("finetune") or {}, "finetune"),
@@ -150,9 +166,7 @@ def _section(kind: type, values: Mapping[str, Any], name: str) -> Any:
     if not isinstance(values, Mapping):
         raise SearchmergeError(f"{name} must be a mapping, got {values!r}")
     known = {f.name: f.type for f in dataclasses.fields(kind)}
-    unknown = sorted(set(values) - set(known))
-    if unknown:
-        raise SearchmergeError(f"{name}: unknown setting(s) {unknown}; known: {sorted(known)}")
+    check_keys(name, values, known)
     defaults = kind()
     converted = {}
     for key, value in values.items():

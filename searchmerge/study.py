@@ -13,8 +13,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from searchmerge.data import get_task, model_task
 from searchmerge.errors import SearchmergeError
+from searchmerge.model_data import model_request
 from searchmerge.settings import StudySettings
 from searchmerge.store import CheckpointStore
 from searchmerge.workload import Workload, load_study_file
@@ -42,15 +42,24 @@ class StudyFile:
         """The checkpoint store of the study's storage."""
         return CheckpointStore.for_storage(self.storage, self.blob_dir)
 
+    @property
+    def cache_dir(self) -> Path:
+        """Where decoded images are cached: beside the store's blob folder, or beside the study file."""
+        blobs = str(CheckpointStore.check_blob_location(self.storage, self.blob_dir))  # opens nothing
+        if "://" in blobs:  # an object store: the cache stays on this machine
+            return self.path.parent / f".{self.path.stem}.data-cache"
+        return Path(blobs).with_name(Path(blobs).name + ".data-cache")
+
 
 def _check_tasks(workload: Workload, settings: StudySettings) -> None:
-    """Every model names a known task and a valid camera, and so does pretraining."""
+    """Every model names a known task and data (format, keys, camera), and so does pretraining."""
     for spec in workload.models:
-        model_task(spec)
-    try:
-        get_task(settings.pretrain_task)
-    except SearchmergeError as exc:
-        raise SearchmergeError(f"pretrain.task: {exc}") from None
+        request = model_request(spec)
+        if request.makes_originals and not spec.weights:
+            try:
+                request.source.check({}, settings.pretrain_task)
+            except SearchmergeError as exc:
+                raise SearchmergeError(f"pretrain.task: {exc}") from None
 
 
 def default_storage(workload_name: str) -> str:

@@ -1,17 +1,38 @@
-"""Training and scoring loops shared by preparation (originals) and evaluation (merged models)."""
+"""Training and scoring loops shared by preparation (originals) and evaluation (merged models).
+
+Every loop reads its data through a ``torch.utils.data.DataLoader`` (``workers`` processes
+decode in parallel; 0 reads in the calling process) and leaves what differs between task
+kinds (batches, loss, metric, statistics pass) to the kind's adapter, so one loop serves
+classifiers and detectors, and no dataset has to fit in memory.
+"""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterable, Iterator, Sized
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
-from searchmerge.data import Split
+from searchmerge.errors import SearchmergeError
 from searchmerge.settings import TrainSettings
+from searchmerge.tasks import Batch, TaskKind, get_kind
 
+__all__ = [
+    "EndlessShuffle",
+    "accuracy",
+    "batch_norms",
+    "batches",
+    "default_device",
+    "recalibrate_batch_norm",
+    "repeatable_kernels",
+    "score",
+    "steps_per_epoch",
+    "train_model",
+]
 
 # cuBLAS is repeatable only with a fixed workspace; it must be set before its first use.
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -43,38 +64,91 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def batches(split: Split, batch_size: int, *, seed: int, device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Endless shuffled mini-batches of a split, reproducible by seed."""
-    generator = torch.Generator().manual_seed(seed)
-    x, y = split.x.to(device), split.y.to(device)
-    while True:
-        order = torch.randperm(len(y), generator=generator).to(device)
-        for start in range(0, len(y) - batch_size + 1 if len(y) >= batch_size else 1, batch_size):
-            index = order[start : start + batch_size]
-            yield x[index], y[index]
+class EndlessShuffle(Sampler[list[int]]):
+    """Batches of indices for ever: each epoch a fresh seeded permutation, cut into full batches.
+
+    A split smaller than one batch gives it whole as every batch. Its own generator makes
+    the order depend on the seed alone, whatever else draws random numbers meanwhile.
+    """
+
+    def __init__(self, size: int, batch_size: int, *, seed: int) -> None:
+        self.size, self.batch_size, self.seed = size, batch_size, seed
+
+    def __iter__(self) -> Iterator[list[int]]:
+        generator = torch.Generator().manual_seed(self.seed)
+        last = self.size - self.batch_size + 1 if self.size >= self.batch_size else 1
+        while True:
+            order = torch.randperm(self.size, generator=generator)
+            for start in range(0, last, self.batch_size):
+                yield order[start : start + self.batch_size].tolist()
 
 
-def steps_per_epoch(split: Split, batch_size: int) -> int:
-    return max(1, len(split.y) // batch_size)
+def batches(dataset: Dataset[Any], kind: TaskKind, batch_size: int, *, seed: int, workers: int = 0) -> Iterator[Batch]:
+    """Endless shuffled mini-batches of a dataset (on the CPU), reproducible by seed."""
+    loader = DataLoader(dataset, batch_sampler=EndlessShuffle(_length(dataset), batch_size, seed=seed),
+                        collate_fn=kind.collate, num_workers=workers, generator=_own_generator(seed))
+    return _read(loader)
+
+
+def in_order(dataset: Dataset[Any], kind: TaskKind, batch_size: int, *, workers: int = 0) -> Iterator[Batch]:
+    """The dataset's batches in order, once (on the CPU)."""
+    return _read(DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=kind.collate,
+                            num_workers=workers, generator=_own_generator(0)))
+
+
+def _own_generator(seed: int) -> torch.Generator:
+    """A loader draws its workers' seeds from this, not from the global generator training uses."""
+    return torch.Generator().manual_seed(seed)
+
+
+def _read(loader: Iterable[Batch]) -> Iterator[Batch]:
+    """The loader's batches; an error of the data raised in a worker process keeps its one line."""
+    try:
+        yield from loader
+    except SearchmergeError as exc:
+        message = str(exc)
+        if message.startswith("Caught "):  # re-raised from a worker, with its traceback as the message
+            message = message.strip().splitlines()[-1].split("SearchmergeError: ", 1)[-1]
+        raise SearchmergeError(message) from None
+
+
+def steps_per_epoch(dataset: Sized, batch_size: int) -> int:
+    return max(1, len(dataset) // batch_size)
+
+
+def _length(dataset: Dataset[Any]) -> int:
+    return len(dataset)  # type: ignore[arg-type]
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, split: Split, *, device: torch.device, batch_size: int = 512) -> float:
-    """Top-1 accuracy of ``model`` on ``split`` (eval mode; the model's mode is restored)."""
+def score(
+    model: nn.Module, dataset: Dataset[Any], kind: TaskKind, *, device: torch.device, batch_size: int = 512,
+    workers: int = 0,
+) -> float:
+    """The task's metric of ``model`` on ``dataset`` (eval mode; the model's mode is restored)."""
     was_training = model.training
     model.eval()
-    correct = 0
-    for start in range(0, len(split.y), batch_size):
-        x = split.x[start : start + batch_size].to(device)
-        y = split.y[start : start + batch_size].to(device)
-        correct += int((model(x).argmax(dim=1) == y).sum())
-    model.train(was_training)
-    return correct / len(split.y)
+    try:
+        return kind.metric(model, in_order(dataset, kind, batch_size, workers=workers), device)
+    finally:
+        model.train(was_training)
+
+
+def accuracy(model: nn.Module, dataset: Dataset[Any], *, device: torch.device, batch_size: int = 512) -> float:
+    """Top-1 accuracy of a classifier: :func:`score` with the classification kind."""
+    return score(model, dataset, get_kind("classification"), device=device, batch_size=batch_size)
 
 
 @torch.no_grad()
 def recalibrate_batch_norm(
-    model: nn.Module, split: Split, *, device: torch.device, samples: int = 128, keep: Collection[nn.Module] = ()
+    model: nn.Module,
+    dataset: Dataset[Any],
+    kind: TaskKind,
+    *,
+    device: torch.device,
+    samples: int = 128,
+    keep: Collection[nn.Module] = (),
+    workers: int = 0,
 ) -> None:
     """Recompute batch-norm running statistics for the model's current weights.
 
@@ -82,7 +156,8 @@ def recalibrate_batch_norm(
     old weights; measuring them again on a hundred-odd training images (no
     gradient, nothing else changes) removes most of the accuracy a merge loses
     at first sight. Norms in ``keep`` (statistics shared with a model that must not
-    change) are left as they are.
+    change) are left as they are. Frozen batch norms (torchvision's
+    ``FrozenBatchNorm2d``) keep no running statistics and stay as they are too.
     """
     norms = [norm for norm in batch_norms(model) if norm not in keep]
     if not norms:
@@ -95,8 +170,9 @@ def recalibrate_batch_norm(
     model.train()
     for norm in keep:
         norm.eval()
-    for start in range(0, min(samples, len(split.y)), 128):
-        model(split.x[start : min(start + 128, samples)].to(device))
+    first = Subset(dataset, range(min(samples, _length(dataset))))
+    for batch in in_order(first, kind, 128, workers=workers):
+        kind.statistics_pass(model, kind.to_device(batch, device))
     for norm, momentum in zip(norms, momenta):
         norm.momentum = momentum
     model.train(was_training)
@@ -108,19 +184,21 @@ def batch_norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
 
 
 @repeatable_kernels()
-def train_model(model: nn.Module, split: Split, settings: TrainSettings, *, seed: int, device: torch.device) -> None:
-    """Supervised training of one model for ``settings.epochs`` epochs (Adam, cosine schedule)."""
+def train_model(
+    model: nn.Module, dataset: Dataset[Any], kind: TaskKind, settings: TrainSettings, *, seed: int,
+    device: torch.device, workers: int = 0,
+) -> None:
+    """Supervised training of one model for ``settings.epochs`` epochs (AdamW, cosine schedule)."""
     torch.manual_seed(seed)
     model.to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
-    total = settings.epochs * steps_per_epoch(split, settings.batch_size)
+    total = settings.epochs * steps_per_epoch(dataset, settings.batch_size)  # type: ignore[arg-type]
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, total)
-    loss_fn = nn.CrossEntropyLoss()
-    stream = batches(split, settings.batch_size, seed=seed, device=device)
+    stream = batches(dataset, kind, settings.batch_size, seed=seed, workers=workers)
     for _ in range(total):
-        x, y = next(stream)
+        batch = kind.to_device(next(stream), device)
         optimizer.zero_grad(set_to_none=True)
-        loss_fn(model(x), y).backward()
+        kind.loss(model, batch).backward()
         optimizer.step()
         schedule.step()
     model.eval()

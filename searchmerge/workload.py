@@ -9,7 +9,6 @@ validated here, once, so that later stages can trust it.
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -19,8 +18,18 @@ from typing import Any
 import yaml
 
 from searchmerge.errors import SearchmergeError
+from searchmerge.imports import import_callable
+from searchmerge.keys import check_keys
 
 DEFAULT_INPUT_SHAPE: tuple[int, ...] = (3, 224, 224)
+
+#: The top-level keys of a study file (docs/study-files.md); any other is refused as a typo.
+STUDY_KEYS = (
+    "name", "models", "seed", "target", "storage", "data", "pretrain", "finetune", "evaluator", "drift_evaluator",
+    "drift", "deploy",
+)
+#: The keys of one model's entry; ``task``, ``camera`` and ``data`` are kept in ``ModelSpec.options``.
+MODEL_KEYS = ("name", "arch", "factory", "kwargs", "weights", "input_shape", "task", "camera", "data")
 
 
 @dataclass(frozen=True)
@@ -153,6 +162,7 @@ def load_study_file(path: str | Path) -> tuple[Workload, dict[str, Any]]:
         raise SearchmergeError(f"study file {str(path)!r} is not valid YAML{where}") from None
     if not isinstance(document, dict) or not isinstance(document.get("models"), list):
         raise SearchmergeError(f"study file {str(path)!r} must be a mapping with a 'models' list")
+    check_keys(f"study file {str(path)!r}", document, STUDY_KEYS)
     specs = [_spec_from_entry(path, index, entry) for index, entry in enumerate(document["models"])]
     name = str(document.get("name") or path.stem)
     settings = {k: v for k, v in document.items() if k not in ("models", "name")}
@@ -163,6 +173,7 @@ def _spec_from_entry(path: Path, index: int, entry: Any) -> ModelSpec:
     where = f"study file {str(path)!r}, model #{index + 1}"
     if not isinstance(entry, dict):
         raise SearchmergeError(f"{where}: expected a mapping with 'name' and 'arch', got {entry!r}")
+    check_keys(where, entry, MODEL_KEYS)
     known = {"name", "arch", "factory", "kwargs", "weights", "input_shape"}
     arch = entry.get("arch") or entry.get("factory")
     name = entry.get("name") or (str(arch).rsplit(":", 1)[-1] if arch else None)
@@ -206,18 +217,7 @@ def _build_torchvision(model_name: str, arch: str, kwargs: Mapping[str, Any]) ->
 
 
 def _call_factory(model_name: str, path: str, kwargs: Mapping[str, Any]) -> Any:
-    module_name, _, attribute = path.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise SearchmergeError(f"model {model_name!r}: cannot import {module_name!r} from {path!r}: {exc}") from None
-    factory = module
-    for part in attribute.split("."):
-        factory = getattr(factory, part, None)
-        if factory is None:
-            raise SearchmergeError(f"model {model_name!r}: {module_name!r} has no attribute {attribute!r}")
-    if not callable(factory):
-        raise SearchmergeError(f"model {model_name!r}: {path!r} is not callable")
+    factory = import_callable(path, f"model {model_name!r}")
     try:
         return factory(**kwargs)
     except TypeError as exc:
@@ -238,10 +238,20 @@ def _load_weights(model_name: str, model: Any, path: Path) -> None:
             state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any reader failure means an unusable file
         raise SearchmergeError(f"model {model_name!r}: cannot read weights file {str(path)!r}: {exc}") from None
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0:2]
-        raise SearchmergeError(
-            f"model {model_name!r}: weights file {str(path)!r} does not fit the architecture: {' '.join(first)}"
-        ) from None
+    mismatch = _first_mismatch(model.state_dict(), state)
+    if mismatch:
+        raise SearchmergeError(f"model {model_name!r}: weights file {str(path)!r} does not fit the architecture: {mismatch}")
+    model.load_state_dict(state)
+
+
+def _first_mismatch(expected: Mapping[str, Any], given: Mapping[str, Any]) -> str:
+    """The first key (in the model's order) that is missing, unexpected or of another shape; '' if none."""
+    for key, tensor in expected.items():
+        if key.endswith("num_batches_tracked") and key not in given:
+            continue  # a batch norm's step count; a file saved from a frozen batch norm has none
+        if key not in given:
+            return f"key {key!r} is missing from the file"
+        if tuple(given[key].shape) != tuple(tensor.shape):
+            return f"key {key!r} has shape {tuple(given[key].shape)} in the file, {tuple(tensor.shape)} in the model"
+    extra = [key for key in given if key not in expected]
+    return f"key {extra[0]!r} of the file is not in the model" if extra else ""

@@ -1,4 +1,4 @@
-"""Tests for searchmerge.data: real digit tasks seen through a configurable camera."""
+"""Tests for searchmerge.sources.digits (the digits demo source): real digit tasks seen through a configurable camera."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from searchmerge.data import (
+from searchmerge.sources.digits import (
     NORM_MEAN,
     NORM_STD,
     TASKS,
     CameraCondition,
     Split,
-    TaskData,
+    DigitsData,
     apply_camera,
     get_task,
     load_digit_images,
@@ -152,7 +152,7 @@ def test_splits_partition_the_plain_upsampled_digits() -> None:
 
 
 _FINGERPRINT_SCRIPT = """
-from searchmerge.data import CameraCondition, make_task_data
+from searchmerge.sources.digits import CameraCondition, make_task_data
 camera = CameraCondition(rotation_deg=5, rotation_jitter_deg=8, shift_px=1.5,
                          blur_sigma=0.7, noise_std=0.05, brightness=0.1, contrast=0.9)
 print(make_task_data("mod3", camera, seed=7, image_size=16).fingerprint)
@@ -177,7 +177,7 @@ def test_fingerprint_is_stable_in_another_process() -> None:
 def test_fingerprint_depends_on_task_name() -> None:
     parity = make_task_data("parity", image_size=8)
     x = {name: split for name, split in parity.splits()}
-    renamed = TaskData(**x, num_classes=2, task="prime_like")
+    renamed = DigitsData(**x, num_classes=2, task="prime_like")
     assert renamed.fingerprint != parity.fingerprint
 
 
@@ -319,9 +319,9 @@ def test_validate_split_names_split_and_task() -> None:
 def test_task_data_refuses_a_single_class_split() -> None:
     good = _split([0, 1, 0, 1])
     with pytest.raises(SearchmergeError, match="split 'test' of task 'parity' has a single class"):
-        TaskData(train=good, val=good, test=_split([1, 1]), num_classes=2, task="parity")
+        DigitsData(train=good, val=good, test=_split([1, 1]), num_classes=2, task="parity")
     with pytest.raises(SearchmergeError, match="label 3 but the task has 2 classes"):
-        TaskData(train=good, val=_split([0, 3]), test=good, num_classes=2, task="parity")
+        DigitsData(train=good, val=_split([0, 3]), test=good, num_classes=2, task="parity")
 
 
 def test_split_checks_dtypes_and_lengths() -> None:

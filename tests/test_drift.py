@@ -11,21 +11,21 @@ import pytest
 import torch
 
 from searchmerge.cli import main
-from searchmerge.data import CameraCondition
 from searchmerge.drift import (
     BUILTIN_SCENARIOS,
-    drift_camera,
     drifted_data,
     scenarios,
 )
 from searchmerge.drift_check import drift_check
 from searchmerge.errors import SearchmergeError
-from searchmerge.prepare import workload_data
+from searchmerge.drift import scenario_data
 from searchmerge.research import WARM_ATTR, research
 from searchmerge.search import load_search, open_search
+from searchmerge.sources.digits import CameraCondition, drift_camera
 from searchmerge.space import SharingPlan
 from searchmerge.study import StudyFile, open_study_file
-from searchmerge.train import accuracy, default_device
+from searchmerge.tasks import get_kind
+from searchmerge.train import default_device, score
 from tests.conftest import TINY_STUDY, copy_prepared
 
 PARENT = "tiny-digits-greedy"
@@ -60,14 +60,20 @@ def snapshot(study: StudyFile, name: str) -> tuple[list, list]:
 
 def test_drift_rule_scenarios_and_bad_definitions(parent: StudyFile) -> None:
     camera = CameraCondition(brightness=-0.1, contrast=0.8, noise_std=0.05)
-    night = BUILTIN_SCENARIOS["night"].camera_for("a", camera)
+    def camera_for(scenario, model: str) -> CameraCondition:  # type: ignore[no-untyped-def]
+        seen = camera
+        for changes in scenario.changes_for(model):
+            seen = drift_camera(seen, changes)
+        return seen
+
+    night = camera_for(BUILTIN_SCENARIOS["night"], "a")
     assert night.brightness == pytest.approx(-0.3) and night.contrast == pytest.approx(0.48)
     assert night.noise_std == pytest.approx(0.13)
     known = scenarios(parent)
     assert {"night", "moved", "rain", "dusk", "b-moved"} <= set(known)
     moved = known["b-moved"]
-    assert moved.camera_for("a", camera) == camera  # only the listed camera moved
-    assert moved.camera_for("b", camera).rotation_deg == 20.0
+    assert camera_for(moved, "a") == camera  # only the listed camera moved
+    assert camera_for(moved, "b").rotation_deg == 20.0
     with pytest.raises(SearchmergeError, match="unknown drift scenario 'fog'; known scenarios: b-moved, dusk, moved"):
         drifted_data(parent, "fog")
     with pytest.raises(SearchmergeError, match="unknown camera condition field"):
@@ -84,7 +90,7 @@ def test_drift_rule_scenarios_and_bad_definitions(parent: StudyFile) -> None:
 
 
 def test_drifted_data_is_new_deterministic_and_fits(parent: StudyFile) -> None:
-    original = workload_data(parent.workload, parent.settings)
+    original = scenario_data(parent.workload, parent.settings, None)
     night = drifted_data(parent, "night")
     again = drifted_data(parent, "night")
     for name, data in night.items():
@@ -109,8 +115,10 @@ def test_drift_check_equals_a_direct_evaluation(parent: StudyFile, capsys: pytes
     device = default_device()  # where drift_check scores too: a GPU's kernels may round differently
     for outcome in check.models:
         model = merged[outcome.name].to(device)
-        assert outcome.accuracy_after == accuracy(model, night[outcome.name].val, device=device)
-        assert outcome.accuracy_before == accuracy(model, search.prepared.data[outcome.name].val, device=device)
+        classification = get_kind("classification")
+        assert outcome.accuracy_after == score(model, night[outcome.name].val, classification, device=device)
+        before = score(model, search.prepared.data[outcome.name].val, classification, device=device)
+        assert outcome.accuracy_before == before
         # Before the drift, the deployed weights score what the search recorded for them.
         trial = search.optuna_study.trials[best.number]
         assert outcome.accuracy_before == pytest.approx(trial.user_attrs[f"accuracy:{outcome.name}"], abs=1e-4)
@@ -139,7 +147,7 @@ def test_a_drift_scenario_is_searched_with_the_drift_evaluator(parent: StudyFile
     assert plain.evaluator.settings == settings.evaluator != settings.drift_evaluator
 
     path.write_text(parent.path.read_text() + "drift_evaluator: {max_epoch: 7}\n")
-    with pytest.raises(SearchmergeError, match=r"drift_evaluator: unknown setting\(s\) \['max_epoch'\]"):
+    with pytest.raises(SearchmergeError, match=r"drift_evaluator: unknown key 'max_epoch' \(did you mean 'max_epochs'\?\)"):
         open_study_file(path, storage=parent.storage)
 
 

@@ -188,3 +188,22 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(
 def test_an_unusable_source_is_refused_with_its_name() -> None:
     with pytest.raises(SearchmergeError, match=r"unknown data format 'imagefolders' \(did you mean 'imagefolder'\?\)"):
         get_source("imagefolders")
+
+
+def test_worker_processes_read_the_same_batches_and_keep_errors_to_one_line(tmp_path: Path) -> None:
+    from searchmerge.tasks import get_kind
+    from searchmerge.train import batches, in_order
+
+    user_data.write_image_folder(tmp_path / "gate", classes=2, per_class=6, splits=("train", "val"))
+    data = get_source("imagefolder").open({"root": "gate"}, context(tmp_path), task="classification")
+    kind = get_kind("classification")
+    serial = [(x.sum().item(), y.tolist()) for x, y in in_order(data.train, kind, 4)]
+    assert [(x.sum().item(), y.tolist()) for x, y in in_order(data.train, kind, 4, workers=2)] == serial
+    one, two = batches(data.train, kind, 4, seed=1), batches(data.train, kind, 4, seed=1, workers=2)
+    assert [next(one)[1].tolist() for _ in range(5)] == [next(two)[1].tolist() for _ in range(5)]
+    (tmp_path / "gate" / "train" / "class1" / "03.png").write_bytes(b"broken")
+    with pytest.raises(SearchmergeError) as raised:
+        list(in_order(data.train, kind, 4, workers=2))
+    message = str(raised.value)  # raised in a worker process, where DataLoader wraps it in a traceback
+    assert message.startswith(f"image '{tmp_path}/gate/train/class1/03.png' does not decode: ")
+    assert "\n" not in message and "Caught" not in message

@@ -223,6 +223,18 @@ def test_a_drift_seen_in_the_samples_starts_one_research_that_publishes_once(
     # The drift check now reads the new version.
     after = service.check()
     assert after is not None and after.version == job.version
+    # A version re-searched on night that still misses on night is not re-searched on it again
+    # (here: the parent's undrifted weights published as if they were).
+    search = load_search(study, study_name=PARENT)
+    taken = {v.trial for v in list_versions(service.engine, service.deployment) if v.source_study == PARENT}
+    unpublished = next(t for t in search.history() if t.feasible and t.number not in taken)
+    stale = publish(service.engine, study, search, unpublished, scenario="night")
+    for model in ("a", "b", "c"):
+        service.store_samples("gate", SampleBatch(samples=digits_samples(service.footage, model, "night", 16)))
+    missed = service.check()
+    assert missed is not None and missed.version == stale.version and missed.scenario == "night" and missed.missing
+    assert len(list_jobs(service.engine, service.deployment)) == 1
+    rollback(service.engine, service.deployment, 1)
 
 
 def test_a_service_killed_during_a_research_resumes_it_and_publishes_once(

@@ -85,6 +85,7 @@ class MergingService:
         self.footage = Footage(study.workload, study.settings)
         self.say = progress or _log.info
         self.last_check: SampleCheck | None = None
+        self._last_note = ""
         self._baselines: dict[str, float] | None = None
         self._loaded: tuple[int, dict[str, nn.Module]] | None = None
         self._samples_arrived = threading.Event()
@@ -166,9 +167,15 @@ class MergingService:
         prune_samples(self.engine, self.deployment, keep=4 * self.settings.window)
         if check.missing:
             names = ", ".join(f"{m.name} ({m.accuracy:.2f} on {m.samples})" for m in check.missing)
-            if check.scenario is None:
-                self.say(f"version {current.version}: {names} miss(es) the target on samples of undrifted footage;"
-                         " no drift scenario to re-search on")
+            if check.scenario is None or check.scenario == current.scenario:
+                # Nothing to re-search on, or this version was re-searched on that very data already:
+                # another re-search of the same footage would chase noise (and could chain for ever).
+                reason = ("on samples of undrifted footage; no drift scenario to re-search on" if check.scenario is None
+                          else f"on {check.scenario!r}, which it was re-searched on; more trials by hand:"
+                          f" searchmerge research {self.study.path} --data {check.scenario}"
+                          f" --from-study {current.source_study} --n-trials N")
+                self._note(f"version {current.version}: {', '.join(m.name for m in check.missing)} miss(es) the"
+                           f" target {reason}", detail=names)
                 return check
             job, created = request_research(self.engine, self.deployment, parent_study=current.source_study,
                                             scenario=check.scenario, n_trials=self.settings.research_trials)
@@ -176,6 +183,12 @@ class MergingService:
                 self.say(f"drift detected on version {current.version}: {names} on {check.scenario!r};"
                          f" re-search job {job.id} ({job.study_name!r}) started")
         return check
+
+    def _note(self, line: str, *, detail: str) -> None:
+        """Say ``line`` (with ``detail``) once, not at every check that finds the same."""
+        if line != self._last_note:
+            self._last_note = line
+            self.say(f"{line} ({detail})")
 
     def _models(self, version: VersionInfo) -> dict[str, nn.Module]:
         """The version's models as the edges run them (loaded from its published files)."""

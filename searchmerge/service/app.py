@@ -19,7 +19,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from searchmerge.deployment import MANIFEST_FILE, WEIGHTS_FILE
+from searchmerge.deployment import MANIFEST_FILE
 from searchmerge.errors import SearchmergeError
 from searchmerge.service.protocol import Accepted, EdgeStats, SampleBatch, ServiceStatus, VersionInfo
 from searchmerge.service.service import MergingService

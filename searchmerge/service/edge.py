@@ -36,7 +36,7 @@ from searchmerge.service.client import ServiceClient, ServiceUnreachable, Tamper
 from searchmerge.service.footage import Footage
 from searchmerge.service.local import LocalVersions
 from searchmerge.service.metrics import EdgeMetrics, serve_metrics
-from searchmerge.service.protocol import EdgeStats, Sample, SampleBatch, StreamStats, encode_frame
+from searchmerge.service.protocol import EdgeStats, Sample, SampleBatch, StreamStats, VersionInfo, encode_frame
 from searchmerge.service.serving import ServingVersion
 from searchmerge.service.streams import DigitsStream, FolderStream
 from searchmerge.settings import StudySettings
@@ -336,7 +336,7 @@ class EdgeAgent:
         self._upload_samples()
         self._report()
 
-    def _install(self, info: Any, active: ServingVersion) -> None:
+    def _install(self, info: VersionInfo, active: ServingVersion) -> None:
         """Download, verify and prepare version ``info`` beside ``active``, then hand it to the serving loop."""
         self.say(f"version {info.version} published: downloading")
         try:

@@ -18,7 +18,6 @@ import hashlib
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine, Row
@@ -27,12 +26,10 @@ from sqlalchemy.exc import IntegrityError
 from searchmerge.blobs import ListableArtifactStore, write_bytes
 from searchmerge.deployment import MANIFEST_FILE, WEIGHTS_FILE
 from searchmerge.errors import SearchmergeError
+from searchmerge.search import MergeSearch, TrialSummary
 from searchmerge.service.db import now, utc, versions
 from searchmerge.service.protocol import VersionInfo
 from searchmerge.study import StudyFile
-
-if TYPE_CHECKING:
-    from searchmerge.search import MergeSearch, TrialSummary
 
 __all__ = [
     "artifact_store",

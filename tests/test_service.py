@@ -21,6 +21,7 @@ from searchmerge.service.db import edges, open_engine, samples, versions
 from searchmerge.service.footage import Footage
 from searchmerge.service.jobs import list_jobs, request_research, run_job
 from searchmerge.service.protocol import DigitsSource, Sample, SampleBatch, encode_frame
+from searchmerge.service.samples import prune_samples, store_samples
 from searchmerge.service.service import MergingService, ServiceSettings
 from searchmerge.service.tokens import authenticate, create_edge_token
 from searchmerge.service.versions import current_version, list_versions, publish, rollback
@@ -277,3 +278,25 @@ def test_a_service_killed_during_a_research_resumes_it_and_publishes_once(
         published = conn.execute(sa.select(versions.c.number).where(versions.c.source_study == research_study)).all()
     assert published == [(2,)]
     assert "resuming the re-search" in log.read_text()
+
+
+POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
+def test_the_service_state_lives_in_postgresql_too(service: MergingService, tmp_path: Path) -> None:
+    """Tokens, jobs (one per drift, whoever asks) and samples in PostgreSQL, as in SQLite."""
+    deployment = f"pg-{tmp_path.name}"  # a deployment of its own in the shared test database
+    engine = open_engine(POSTGRES)
+    token = create_edge_token(POSTGRES, deployment, "gate")
+    assert authenticate(engine, deployment, token) == "gate"
+    assert authenticate(engine, service.deployment, token) is None  # another deployment's edge
+    first, created = request_research(engine, deployment, parent_study="p", scenario="night", n_trials=2)
+    again, created_again = request_research(engine, deployment, parent_study="p", scenario="night", n_trials=2)
+    assert created and not created_again and first.id == again.id
+    batch = SampleBatch(samples=digits_samples(service.footage, "a", "night", 5))
+    assert store_samples(engine, deployment, "gate", batch, service.footage) == 5
+    prune_samples(engine, deployment, keep=2)
+    with engine.connect() as conn:
+        kept = conn.execute(sa.select(samples.c.frame_index).where(samples.c.deployment == deployment)
+                            .order_by(samples.c.id)).scalars().all()
+    assert kept == [3, 4]

@@ -138,6 +138,12 @@ def test_every_command_runs_on_user_models_and_data(
     after = {m["name"]: (m["accuracy_before"], m["accuracy_after"]) for m in check["models"]}
     assert set(after) == {"gate", "lobby", "street", "mine"}
     assert all(before == later for name, (before, later) in after.items() if name != "gate")  # their data stays
+    # ... and a re-search on it, starting from the deployed plan (re-validated on the night folder first).
+    assert main(["research", "user.yaml", "--data", "gate-night", "--n-trials", "1"]) == 0
+    research = optuna.load_study(study_name="user-box-greedy-gate-night", storage=study.storage)
+    assert research.user_attrs["searchmerge:scenario"] == "gate-night"
+    (trial,) = research.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert trial.user_attrs["warm_start"] == "deployed" and trial.user_attrs["parent_study"] == "user-box-greedy"
 
 
 def test_changed_weights_or_data_are_new_originals(user_dir: Path, tmp_path: Path) -> None:

@@ -7,7 +7,6 @@ import json
 import shutil
 from pathlib import Path
 
-import numpy as np
 import optuna
 import pytest
 import torch
@@ -19,7 +18,6 @@ from searchmerge.prepare import prepare_study
 from searchmerge.sources import get_source
 from searchmerge.sources.base import SourceContext
 from searchmerge.study import open_study_file
-from searchmerge.workload import ModelSpec
 from tests import user_data
 
 STUDY = """

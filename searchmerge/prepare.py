@@ -76,12 +76,12 @@ def source_context(
     settings: StudySettings, *, study_path: str | Path | None = None, cache_dir: Path | None = None,
     seed: int | None = None,
 ) -> SourceContext:
-    """What the data sources of a study need: its folder, seed, image cache and top-level ``data:``."""
+    """What the data sources of a study need: its folder, seed, image cache, top-level ``data:`` and ``video:``."""
     return SourceContext(
         folder=Path(study_path).parent if study_path is not None else Path.cwd(),
         seed=settings.seed if seed is None else seed,
         cache_dir=cache_dir if settings.cache else None,
-        defaults={"image_size": settings.image_size, "channels": settings.channels},
+        defaults={"image_size": settings.image_size, "channels": settings.channels, "video": settings.video},
     )
 
 

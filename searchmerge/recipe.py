@@ -49,7 +49,8 @@ def pretrain(
         if key in weights:
             continue
         request = requests[name]
-        source = request.source.open({}, context, task=settings.pretrain_task)
+        options, task = request.source.pretraining(request.options, request.kind, settings.pretrain_task)
+        source = request.source.open(options, context, task=task)
         start = time.perf_counter()
         torch.manual_seed(settings.seed)
         model = ModelSpec(
@@ -60,7 +61,7 @@ def pretrain(
                     workers=settings.workers)
         metric = score(model, source.val, request.adapter, device=device, workers=settings.workers)
         weights[key] = {k: v.detach().to("cpu") for k, v in model.state_dict().items()}
-        say(f"pretrained {spec.arch} {dict(spec.kwargs)} on {settings.pretrain_task}: val {metric:.3f}"
+        say(f"pretrained {spec.arch} {dict(spec.kwargs)} on {source.description}: val {metric:.3f}"
             f" ({time.perf_counter() - start:.1f} s)")
     return weights
 

@@ -101,6 +101,9 @@ class StudySettings:
     drift_evaluator: EvaluatorSettings = field(default_factory=EvaluatorSettings)
     #: The edge box (``deploy:``): with it, the search maximises the simulated frames processed.
     deploy: DeploySettings | None = None
+    #: The footage of ``format: video`` models (the ``video:`` section: source, labels, split, ...),
+    #: checked by that source when it reads the footage.
+    video: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         check_target(self.target)
@@ -134,6 +137,7 @@ class StudySettings:
             evaluator=_section(EvaluatorSettings, evaluator, "evaluator"),
             drift_evaluator=_section(EvaluatorSettings, {**evaluator, **drift}, "drift_evaluator"),
             deploy=DeploySettings.from_document(document.get("deploy")),
+            video=_mapping(document.get("video") or {}, "video"),
         )
 
     def with_target(self, target: float | None) -> StudySettings:
@@ -160,6 +164,12 @@ def _number(value: Any, name: str) -> float:
         return float(value)
     except (TypeError, ValueError):
         raise SearchmergeError(f"{name} must be a number, got {value!r}") from None
+
+
+def _mapping(value: Any, name: str) -> dict[str, Any]:
+    if not isinstance(value, Mapping):
+        raise SearchmergeError(f"{name} must be a mapping, got {value!r}")
+    return dict(value)
 
 
 def _section(kind: type, values: Mapping[str, Any], name: str) -> Any:

@@ -26,7 +26,7 @@ DEFAULT_INPUT_SHAPE: tuple[int, ...] = (3, 224, 224)
 #: The top-level keys of a study file (docs/study-files.md); any other is refused as a typo.
 STUDY_KEYS = (
     "name", "models", "seed", "target", "storage", "data", "pretrain", "finetune", "evaluator", "drift_evaluator",
-    "drift", "deploy",
+    "drift", "deploy", "video",
 )
 #: The keys of one model's entry; ``task``, ``camera`` and ``data`` are kept in ``ModelSpec.options``.
 MODEL_KEYS = ("name", "arch", "factory", "kwargs", "weights", "input_shape", "task", "camera", "data")

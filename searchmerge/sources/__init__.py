@@ -1,5 +1,5 @@
 """Data sources by ``format`` name: image folders, YOLO and COCO detection sets, dataset
-factories, and the digits demo.
+factories, video footage with teacher labels, and the digits demo.
 
 A source is registered by name and imported on first use, so the pipeline never imports
 a particular source: a model's ``data: {format: NAME, ...}`` names one. A model without
@@ -38,6 +38,7 @@ _SOURCES: Registry[Source] = Registry("data format", Source, {
     "yolo": "searchmerge.sources.yolo:YoloSource",
     "coco": "searchmerge.sources.coco:CocoSource",
     "python": "searchmerge.sources.factory:FactorySource",
+    "video": "searchmerge.sources.video:VideoSource",
 })
 
 #: Register a data source: ``register_source("video", "mypkg.video:VideoSource")``.

@@ -100,7 +100,8 @@ class SourceContext:
         folder: Relative paths of a study file are relative to its folder.
         seed: The study's seed (a drift scenario's own, for its new footage).
         cache_dir: Where decoded and resized images are kept between runs (``None``: nowhere).
-        defaults: The study file's top-level ``data:`` section (e.g. the digits' image size).
+        defaults: The study file's top-level ``data:`` section (e.g. the digits' image size), and its
+            ``video:`` section under ``"video"`` (the footage of ``format: video`` models).
     """
 
     folder: Path
@@ -136,6 +137,14 @@ class Source(ABC):
     def task_kind(self, task: str) -> str | None:
         """The kind a task name of this source implies (the digits' ``parity``); ``None`` if none."""
         return None
+
+    def pretraining(self, options: Mapping[str, Any], kind: str, task: str) -> tuple[dict[str, Any], str]:
+        """The data options and task that pretrain the backbone of a model on ``options`` of task kind ``kind``.
+
+        ``task`` is the study's ``pretrain.task``; by default it is this source's task of that name,
+        with no options (the digits demo's ``digit``, through a neutral camera).
+        """
+        return {}, task
 
     def drifted(self, options: Mapping[str, Any], changes: Mapping[str, float]) -> dict[str, Any]:
         """``options`` with a drift scenario's camera ``changes`` applied."""

@@ -135,7 +135,7 @@ def data_fingerprint(data: Mapping[str, TaskData]) -> str:
 def prepare(
     workload: Workload,
     settings: StudySettings,
-    store: CheckpointStore,
+    store: CheckpointStore | Callable[[], CheckpointStore],
     *,
     force: bool = False,
     progress: Progress | None = None,
@@ -153,7 +153,9 @@ def prepare(
     Args:
         workload: Models with a ``task`` and their data each.
         settings: The study's settings (seed, data, recipe).
-        store: Where originals and baselines are kept.
+        store: Where originals and baselines are kept, or a function that opens it: it is
+            then opened only after every model was checked against its data, so bad input
+            leaves no database file behind.
         force: Prepare again even when stored originals exist.
         progress: Called with one line per step of long work.
         study_path: The study file the workload comes from: relative data paths start at its
@@ -176,6 +178,7 @@ def prepare(
     models = {spec.name: spec.build() for spec in workload.models}
     for name, model in models.items():
         check_fits(name, model, data[name], kinds[name])
+    store = store() if callable(store) else store
 
     baselines: dict[str, Baseline] = {}
 
@@ -267,7 +270,8 @@ class _Originals:
 
 def prepare_study(study: StudyFile, *, force: bool = False, progress: Progress | None = None) -> PreparedWorkload:
     """Store the originals of a study file and their baselines, or load them when they are stored."""
-    return prepare(study.workload, study.settings, study.store, force=force, progress=progress, study_path=study.path,
+    return prepare(study.workload, study.settings, lambda: study.store, force=force, progress=progress,
+                   study_path=study.path,
                    cache_dir=study.cache_dir)
 
 

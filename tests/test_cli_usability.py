@@ -206,3 +206,16 @@ def test_a_postgresql_storage_without_a_blob_folder_names_the_flag(
     error = capsys.readouterr().err
     assert "--blob-dir" in error and "blob_dir=" in error
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.yaml"]
+
+
+def test_a_model_that_does_not_fit_its_task_writes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Found only when the models are built, after the study file was read: still nothing on disk."""
+    wrong = TINY_STUDY.replace('small_vgg", kwargs: {num_classes: 2', 'small_vgg", kwargs: {num_classes: 5')
+    assert wrong != TINY_STUDY
+    (tmp_path / "bad.yaml").write_text(wrong)
+    monkeypatch.chdir(tmp_path)
+    assert main(["prepare", "bad.yaml"]) == 2
+    assert "searchmerge: error: model 'c'" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml"]

@@ -71,10 +71,10 @@ def default_storage(workload_name: str) -> str:
 def open_study_file(
     path: str | Path, *, storage: str | None = None, blob_dir: str | Path | None = None, target: float | None = None
 ) -> StudyFile:
-    """Load and validate a study file, then open the checkpoint store of its storage.
+    """Load and validate a study file; its checkpoint store opens when first used.
 
-    The store is opened last: it creates the SQLite file and the blob folder, which a
-    study file with an error must not leave behind.
+    Nothing is written here: a study file with an error leaves no SQLite file or blob
+    folder behind. A storage that needs a blob location and has none is refused now.
     """
     workload, document = load_study_file(path)
     settings = StudySettings.from_document(document).with_target(target)

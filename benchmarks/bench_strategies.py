@@ -88,7 +88,8 @@ def _open_evaluator(storage: str | None, threads: int | None = None):  # type: i
     import torch
 
     from searchmerge.evaluate import Evaluator
-    from searchmerge.study import open_study_file, prepare_study
+    from searchmerge.prepare import prepare_study
+    from searchmerge.study import open_study_file
 
     if threads:
         torch.set_num_threads(threads)

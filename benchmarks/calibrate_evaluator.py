@@ -204,10 +204,12 @@ def simulate(path: Path, top: int) -> None:
     print(f"{'agree':>6} {'ratio':>6} {'FR':>3} {'FA':>3}  rule")
     for agree, ratio, rejections, acceptances, rule in results[:top]:
         print(f"{100 * agree:>5.1f}% {ratio:>5.1f}x {rejections:>3} {acceptances:>3}  {rule}")
-    print("best ratio among rules with >= 95% agreement:")
-    good = sorted((r for r in results if r[0] >= 0.95), key=lambda item: -item[1])[:top]
-    for agree, ratio, rejections, acceptances, rule in good:
+    print("the Pareto frontier (no rule agrees more at a higher ratio):")
+    frontier = [r for r in results if not any(o[0] >= r[0] and o[1] > r[1] for o in results)]
+    for agree, ratio, rejections, acceptances, rule in sorted(frontier, key=lambda item: -item[1]):
         print(f"{100 * agree:>5.1f}% {ratio:>5.1f}x {rejections:>3} {acceptances:>3}  {rule}")
+    good = [r for r in results if r[0] >= 0.95 and r[1] >= 10]
+    print(f"rules with >= 95% agreement at >= 10x: {len(good)}")
 
 
 def main() -> None:

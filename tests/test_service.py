@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import uuid
 import warnings
 from pathlib import Path
 
@@ -285,7 +286,7 @@ POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
 def test_the_service_state_lives_in_postgresql_too(service: MergingService, tmp_path: Path) -> None:
     """Tokens, jobs (one per drift, whoever asks) and samples in PostgreSQL, as in SQLite."""
-    deployment = f"pg-{tmp_path.name}"  # a deployment of its own in the shared test database
+    deployment = f"pg-{uuid.uuid4().hex[:12]}"  # a deployment of its own: the shared test database outlives runs
     engine = open_engine(POSTGRES)
     token = create_edge_token(POSTGRES, deployment, "gate")
     assert authenticate(engine, deployment, token) == "gate"

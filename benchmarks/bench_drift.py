@@ -38,7 +38,7 @@ import optuna
 
 from searchmerge.report import format_table, megabytes
 from searchmerge.research import research
-from searchmerge.search import MergeSearch
+from searchmerge.search import MergeSearch, open_search
 from searchmerge.study import StudyFile, open_study_file
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -159,14 +159,14 @@ def main() -> None:
 
     study = open_study_file(args.study, storage=args.storage, blob_dir=args.blob_dir)
     start = time.perf_counter()
-    parent = MergeSearch(study, strategy=args.strategy, seed=args.seed, progress=say)
+    parent = open_search(study, strategy=args.strategy, seed=args.seed, progress=say)
     parent.run(args.parent_trials)  # resumed, not measured afresh: it is the given deployment
     outcomes: list[Outcome] = [outcome(parent, time.perf_counter() - start)]
     comparisons: list[list[str]] = []
     common = {"strategy": args.strategy, "seed": args.seed, "progress": say}
 
     def searched(target: StudyFile, name: str, scenario: str | None = None) -> MergeSearch:
-        search = MergeSearch(target, study_name=name, scenario=scenario, **common)  # type: ignore[arg-type]
+        search = open_search(target, study_name=name, scenario=scenario, **common)
         search.run(args.n_trials)
         return search
 

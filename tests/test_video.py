@@ -283,3 +283,23 @@ def test_the_shipped_campus_footage_decodes_to_795_frames_and_its_teacher_labels
     labels = read_frame_labels(campus / "campus-boxes.json", footage.frame_count, (footage.height, footage.width))
     assert labels.classes == ("person",) and labels.frames == tuple(range(795))
     assert sum(len(boxes) for boxes in labels.boxes.values()) == 2987
+
+
+def test_the_campus_study_file_is_valid_and_its_detector_can_share_with_a_mobilenet(tmp_path: Path) -> None:
+    from searchmerge.analysis.analyze import analyze
+    from searchmerge.model_data import model_request
+    from searchmerge.study import open_study_file
+    from searchmerge.workload import ModelSpec, Workload
+    from searchmerge.zoo import person_detector
+
+    study = open_study_file(ROOT / "studies" / "campus.yaml", storage=f"sqlite:///{tmp_path / 'campus.db'}")
+    assert {model_request(spec).kind for spec in study.workload.models} == {"classification", "detection"}
+    assert study.settings.video["source"] == "campus/campus.mp4"
+    detector = person_detector(min_size=48, max_size=64).train()
+    losses = detector([torch.rand(3, 48, 64)], [{"boxes": torch.tensor([[10.0, 8.0, 20.0, 30.0]]),
+                                                  "labels": torch.tensor([1])}])
+    assert set(losses) >= {"loss_classifier", "loss_box_reg", "loss_objectness"}
+    workload = Workload(models=(ModelSpec(name="people", module=detector),
+                                ModelSpec(name="count", arch="mobilenet_v3_small", kwargs={"num_classes": 3})))
+    shared = [g for g in analyze(workload).groups if g.models == ("people", "count")]
+    assert any(layer == "backbone.body.0.0" for g in shared for _, layer in g.members)

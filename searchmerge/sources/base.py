@@ -149,7 +149,7 @@ class Source(ABC):
     def drifted(self, options: Mapping[str, Any], changes: Mapping[str, float]) -> dict[str, Any]:
         """``options`` with a drift scenario's camera ``changes`` applied."""
         raise SearchmergeError(
-            "camera changes need a source that renders its images through a camera (format: digits); for other"
+            "camera changes need a source that renders its images through a camera (format: digits, video); for other"
             " data, give the drift scenario a data source of its own (models: {NAME: {data: {...}}})"
         )
 

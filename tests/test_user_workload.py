@@ -101,7 +101,8 @@ def test_every_command_runs_on_user_models_and_data(
     out = capsys.readouterr()
     for name in ("gate", "lobby", "street", "mine"):
         line = next(line for line in out.out.splitlines() if line.startswith(f"{name}: "))
-        assert float(line.split("val accuracy ")[1].split(",")[0]) > 0
+        assert float(line.split("val ")[1].split(",")[0]) > 0
+        assert line.split(",")[1].split("(")[0].strip().endswith("mAP@0.5" if name == "street" else "top-1 accuracy")
     assert "street as given (YOLO data" in out.err and "mAP@0.5" in out.err
     assert not any(line.startswith(("pretrained", "fine-tuned")) for line in out.err.splitlines())
     assert (work / "user-box.db.checkpoints.data-cache").is_dir()  # decoded images kept beside the store

@@ -73,7 +73,8 @@ def compare(cheap: Evaluator, full: Evaluator, plans: list[SharingPlan], seed: i
             f"  {verdict[fast.feasible]:>10} {fast.cost.seconds:>6.1f} {fast.stop_reason:>9}"
             f"  {verdict[slow.feasible]:>10} {slow.cost.seconds:>6.1f}  {'yes' if same else 'NO'}"
             f"  (worst ratio cheap {fast.worst_ratio:.3f}, full {slow.worst_ratio:.3f};"
-            f" cheap curve {' '.join(f'{r:.2f}' for r in fast.curve)})",
+            f" cheap curve {' '.join(f'{r:.2f}' for r in fast.curve)};"
+            f" full per model {' '.join(f'{m.name} {m.ratio:.2f}' for m in slow.models)})",
             flush=True,
         )
     _summary(f"plan seed {seed}", totals)

@@ -11,12 +11,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from searchmerge.cli import main
 from searchmerge.errors import SearchmergeError
 from searchmerge.sources import format_names, get_source, subsample
 from searchmerge.sources.base import SourceContext, subsample_indices
 from searchmerge.sources.images import ImageReader
-from searchmerge.store import CheckpointStore
+from tests.bad_input_support import assert_prepare_refuses
 from tests import user_data
 
 
@@ -174,15 +173,7 @@ BAD_INPUTS = [
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(
     breaks, message: str, bad_base: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]  # type: ignore[no-untyped-def]
 ) -> None:
-    folder = tmp_path / "study"
-    shutil.copytree(bad_base, folder)
-    breaks(folder)
-    storage = f"sqlite:///{folder / 'bad.db'}"
-    assert main(["prepare", str(folder / "bad.yaml"), "--storage", storage]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith("searchmerge: error: ") and message.format(f=folder) in err[-1], err[-1]
-    if (folder / "bad.db").exists():  # opened to look for stored originals: then nothing was stored
-        assert CheckpointStore.for_storage(storage).list() == []
+    assert_prepare_refuses(bad_base, "bad.yaml", breaks, message, tmp_path, capsys)
 
 
 def test_an_unusable_source_is_refused_with_its_name() -> None:

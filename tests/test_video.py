@@ -22,6 +22,7 @@ from searchmerge.sources.base import SourceContext
 from searchmerge.sources.frame_labels import read_frame_labels
 from searchmerge.sources.frames import Footage
 from searchmerge.store import CheckpointStore
+from tests.bad_input_support import assert_prepare_refuses
 
 ROOT = Path(__file__).resolve().parents[1]
 WIDTH, HEIGHT, FRAMES = 64, 48, 30
@@ -263,16 +264,7 @@ BAD_INPUTS = [
 def test_bad_input_is_one_line_exit_2_and_stores_nothing(
     breaks, message: str, study_base: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]  # type: ignore[no-untyped-def]
 ) -> None:
-    folder = tmp_path / "study"
-    shutil.copytree(study_base, folder)
-    breaks(folder)
-    storage = f"sqlite:///{folder / 'walk.db'}"
-    assert main(["prepare", str(folder / "walk.yaml"), "--storage", storage]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith("searchmerge: error: ") and message.format(f=folder) in err[-1], err
-    assert not any("Traceback" in line for line in err)
-    if (folder / "walk.db").exists():  # opened to look for stored originals: then nothing was stored
-        assert CheckpointStore.for_storage(storage).list() == []
+    assert_prepare_refuses(study_base, "walk.yaml", breaks, message, tmp_path, capsys)
 
 
 def test_the_shipped_campus_footage_decodes_to_795_frames_and_its_teacher_labels_load() -> None:

@@ -238,6 +238,25 @@ def test_an_edge_killed_during_a_switch_restarts_on_a_complete_verified_version(
     assert current_version(engine, study.workload.name).version == 1
 
 
+#: Frames per model that the new version serves before the end-to-end test compares accuracies
+#: (with a handful, one wrong frame decided the comparison).
+V2_FRAMES = 60
+
+
+def _frames_served(state: Path, *, version: int, at_least: int) -> bool:
+    """Whether every model has written ``at_least`` predictions of ``version`` (complete lines only)."""
+    path = state / "predictions.jsonl"
+    if not path.exists():
+        return False
+    counts: dict[str, int] = {}
+    for line in path.read_text().splitlines(keepends=True):
+        if line.endswith("\n") and '"prediction"' in line:
+            record = json.loads(line)
+            if record["version"] == version:
+                counts[record["model"]] = counts.get(record["model"], 0) + 1
+    return len(counts) == 3 and min(counts.values()) >= at_least
+
+
 def test_drift_injected_at_the_edge_is_repaired_by_a_new_version_end_to_end(
     prepared_tiny: Path, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
 ) -> None:
@@ -256,6 +275,9 @@ def test_drift_injected_at_the_edge_is_repaired_by_a_new_version_end_to_end(
     try:
         final = wait_for(lambda: (h := health(metrics)) and h["version"] == 2 and h, alive=edge,
                          what="the new version to be served", log=log)
+        # Enough night frames of version 2 that the accuracy comparison below is not a coin toss.
+        wait_for(lambda: _frames_served(state, version=2, at_least=V2_FRAMES), alive=edge,
+                 what=f"{V2_FRAMES} frames of version 2 per model", log=log)
         status = httpx.get(f"http://127.0.0.1:{port}/v1/edges/gate/status",
                            headers={"Authorization": f"Bearer {token}"}).json()
     finally:

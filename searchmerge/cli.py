@@ -75,15 +75,13 @@ def _open_study(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from searchmerge.model_data import model_request
     from searchmerge.prepare import prepare_study
-    from searchmerge.tasks import get_kind
 
     study = _open_study(args)
     prepared = prepare_study(study, force=args.force, progress=_say)
-    metrics = {spec.name: get_kind(model_request(spec).kind).metric_name for spec in study.workload.models}
     for name, baseline in prepared.baselines.items():
-        print(f"{name}: val {baseline.val_accuracy:.3f}, test {baseline.test_accuracy:.3f} {metrics[name]}"
+        print(f"{name}: val {baseline.val_accuracy:.3f}, test {baseline.test_accuracy:.3f}"
+              f" {prepared.kinds[name].metric_name}"
               f" (checkpoint {baseline.checkpoint_id})")
     print(f"originals stored in {study.storage}")
     return 0

@@ -271,8 +271,7 @@ class _Originals:
 def prepare_study(study: StudyFile, *, force: bool = False, progress: Progress | None = None) -> PreparedWorkload:
     """Store the originals of a study file and their baselines, or load them when they are stored."""
     return prepare(study.workload, study.settings, lambda: study.store, force=force, progress=progress,
-                   study_path=study.path,
-                   cache_dir=study.cache_dir)
+                   study_path=study.path, cache_dir=study.cache_dir)
 
 
 def _load_original(

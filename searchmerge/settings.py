@@ -173,8 +173,7 @@ def _mapping(value: Any, name: str) -> dict[str, Any]:
 
 
 def _section(kind: type, values: Mapping[str, Any], name: str) -> Any:
-    if not isinstance(values, Mapping):
-        raise SearchmergeError(f"{name} must be a mapping, got {values!r}")
+    values = _mapping(values, name)
     known = {f.name: f.type for f in dataclasses.fields(kind)}
     check_keys(name, values, known)
     defaults = kind()

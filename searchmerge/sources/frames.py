@@ -23,7 +23,7 @@ import numpy as np
 
 from searchmerge.errors import SearchmergeError
 from searchmerge.sources.base import file_identity
-from searchmerge.sources.images import _save_atomic, image_files, image_size_of
+from searchmerge.sources.images import decode_image, image_files, image_size_of, save_cache_entry
 
 __all__ = ["Crops", "Footage", "PixelBox"]
 
@@ -119,7 +119,7 @@ class Footage:
             )
         array = np.stack(pixels)
         if cached is not None:
-            _save_atomic(cached, array)
+            save_cache_entry(cached, array)
         return Crops(array)
 
 
@@ -150,13 +150,7 @@ class Crops:
 
 
 def _read_image(path: Path, height: int, width: int) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as image:
-            pixels = np.asarray(image.convert("RGB"), dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise SearchmergeError(f"frame {str(path)!r} does not decode: {exc}") from None
+    pixels = decode_image(path, what="frame")
     if pixels.shape[:2] != (height, width):
         raise SearchmergeError(
             f"frame {str(path)!r} is {pixels.shape[1]}x{pixels.shape[0]}, but the first frame of its folder is"

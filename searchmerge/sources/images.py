@@ -81,20 +81,11 @@ class ImageReader:
                 pass  # a damaged cache entry is decoded again and rewritten
         pixels = self._decode(path)
         if cached is not None:
-            _save_atomic(cached, pixels)
+            save_cache_entry(cached, pixels)
         return pixels
 
     def _decode(self, path: Path) -> np.ndarray:
-        from PIL import Image, UnidentifiedImageError
-
-        try:
-            with Image.open(path) as image:
-                image = image.convert("RGB")
-                if self.size is not None and image.size != (self.size[1], self.size[0]):
-                    image = image.resize((self.size[1], self.size[0]), Image.Resampling.BILINEAR)
-                return np.asarray(image, dtype=np.uint8).copy()
-        except (UnidentifiedImageError, OSError, ValueError) as exc:
-            raise SearchmergeError(f"image {str(path)!r} does not decode: {exc}") from None
+        return decode_image(path, self.size)
 
     def _cache_path(self, path: Path) -> Path | None:
         if self.cache_dir is None:
@@ -108,7 +99,24 @@ class ImageReader:
         return self.cache_dir / name[:2] / f"{name}.npy"
 
 
-def _save_atomic(path: Path, pixels: np.ndarray) -> None:
+def decode_image(path: Path, size: tuple[int, int] | None = None, what: str = "image") -> np.ndarray:
+    """An image file's 8-bit RGB pixels (H x W x 3), resized to ``size`` (height, width) when given.
+
+    A file that does not decode is one line naming it, as ``what`` (an image, a video's frame).
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image = image.convert("RGB")
+            if size is not None and image.size != (size[1], size[0]):
+                image = image.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+            return np.asarray(image, dtype=np.uint8).copy()
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise SearchmergeError(f"{what} {str(path)!r} does not decode: {exc}") from None
+
+
+def save_cache_entry(path: Path, pixels: np.ndarray) -> None:
     """Write a cache entry through a temporary file and a rename: readers never see half of one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".tmp")

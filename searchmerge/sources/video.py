@@ -254,10 +254,11 @@ class VideoSource(Source):
         size = image_size_option(merged.get("image_size"), where)
         height, width = size or (box[3] - box[1], box[2] - box[0])
         counted = _Counted(labels, [labels.classes.index(name) for name in wanted], box, footage)
+        found = [counted.inside(int(f)) for f in frames]
         bins = _bins(merged.get("bins"), where)
         if query == "count" and bins is None:
-            bins = list(range(1 + max(len(counted.inside(int(f))[0]) for f in frames)))
-        targets = [counted.target(int(f), query, bins, (height, width)) for f in frames]
+            bins = list(range(1 + max(len(boxes) for boxes, _ in found)))
+        targets = [counted.target(boxes, classes, query, bins, (height, width)) for boxes, classes in found]
         look = Look.from_options(merged.get("camera"), where)
         crops = footage.crops(box, size, frames.tolist(), context.cache_dir)
         splits = {
@@ -301,8 +302,10 @@ class _Counted:
         keep &= (centre_x >= left) & (centre_x < right) & (centre_y >= top) & (centre_y < bottom)
         return boxes[keep], np.asarray([self.classes.index(int(c)) for c in found[keep]], dtype=np.int64)
 
-    def target(self, frame: int, query: str, bins: list[int] | None, size: tuple[int, int]) -> Any:
-        boxes, classes = self.inside(frame)
+    def target(
+        self, boxes: np.ndarray, classes: np.ndarray, query: str, bins: list[int] | None, size: tuple[int, int]
+    ) -> Any:
+        """The label of a frame whose boxes in the region (from :meth:`inside`) are ``boxes`` of ``classes``."""
         if query == "presence":
             return int(len(boxes) > 0)
         if query == "count":

@@ -6,8 +6,11 @@ For the plans none, all, and random plans (each group shared with probability
 1/2, seeded), it runs
 - the cheap evaluator: the study's settings (subsample, early exit on success
   and on hopeless failure), and
-- full retraining: all training data, the same epoch budget, no early exit,
-  feasible if every model meets its target at the end,
+- full retraining: all training data, the same epoch budget and checks, never given up
+  as hopeless, and judged (``--full``) either at the end of the budget (``end``, the
+  default) or at the first check where every model meets its target (``first-pass``:
+  early stopping on validation, which footage needs: trained on, models fitted to a few
+  hundred early frames drift away from the later validation frames),
 and prints per plan both verdicts and times, then per plan seed and over all of them
 the agreement, false rejections (plans full retraining makes feasible that the cheap
 evaluator gives up) and false acceptances, and the ratio of total times, measured side by
@@ -28,6 +31,7 @@ from pathlib import Path
 from searchmerge.evaluate import Evaluator
 from searchmerge.prepare import PreparedWorkload, prepare_study
 from searchmerge.search import open_search
+from searchmerge.settings import StudySettings
 from searchmerge.space import SharingPlan
 from searchmerge.study import StudyFile, open_study_file
 
@@ -89,12 +93,20 @@ def _summary(title: str, t: dict[str, float]) -> None:
           f" feasible: cheap {t['cheap_feasible']:.0f}, full {t['full_feasible']:.0f}", flush=True)
 
 
-def greedy_savings(study: StudyFile, prepared: PreparedWorkload, trials: int, storage: str) -> None:
+def full_retraining(settings: StudySettings, judged: str) -> StudySettings:
+    """The study's settings as full retraining: all data, never hopeless, judged at the ``end`` or the ``first-pass``."""
+    if judged == "end":
+        return settings.with_evaluator(fraction=1.0, early_exit=False)
+    # Success still stops it; a plan is never given up before the budget ends.
+    return settings.with_evaluator(fraction=1.0, early_exit=True, min_checks=10**9)
+
+
+def greedy_savings(study: StudyFile, prepared: PreparedWorkload, trials: int, storage: str, judged: str) -> None:
     """The best feasible saving of a greedy search judged by the cheap evaluator, and of one judged by full retraining.
 
     A false rejection costs memory: a plan wrongly given up is one the search cannot build on.
     """
-    full_study = dataclasses.replace(study, settings=study.settings.with_evaluator(fraction=1.0, early_exit=False))
+    full_study = dataclasses.replace(study, settings=full_retraining(study.settings, judged))
     results = {}
     for label, judged_by in (("cheap evaluator", study), ("full retraining", full_study)):
         search = open_search(judged_by, prepared=prepared, strategy="greedy", study_name=f"greedy-{label}")
@@ -115,6 +127,8 @@ def main() -> None:
     parser.add_argument("--seeds", default="0", help="comma-separated plan seeds (they also seed the retraining)")
     parser.add_argument("--greedy-trials", type=int, default=0,
                         help="also run a greedy search of N trials judged by each evaluator and compare their savings")
+    parser.add_argument("--full", choices=("end", "first-pass"), default="end",
+                        help="judge full retraining at the end of its budget, or at the first check where all pass")
     parser.add_argument("--storage", default=None)
     args = parser.parse_args()
 
@@ -127,10 +141,11 @@ def main() -> None:
 
     settings = study.settings
     cheap = Evaluator(prepared, settings.evaluator, settings.target)
-    full_settings = settings.with_evaluator(fraction=1.0, early_exit=False).evaluator
+    full_settings = full_retraining(settings, args.full).evaluator
     full = Evaluator(prepared, full_settings, settings.target, analysis=cheap.analysis)
     names = [g.name for g in cheap.analysis.groups]
-    print(f"target {settings.target}, {len(names)} groups, evaluator {settings.evaluator}")
+    print(f"target {settings.target}, {len(names)} groups, evaluator {settings.evaluator};"
+          f" full retraining judged at the {args.full}")
 
     overall: dict[str, float] = {}
     for seed in (int(part) for part in args.seeds.split(",")):
@@ -138,7 +153,7 @@ def main() -> None:
             overall[key] = overall.get(key, 0) + value
     _summary(f"all plan seeds ({args.seeds})", overall)
     if args.greedy_trials:
-        greedy_savings(study, prepared, args.greedy_trials, storage)
+        greedy_savings(study, prepared, args.greedy_trials, storage, args.full)
 
 
 if __name__ == "__main__":

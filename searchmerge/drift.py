@@ -246,6 +246,10 @@ def scenario_data(
 def drifted_workload(study: StudyFile, prepared: PreparedWorkload, scenario: str) -> PreparedWorkload:
     """``prepared`` with the scenario's data; originals and baselines unchanged.
 
+    The baselines stay those measured on the original data (a ratio says how much of its
+    original accuracy a model keeps on the new footage), so an unchanged original is no
+    longer assumed to meet them: the evaluator scores it.
+
     The drifted data must fit every model as the original data did (same kind, same
     classes), or merged models could not be scored on it.
     """
@@ -257,4 +261,6 @@ def drifted_workload(study: StudyFile, prepared: PreparedWorkload, scenario: str
                 f"drift scenario {scenario!r}: {new.description} for model {name!r} is {new.kind} data with"
                 f" {new.num_classes} classes, but the model's data is {original.kind} with {original.num_classes}"
             )
-    return dataclasses.replace(prepared, data=data, data_fingerprint=data_fingerprint(data))
+    measured_on = prepared.baseline_data_fingerprint or prepared.data_fingerprint
+    return dataclasses.replace(prepared, data=data, data_fingerprint=data_fingerprint(data),
+                               baseline_data_fingerprint=measured_on)

@@ -415,10 +415,12 @@ class _Scoreboard:
         self.evaluator, self.merged, self.train, self.touched, self.frozen = evaluator, merged, train, touched, frozen
         self.target, self.settings, self.kept_norms = evaluator.target, evaluator.settings, kept_norms
         # Each model's measured ratios as (check, ratio). A model whose weights are still
-        # exactly the ones its baseline was measured with scores 1 without being run.
-        originals = evaluator.prepared.models
+        # exactly the ones its baseline was measured with scores 1 without being run, on the
+        # data the baseline was measured on (on a drift scenario's data it must be scored).
+        prepared = evaluator.prepared
         self.curves: dict[str, list[tuple[int, float]]] = {
-            name: [(0, 1.0)] if _same_weights(model, originals[name]) else [] for name, model in merged.items()
+            name: [(0, 1.0)] if prepared.on_baseline_data and _same_weights(model, prepared.models[name]) else []
+            for name, model in merged.items()
         }
 
     def score(self, check: int, *, everyone: bool) -> dict[str, float]:

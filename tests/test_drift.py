@@ -14,11 +14,14 @@ from searchmerge.cli import main
 from searchmerge.drift import (
     BUILTIN_SCENARIOS,
     drifted_data,
+    drifted_workload,
     scenarios,
 )
 from searchmerge.drift_check import drift_check
 from searchmerge.errors import SearchmergeError
 from searchmerge.drift import scenario_data
+from searchmerge.evaluate import Evaluator
+from searchmerge.prepare import prepare_study
 from searchmerge.research import WARM_ATTR, research
 from searchmerge.search import load_search, open_search
 from searchmerge.sources.digits import CameraCondition, drift_camera
@@ -103,6 +106,27 @@ def test_drifted_data_is_new_deterministic_and_fits(parent: StudyFile) -> None:
     partial = drifted_data(parent, "b-moved")
     assert partial["a"].fingerprint != original["a"].fingerprint  # own splits for every camera
     assert partial["a"].camera == original["a"].camera and partial["b"].camera != original["b"].camera
+
+
+def test_on_drifted_data_an_unchanged_original_is_scored_not_assumed_to_meet_its_baseline(parent: StudyFile) -> None:
+    """Sharing nothing keeps the originals, which on clean data score their baselines by definition;
+    on a scenario's data they must be scored (night takes the tiny models below their targets)."""
+    prepared = prepare_study(parent)
+    assert prepared.on_baseline_data
+    night = drifted_workload(parent, prepared, "night")
+    assert not night.on_baseline_data and not drifted_workload(parent, night, "rain").on_baseline_data
+    settings = dataclasses.replace(parent.settings.evaluator, max_epochs=1)
+    clean, _ = Evaluator(prepared, settings, parent.settings.target).evaluate(SharingPlan.of([]))
+    assert clean.feasible and all(m.ratio == 1.0 for m in clean.models)
+    dark, _ = Evaluator(night, settings, parent.settings.target).evaluate(SharingPlan.of([]))
+    device = default_device()
+    before_retraining = min(  # the first check scores the originals on the night frames
+        score(prepared.models[n].to(device), night.data[n].val, get_kind("classification"), device=device)
+        / prepared.baselines[n].val_accuracy
+        for n in prepared.models
+    )
+    assert dark.curve[0] == pytest.approx(before_retraining, abs=1e-6)
+    assert before_retraining < parent.settings.target, "night should take some original below its target"
 
 
 def test_drift_check_equals_a_direct_evaluation(parent: StudyFile, capsys: pytest.CaptureFixture[str]) -> None:

@@ -261,6 +261,4 @@ def drifted_workload(study: StudyFile, prepared: PreparedWorkload, scenario: str
                 f"drift scenario {scenario!r}: {new.description} for model {name!r} is {new.kind} data with"
                 f" {new.num_classes} classes, but the model's data is {original.kind} with {original.num_classes}"
             )
-    measured_on = prepared.baseline_data_fingerprint or prepared.data_fingerprint
-    return dataclasses.replace(prepared, data=data, data_fingerprint=data_fingerprint(data),
-                               baseline_data_fingerprint=measured_on)
+    return dataclasses.replace(prepared, data=data, data_fingerprint=data_fingerprint(data))

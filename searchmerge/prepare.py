@@ -70,14 +70,14 @@ class PreparedWorkload:
     data_fingerprint: str
     #: Each model's task adapter: how it is batched, trained, scored and recalibrated.
     kinds: Mapping[str, TaskKind]
-    #: The fingerprint of the data the baselines were measured on (``None``: ``data``'s own).
-    #: A drift scenario's data has another: an original scores less on it than its baseline.
-    baseline_data_fingerprint: str | None = None
+    #: The fingerprint of the data the baselines were measured on: ``data_fingerprint`` when
+    #: prepared; a drift scenario's data has another (an original scores less on it).
+    baseline_data_fingerprint: str
 
     @property
     def on_baseline_data(self) -> bool:
         """Whether ``data`` is the data the baselines were measured on, so an original scores its baseline."""
-        return self.baseline_data_fingerprint in (None, self.data_fingerprint)
+        return self.baseline_data_fingerprint == self.data_fingerprint
 
 
 def source_context(
@@ -223,7 +223,7 @@ def prepare(
 
     for model in models.values():
         model.eval()
-    return PreparedWorkload(workload, settings, data, models, baselines, fingerprint, data_print, kinds)
+    return PreparedWorkload(workload, settings, data, models, baselines, fingerprint, data_print, kinds, data_print)
 
 
 @dataclass(frozen=True)

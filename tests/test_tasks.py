@@ -121,7 +121,7 @@ def test_a_detector_and_a_classifier_sharing_a_backbone_retrain_jointly(tmp_path
     models = {"street": user_data.tiny_detector(), "mine": user_data.tiny_classifier()}
     kinds = {"street": get_kind("detection"), "mine": get_kind("classification")}
     prepared = PreparedWorkload(workload, StudySettings(), data, models,
-                                {n: Baseline(1.0, 1.0, "none") for n in models}, "wl", "data", kinds)
+                                {n: Baseline(1.0, 1.0, "none") for n in models}, "wl", "data", kinds, "data")
     analysis = analyze(workload, built=models)
     shared = [g.name for g in analysis.groups if set(g.models) == {"street", "mine"}]
     assert {"backbone.conv1", "backbone.conv2", "backbone.conv3"} <= set(shared)

@@ -37,6 +37,8 @@ from searchmerge.analysis import ShareableGroup, analyze
 from searchmerge.analysis.layers import shareable_tensors
 from searchmerge.drift import get_scenario
 from searchmerge.errors import SearchmergeError
+from searchmerge.evaluate import Evaluation
+from searchmerge.feasibility import constraint_value, is_feasible
 from searchmerge.prepare import prepare_study
 from searchmerge.progress import Progress
 from searchmerge.search import MergeSearch, WarmStart, constraint_of, deployed_plan, load_search, open_search
@@ -55,6 +57,7 @@ __all__ = [
     "prior_records",
     "research",
     "start_models",
+    "trial_evaluation",
 ]
 
 #: Trial user attribute marking the re-search's own first trials: ``deployed`` or ``backoff``.
@@ -241,10 +244,27 @@ def prior_records(parent: MergeSearch, study: StudyFile) -> list[PlanRecord]:
     ]
 
 
-def failing_models(trial: FrozenTrial, target: float) -> list[str]:
-    """Models whose accuracy ratio in ``trial`` is below ``target``."""
-    prefix = "ratio:"
-    return sorted(k[len(prefix):] for k, v in trial.user_attrs.items() if k.startswith(prefix) and v < target)
+def failing_models(evaluation: Evaluation) -> list[str]:
+    """Models that miss the target in ``evaluation``, by the one feasibility rule.
+
+    Each model is judged on every ratio measured for it (validation, and test where a
+    marginal pass was confirmed), exactly, so a model the plan failed for is never read
+    as passing: an infeasible plan always names some failing model, and the back-off
+    goes on from it.
+    """
+    return sorted(
+        m.name for m in evaluation.models if not is_feasible(constraint_value(evaluation.target, m.ratios))
+    )
+
+
+def trial_evaluation(search: MergeSearch, trial: FrozenTrial) -> Evaluation:
+    """The evaluation a finished trial recorded, from the checkpoint it names.
+
+    The trial's ``ratio:`` attributes are validation ratios rounded for display, without
+    the test-split confirmation; the store keeps the evaluation itself with the weights.
+    """
+    record = search.study_file.store.record(str(trial.user_attrs["checkpoint"]))
+    return Evaluation.from_dict(search.space.plan_from_params(trial.params), record.metadata["evaluation"])
 
 
 def back_off(plan: SharingPlan, failing: list[str], space: SearchSpace) -> SharingPlan | None:
@@ -278,7 +298,7 @@ def next_warm_plan(search: MergeSearch, start: SharingPlan) -> tuple[SharingPlan
     if trial_feasible(last, constraint_of):
         return None
     plan = search.space.plan_from_params(last.params)
-    smaller = back_off(plan, failing_models(last, search.study_file.settings.target), search.space)
+    smaller = back_off(plan, failing_models(trial_evaluation(search, last)), search.space)
     return (smaller, "backoff") if smaller is not None else None
 
 

@@ -22,7 +22,7 @@ from searchmerge.errors import SearchmergeError
 from searchmerge.drift import scenario_data
 from searchmerge.evaluate import Evaluator
 from searchmerge.prepare import prepare_study
-from searchmerge.research import WARM_ATTR, research
+from searchmerge.research import WARM_ATTR, failing_models, research, trial_evaluation
 from searchmerge.search import load_search, open_search
 from searchmerge.sources.digits import CameraCondition, drift_camera
 from searchmerge.space import SharingPlan
@@ -197,7 +197,7 @@ def test_research_revalidates_backs_off_records_lineage_and_resumes(
         assert WARM_ATTR not in trials[1].user_attrs
     else:  # backed off: a smaller plan, without some group a failing model took part in
         second = search.space.plan_from_params(trials[1].params)
-        failing = {k[6:] for k, v in first.user_attrs.items() if k.startswith("ratio:") and v < 0.9}
+        failing = set(failing_models(trial_evaluation(search, first)))
         dropped = deployed.plan.shared - second.shared
         assert second.shared < deployed.plan.shared and dropped
         assert all(set(search.space.group(g).models) & failing for g in dropped)

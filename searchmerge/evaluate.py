@@ -349,6 +349,7 @@ def merged_key(
     seed: int,
     start_checkpoint: str | None = None,
     frozen: Collection[str] = (),
+    pruned_after_steps: int | None = None,
 ) -> CheckpointKey:
     """The checkpoint key of a plan's merged weights: everything that determines them.
 
@@ -357,14 +358,23 @@ def merged_key(
     settings, the checkpoint retraining started from (a re-search) and the frozen models.
     The same evaluation asked again finds its record; any other gets a record of its own,
     so a stored record is never replaced and every trial's checkpoint id keeps resolving.
+
+    An evaluation that an Optuna pruner stopped is not determined by those alone: where
+    it stopped depends on the pruner and on the other trials. Its partially trained
+    weights get a key of their own (``pruned_after_steps``: the steps trained before the
+    stop), so the key without it only ever holds a complete evaluation; otherwise the
+    same plan evaluated in full later would find the pruned record in its place, and
+    records are never replaced.
     """
-    determined = {
+    determined: dict[str, Any] = {
         "seed": seed,
         "target": target,
         "evaluator": asdict(settings),
         "start_checkpoint": start_checkpoint,
         "frozen": sorted(frozen),
     }
+    if pruned_after_steps is not None:  # absent otherwise, so complete evaluations keep their stored keys
+        determined["pruned_after_steps"] = pruned_after_steps
     return CheckpointKey(
         prepared.workload_fingerprint, plan.plan_hash, prepared.data_fingerprint, "merged", variant_of(determined)
     )

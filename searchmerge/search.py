@@ -48,7 +48,7 @@ from searchmerge.progress import Progress
 from searchmerge.runtime.objective import DeployObjective
 from searchmerge.settings import EvaluatorSettings
 from searchmerge.space import GroupInfo, SearchSpace, SharingPlan
-from searchmerge.strategies import make_sampler, trial_feasible
+from searchmerge.strategies import SAVED_BYTES_OBJECTIVE, make_sampler, trial_feasible
 from searchmerge.study import StudyFile
 
 __all__ = [
@@ -65,8 +65,8 @@ __all__ = [
     "searchmerge_studies",
 ]
 
-#: The name the dashboard shows for the objective.
-OBJECTIVE_NAME = "bytes saved"
+#: The name the dashboard shows for the objective (the samplers read it: see ``maximises_saved_bytes``).
+OBJECTIVE_NAME = SAVED_BYTES_OBJECTIVE
 #: ... and with a ``deploy:`` section (memory-aware search), where it is the simulated share of frames.
 DEPLOY_OBJECTIVE_NAME = "frames processed (share, ties by bytes saved)"
 
@@ -391,15 +391,22 @@ class MergeSearch:
             raise _SurplusTrial(f"{len(ahead)} trials already finished or running for a study of {n_trials}")
 
     def _evaluate(self, plan: SharingPlan, trial: optuna.Trial) -> tuple[Evaluation, str, bool]:
-        """The plan's evaluation, its checkpoint id, and whether it came from the store."""
+        """The plan's evaluation, its checkpoint id, and whether it came from the store.
+
+        Only a complete evaluation is looked up and reused: one an Optuna pruner stopped was
+        not judged, so its plan is evaluated again, and its weights are stored under a key of
+        their own (see :func:`~searchmerge.evaluate.merged_key`), never under the key the full
+        evaluation of the same plan is stored under.
+        """
         frozen = self.warm_start.frozen_for(plan) if self.warm_start is not None else frozenset()
-        key = merged_key(
-            self.prepared, plan, target=self.evaluator.target, settings=self.evaluator_settings, seed=self.seed,
-            start_checkpoint=self.warm_start.parent_checkpoint if self.warm_start is not None else None,
+        key_of = functools.partial(
+            merged_key, self.prepared, plan, target=self.evaluator.target, settings=self.evaluator_settings,
+            seed=self.seed, start_checkpoint=self.warm_start.parent_checkpoint if self.warm_start is not None else None,
             frozen=frozen,
         )
-        record = self.study_file.store.find(key)
-        # A plan an Optuna pruner stopped was not judged: it is evaluated again.
+        record = self.study_file.store.find(key_of())
+        # A store written before pruned evaluations had keys of their own may hold one here: it is no
+        # result, so the plan is evaluated again (though a full run is then stored as that record).
         if record is not None and record.metadata["evaluation"]["stop_reason"] != "pruned":
             return Evaluation.from_dict(plan, record.metadata["evaluation"]), record.id, True
 
@@ -412,6 +419,8 @@ class MergeSearch:
             plan, seed=self.seed, report=report, start_from=start_from, frozen=frozen
         )
         metadata = {"evaluation": evaluation.to_dict(), "evaluated_with": {**self._identity(), "seed": self.seed}}
+        pruned = evaluation.stop_reason == "pruned"
+        key = key_of(pruned_after_steps=evaluation.cost.steps) if pruned else key_of()
         checkpoint = self.study_file.store.put(key, merged_state(merged), metadata)
         return evaluation, checkpoint, False
 

@@ -397,3 +397,38 @@ def test_export_command(tiny: tuple[Path, str], tmp_path: Path, capsys: pytest.C
     open_search(open_study_file(path, storage=storage), strategy="random", study_name="empty")
     assert main(["export", str(path), "--storage", storage, "--study-name", "empty", "--out", str(tmp_path / "x")]) == 2
     assert "has no feasible plan yet" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+class _PruneTrialZero(optuna.pruners.BasePruner):
+    """Stops trial 0 at its first failing check and never any other trial."""
+
+    def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+        return trial.number == 0
+
+
+def test_a_plan_pruned_then_evaluated_in_full_points_to_the_full_runs_weights(tiny: tuple[Path, str]) -> None:
+    """Issue 21: the pruned weights of a plan must not answer for its later full evaluation."""
+    import torch
+
+    path, storage = tiny
+    study = open_study_file(path, storage=storage)
+    search = open_search(study, strategy="random", study_name="pruned-then-full", pruner=_PruneTrialZero())
+    everything = search.space.params_from_plan(SharingPlan.of(search.space.names))  # fails early: prunable
+    search.optuna_study.enqueue_trial(everything)
+    search.optuna_study.enqueue_trial(everything)
+    search.run(2)
+    pruned, full = search.optuna_study.trials[:2]
+    assert pruned.state == optuna.trial.TrialState.PRUNED and pruned.user_attrs["stop_reason"] == "pruned"
+    assert full.state == optuna.trial.TrialState.COMPLETE and full.user_attrs["stop_reason"] != "pruned"
+    assert full.user_attrs["from_store"] is False  # a pruned record is never a cached result
+
+    # Each trial's record holds its own evaluation: the full run's metrics with the full run's weights.
+    assert full.user_attrs["checkpoint"] != pruned.user_attrs["checkpoint"]
+    for trial in (pruned, full):
+        stored = study.store.record(trial.user_attrs["checkpoint"]).metadata["evaluation"]
+        assert stored["stop_reason"] == trial.user_attrs["stop_reason"]
+        assert stored["cost"]["steps"] == trial.user_attrs["cost_steps"]
+    assert full.user_attrs["cost_steps"] > pruned.user_attrs["cost_steps"]
+    pruned_weights = study.store.load(pruned.user_attrs["checkpoint"])
+    full_weights = study.store.load(full.user_attrs["checkpoint"])
+    assert any(not torch.equal(pruned_weights[name], full_weights[name]) for name in full_weights)

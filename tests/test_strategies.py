@@ -455,3 +455,33 @@ def test_surrogate_prior_records_inform_the_classifier_but_are_not_tried() -> No
     assert sampler.history(study) == []  # prior outcomes are not trials of this study
     with pytest.raises(SearchmergeError, match="do not exist"):
         SurrogateSampler(space=space, prior=[PlanRecord(SharingPlan.of(["zz"]), True, 1)])
+
+
+def test_greedy_with_a_deploy_objective_tries_plans_saving_fewer_bytes() -> None:
+    """Issue 21: with ``deploy:`` the study maximises frames processed, which a plan saving fewer bytes may win.
+
+    Here sharing more makes the merged models swap as larger units, so fewer frames are
+    processed in time: every plan is feasible and the plan sharing nothing is the best.
+    Greedy must not limit itself to plans saving more bytes than its best plan.
+    """
+    from searchmerge.search import DEPLOY_OBJECTIVE_NAME
+
+    space = SearchSpace([GroupInfo(name=n, saved_bytes=b) for n, b in [("g0", 100), ("g1", 50), ("g2", 25)]])
+    frames = 1000
+
+    def objective(trial: optuna.Trial) -> float:
+        plan = space.suggest(trial)
+        trial.set_user_attr("constraint", -1.0)
+        trial.set_user_attr("feasible", True)
+        saved = space.saved_bytes(plan)
+        processed = 1.0 - saved / frames  # the search's objective: frames processed, ties by bytes saved
+        return processed + saved / space.max_saved_bytes / (frames + 1)
+
+    sampler = make_sampler("greedy", space, seed=0, constraints_func=constraints_func, block_size=1)
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    study.set_metric_names([DEPLOY_OBJECTIVE_NAME])
+    study.optimize(objective, n_trials=2 ** len(space))
+    tried = plans(study, space)
+    assert tried[:3] == [SharingPlan.of(["g0"]), SharingPlan.of(["g0", "g1"]), SharingPlan.of(["g0", "g1", "g2"])]
+    assert len(set(tried)) == len(tried)  # every plan once: any untried plan might process more frames
+    assert space.plan_from_params(study.best_trial.params) == SharingPlan.of(())

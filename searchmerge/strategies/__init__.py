@@ -20,9 +20,11 @@ Example:
 from __future__ import annotations
 
 from searchmerge.strategies.base import (
+    SAVED_BYTES_OBJECTIVE,
     PlanRecord,
     PlanSampler,
     history,
+    maximises_saved_bytes,
     trial_constraints,
     trial_feasible,
 )
@@ -32,6 +34,7 @@ from searchmerge.strategies.registry import STRATEGIES, make_sampler, strategy_o
 from searchmerge.strategies.surrogate import FeasibilitySurrogate, SurrogateSampler
 
 __all__ = [
+    "SAVED_BYTES_OBJECTIVE",
     "STRATEGIES",
     "FeasibilitySurrogate",
     "GreedySampler",
@@ -42,6 +45,7 @@ __all__ = [
     "SurrogateSampler",
     "history",
     "make_sampler",
+    "maximises_saved_bytes",
     "strategy_options",
     "trial_constraints",
     "trial_feasible",

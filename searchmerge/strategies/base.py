@@ -30,6 +30,9 @@ ConstraintsFunc = Callable[[FrozenTrial], Sequence[float]]
 
 _CONSTRAINTS_KEY = "constraints"  # where Optuna keeps a trial's constraint values
 
+#: The objective's name in a study that maximises the bytes a plan saves (the search's, without ``deploy:``).
+SAVED_BYTES_OBJECTIVE = "bytes saved"
+
 
 @dataclass(frozen=True)
 class PlanRecord:
@@ -40,12 +43,16 @@ class PlanRecord:
         feasible: Whether every model kept its accuracy target.
         saved_bytes: Bytes the plan saves.
         number: The trial's number in the study.
+        value: The trial's objective value, what the study maximises (bytes saved, or with
+            a ``deploy:`` section the simulated frames processed, as the search computed
+            it); ``None`` when there is none (a pruned trial, a record made by hand).
     """
 
     plan: SharingPlan
     feasible: bool
     saved_bytes: int
     number: int = -1
+    value: float | None = None
 
 
 def trial_constraints(trial: FrozenTrial) -> tuple[float, ...] | None:
@@ -113,7 +120,7 @@ def history(
         ...     return space.saved_bytes(space.suggest(trial))
         >>> study.optimize(objective, n_trials=1)
         >>> history(study, space)
-        [PlanRecord(plan=SharingPlan(shared=frozenset({'a'})), feasible=False, saved_bytes=10, number=0)]
+        [PlanRecord(plan=SharingPlan(shared=frozenset({'a'})), feasible=False, saved_bytes=10, number=0, value=10.0)]
     """
     trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
     records = []
@@ -125,9 +132,24 @@ def history(
                 feasible=trial_feasible(trial, constraints_func),
                 saved_bytes=space.saved_bytes(plan),
                 number=trial.number,
+                value=trial.values[0] if trial.values else None,
             )
         )
     return records
+
+
+def maximises_saved_bytes(study: Study) -> bool:
+    """Whether ``study``'s objective is the bytes a plan saves.
+
+    Only then can a plan saving no more bytes than a feasible one be passed over as
+    unable to improve the result. The search names its objective (Optuna's metric
+    names): ``bytes saved``, or with a ``deploy:`` section the simulated frames
+    processed, where a plan saving fewer bytes may process more frames (its merged
+    models swap in smaller units, say), and nothing short of evaluating it tells. A study
+    that names no objective (a plain Optuna study, as in the examples) is taken to
+    maximise bytes saved.
+    """
+    return study.metric_names in (None, [SAVED_BYTES_OBJECTIVE])
 
 
 def pending_plans(study: Study, space: SearchSpace, trial: FrozenTrial | None = None) -> set[SharingPlan]:
@@ -143,12 +165,23 @@ def pending_plans(study: Study, space: SearchSpace, trial: FrozenTrial | None = 
 
 
 def best_feasible(records: Iterable[PlanRecord]) -> PlanRecord | None:
-    """The feasible record that saves the most bytes (the earliest among equals)."""
+    """The feasible record the study ranks first (the earliest among equals).
+
+    Records are ranked by their objective value, the one the search computed (bytes saved,
+    or with ``deploy:`` frames processed, ties by bytes saved), not by a ranking of our
+    own, so that the samplers' best is the search's best. Records without a value (made by
+    hand, such as a re-search's prior records, which are never mixed with a study's own)
+    rank by the bytes they save.
+    """
     best = None
     for record in records:
-        if record.feasible and (best is None or record.saved_bytes > best.saved_bytes):
+        if record.feasible and (best is None or _rank(record) > _rank(best)):
             best = record
     return best
+
+
+def _rank(record: PlanRecord) -> float:
+    return record.value if record.value is not None else float(record.saved_bytes)
 
 
 def dominated_by_failure(plan: SharingPlan, failed: Iterable[SharingPlan]) -> bool:
@@ -256,8 +289,9 @@ class PlanSampler(optuna.samplers.BaseSampler, abc.ABC):
         """A random plan not in ``tried`` (each group shared with a random density), or ``None``.
 
         Plans containing a failed plan are avoided while others can be found. Only plans
-        saving more than ``more_than`` bytes, when given, are drawn (a plan saving less than
-        the best feasible one cannot improve the result).
+        saving more than ``more_than`` bytes, when given, are drawn (when the study maximises
+        bytes saved, see :func:`maximises_saved_bytes`, a plan saving no more than the best
+        feasible one cannot improve the result).
         """
         names = self._space.names
         fallback = None

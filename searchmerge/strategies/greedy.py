@@ -14,6 +14,7 @@ from searchmerge.strategies.base import (
     PlanSampler,
     best_feasible,
     dominated_by_failure,
+    maximises_saved_bytes,
     pending_plans,
 )
 
@@ -73,8 +74,11 @@ class GreedySampler(PlanSampler):
     block. A feasible block is accepted; a failed block is halved and its first half
     tried (then the second); a single group that fails is skipped for good. When every
     group is decided, the sampler proposes single-group extensions of the best
-    feasible plan not yet tried, then random untried plans that save more than it, and
-    once none is left the best plan again (answered from the store, no retraining).
+    feasible plan not yet tried (best by the study's objective value), then random untried
+    plans that could beat it, and once none is left the best plan again (answered from
+    the store, no retraining). When the study maximises bytes saved, only plans saving
+    more than the best can beat it; with a ``deploy:`` objective (frames processed) a plan
+    saving fewer bytes may, so any untried plan is a candidate.
 
     The sampler keeps no state: its state is rebuilt by replaying the study's trials in
     order of number, so a resumed study or several workers continue the same search.
@@ -165,9 +169,12 @@ class GreedySampler(PlanSampler):
         plan = state.proposal()
         if plan is not None and plan not in pending:
             return plan
-        return self._after_search(trial, records, set(known) | pending)
+        return self._after_search(trial, records, set(known) | pending, maximises_saved_bytes(study))
 
-    def _after_search(self, trial: FrozenTrial, records: Sequence[PlanRecord], tried: set[SharingPlan]) -> SharingPlan:
+    def _after_search(
+        self, trial: FrozenTrial, records: Sequence[PlanRecord], tried: set[SharingPlan], by_saved_bytes: bool
+    ) -> SharingPlan:
+        """The proposal once every group is decided; ``by_saved_bytes``: the study maximises bytes saved."""
         failed = [record.plan for record in records if not record.feasible]
         best = best_feasible(records)
         if best is not None:
@@ -177,10 +184,11 @@ class GreedySampler(PlanSampler):
                 extension = SharingPlan.of(best.plan.shared | {name})
                 if extension not in tried and not dominated_by_failure(extension, failed):
                     return extension
-        # Only a plan saving more than the best feasible one can improve the result; when
+        # When the objective is bytes saved, only a plan saving more than the best feasible
+        # one can improve the result (with frames processed, any untried plan might); when
         # none is left untried, the best plan is proposed again: the checkpoint store
         # answers it without retraining, so the rest of the budget costs nothing.
-        more_than = best.saved_bytes if best is not None else None
+        more_than = best.saved_bytes if best is not None and by_saved_bytes else None
         plan = self.random_untried(self.rng(trial), tried, failed, more_than=more_than)
         if plan is not None:
             return plan

@@ -140,7 +140,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     for path in plot_searches(searches, args.out):
         print(f"wrote {path}")
     if args.export:
-        print(f"exported the best plan of {searches[0].study_name!r} to {searches[0].export_best(args.export)}")
+        from searchmerge.selection import select_search
+
+        chosen = select_search(study, args.study_name, progress=_say)
+        print(f"exported the best plan of {chosen.study_name!r} to {chosen.export_best(args.export)}")
     return 0
 
 
@@ -162,6 +165,7 @@ def cmd_drift_check(args: argparse.Namespace) -> int:
 def cmd_research(args: argparse.Namespace) -> int:
     from searchmerge.report import format_search
     from searchmerge.research import research
+    from searchmerge.selection import select_search
     from searchmerge.study import open_study_file
 
     parent_file = None
@@ -171,8 +175,9 @@ def cmd_research(args: argparse.Namespace) -> int:
         parent_file = open_study_file(args.parent_study_file, storage=storage, blob_dir=blob_dir)
         storage, blob_dir = parent_file.storage, blob_dir or parent_file.store.blob_location
     study = open_study_file(args.study, storage=storage, blob_dir=blob_dir)
+    parent_study = args.from_study or select_search(parent_file or study, progress=_say).study_name
     search = research(
-        study, scenario=args.data, parent_file=parent_file, parent_study=args.from_study, strategy=args.strategy,
+        study, scenario=args.data, parent_file=parent_file, parent_study=parent_study, strategy=args.strategy,
         n_trials=args.n_trials, study_name=args.study_name, seed=args.seed, heartbeat_interval=args.heartbeat,
         progress=_say,
     )
@@ -181,10 +186,10 @@ def cmd_research(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from searchmerge.search import load_search
+    from searchmerge.selection import select_search
 
     study = _open_study(args)
-    search = load_search(study, study_name=args.study_name)
+    search = select_search(study, args.study_name, progress=_say)
     trial = search.trial(args.trial) if args.trial is not None else None
     directory = search.export(args.out, trial)
     chosen = trial or search.best()
@@ -337,7 +342,7 @@ def _add_plan_arguments(parser: argparse.ArgumentParser) -> None:
                         help="none, all, best (the search's best feasible plan) or comma-separated group names;"
                         " repeat to compare (default: none, best when a search has one, all)")
     parser.add_argument("--study-name", default=None, help="the search whose best plan 'best' is"
-                        " (default: WORKLOAD-greedy)")
+                        " (default: the search with the best feasible plan, see docs/cli.md)")
 
 
 def _n_trials(text: str) -> int:
@@ -440,7 +445,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_study_arguments(drift)
     drift.add_argument("--data", required=True, metavar="SCENARIO", help="drift scenario: night, moved, rain, or one"
                        " from the study file's 'drift:' section")
-    drift.add_argument("--study-name", default=None, help="the search that deployed the plan (default: WORKLOAD-greedy)")
+    drift.add_argument("--study-name", default=None, help="the search that deployed the plan"
+                       " (default: the search with the best feasible plan, see docs/cli.md)")
     drift.add_argument("--json", action="store_true", help="print one JSON document")
     drift.set_defaults(handler=cmd_drift_check)
 
@@ -453,7 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_study_arguments(research)
     research.add_argument("--data", default=None, metavar="SCENARIO", help="drift scenario to search on")
     research.add_argument("--from-study", default=None, metavar="NAME",
-                          help="the parent study (default: PARENT_WORKLOAD-greedy)")
+                          help="the parent study (default: the parent workload's search with the best feasible plan)")
     research.add_argument("--parent-study-file", default=None, metavar="OLD.yaml",
                           help="the parent's study file, when STUDY.yaml adds or retires a model")
     _add_run_arguments(research, n_trials=10, study_name="the new study (default: PARENT-SCENARIO)")
@@ -466,7 +472,8 @@ def build_parser() -> argparse.ArgumentParser:
         " and write them as a deployment folder: weights.safetensors (shared tensors once) and manifest.json.",
     )
     _add_study_arguments(export)
-    export.add_argument("--study-name", default=None, help="the search (default: WORKLOAD-greedy)")
+    export.add_argument("--study-name", default=None,
+                        help="the search (default: the search with the best feasible plan, see docs/cli.md)")
     export.add_argument("--trial", type=int, default=None, metavar="K", help="export trial K instead of the best")
     export.add_argument("--out", required=True, metavar="DIR", help="the deployment folder to write")
     export.set_defaults(handler=cmd_export)
@@ -490,7 +497,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_study_arguments(report)
     report.add_argument("--study-name", default=None, help="one study (default: every search of this workload)")
     report.add_argument("--out", default="searchmerge-report", help="folder for the plots")
-    report.add_argument("--export", default=None, metavar="DIR", help="also export the best plan's merged deployment")
+    report.add_argument("--export", default=None, metavar="DIR", help="also export the best plan's merged deployment"
+                        " (of --study-name, else of the search with the best feasible plan, as 'export' chooses)")
     report.set_defaults(handler=cmd_report)
 
     profile = commands.add_parser(
@@ -541,7 +549,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_study_arguments(serve)
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--study-name", default=None, help="the search whose best plan is version 1 (default: WORKLOAD-greedy)")
+    serve.add_argument("--study-name", default=None, help="the search whose best plan is version 1"
+                       " (default: the search with the best feasible plan, see docs/cli.md)")
     serve.add_argument("--research-trials", type=_n_trials, default=10, help="finished trials of each re-search (default: 10)")
     serve.add_argument("--window", type=int, default=64, help="newest samples per model the drift check reads (default: 64)")
     serve.add_argument("--min-samples", type=int, default=32, help="samples a model needs to be judged (default: 32)")

@@ -14,7 +14,8 @@ from typing import Any
 from searchmerge.drift import drifted_workload, get_scenario
 from searchmerge.feasibility import constraint_value, is_feasible
 from searchmerge.progress import Progress
-from searchmerge.search import deployed_plan, load_search
+from searchmerge.search import deployed_plan
+from searchmerge.selection import select_search
 from searchmerge.space import SharingPlan
 from searchmerge.study import StudyFile
 from searchmerge.train import default_device, score
@@ -93,7 +94,8 @@ def drift_check(
     Args:
         study: The study file whose search deployed a plan.
         scenario: A scenario name (see :func:`scenarios`).
-        study_name: The search (default: ``WORKLOAD-greedy``, as ``searchmerge search`` names it).
+        study_name: The search (default: the one with the best feasible plan, see
+            :func:`~searchmerge.selection.select_search`).
         progress: Called with one line per step.
 
     Returns:
@@ -102,7 +104,7 @@ def drift_check(
     """
     say = progress or (lambda _line: None)
     get_scenario(study, scenario)  # an unknown scenario fails before any work
-    search = load_search(study, study_name=study_name)
+    search = select_search(study, study_name, progress=say)
     deployed = deployed_plan(search)
     say(f"deployed plan: trial {deployed.number} of {search.study_name!r}, {len(deployed.plan)} shared group(s)")
     drifted = drifted_workload(study, search.prepared, scenario)

@@ -289,7 +289,8 @@ def _fingerprints(source: _Source, workload: Workload, names: Sequence[str], say
 
 def _best_plan(source: _Source, *, required: bool, say: Progress) -> SharingPlan | None:
     """The best feasible plan of the study's search, or ``None`` when there is none and it was not asked for."""
-    from searchmerge.search import default_study_name, load_search, searchmerge_studies
+    from searchmerge.search import searchmerge_studies
+    from searchmerge.selection import select_search
     from searchmerge.study import default_storage, open_study_file
 
     workload, document = load_study_file(source.path)
@@ -299,14 +300,17 @@ def _best_plan(source: _Source, *, required: bool, say: Progress) -> SharingPlan
             raise SearchmergeError(f"{url} does not exist: 'best' needs a search (searchmerge search {source.path})")
         return None
     study = open_study_file(source.path, storage=source.storage, blob_dir=source.blob_dir)
-    name = source.study_name or default_study_name(study, "greedy")
-    if not required and name not in searchmerge_studies(study):
+    known = searchmerge_studies(study)
+    if not required and (source.study_name not in known if source.study_name else not known):
         return None
-    say(f"reading the best plan of search {name!r} ...")
-    best = load_search(study, study_name=name).best()
+    search = select_search(study, source.study_name, progress=say)
+    say(f"reading the best plan of search {search.study_name!r} ...")
+    best = search.best()
     if best is None:
         if required:
-            raise SearchmergeError(f"search {name!r} has no feasible plan yet; 'best' needs one (run more trials)")
+            raise SearchmergeError(
+                f"search {search.study_name!r} has no feasible plan yet; 'best' needs one (run more trials)"
+            )
         return None
     return best.plan
 

@@ -22,7 +22,8 @@ from searchmerge.deployment import load_deployment
 from searchmerge.errors import SearchmergeError
 from searchmerge.prepare import prepare_study
 from searchmerge.progress import Progress
-from searchmerge.search import deployed_plan, load_search
+from searchmerge.search import deployed_plan
+from searchmerge.selection import select_search
 from searchmerge.service.db import edges, now, open_engine
 from searchmerge.service.jobs import PENDING, list_jobs, request_research, run_job
 from searchmerge.service.monitor import SampleCheck, check_samples
@@ -40,7 +41,8 @@ class ServiceSettings:
     """How the service judges samples and re-searches.
 
     Args:
-        parent_study: The search whose best plan is version 1 (default ``WORKLOAD-greedy``).
+        parent_study: The search whose best plan is version 1 (default: the one with the best
+            feasible plan, see :func:`~searchmerge.selection.select_search`).
         research_trials: Finished trials of each re-search.
         window: The newest samples per model the drift check reads.
         min_samples: Samples a model needs before it is judged.
@@ -97,7 +99,7 @@ class MergingService:
         """The current version; version 1 (the parent search's best feasible plan) is published first if none is."""
         current = current_version(self.engine, self.deployment)
         if current is None:
-            search = load_search(self.study, study_name=self.settings.parent_study)
+            search = select_search(self.study, self.settings.parent_study, progress=self.say)
             best = deployed_plan(search)
             current = publish(self.engine, self.study, search, best)
             self.say(f"published version {current.version}: trial {best.number} of {search.study_name!r}")

@@ -57,9 +57,9 @@ CHILD = textwrap.dedent("""
     import json, resource, sys, time
     import torch
     torch.set_num_threads(1)  # on a shared machine, one thread keeps the timings comparable
-    from searchmerge.evaluate import evaluate_plan
-    from searchmerge.prepare import prepare_study
-    from searchmerge.study import open_study_file
+    from searchmerge.training.evaluate import evaluate_plan
+    from searchmerge.training.prepare import prepare_study
+    from searchmerge.config.study import open_study_file
     study = open_study_file(sys.argv[1], storage=sys.argv[2])
     if sys.argv[3] == "prepare":
         prepare_study(study)

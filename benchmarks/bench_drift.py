@@ -36,10 +36,10 @@ from pathlib import Path
 
 import optuna
 
-from searchmerge.report import format_table, megabytes
-from searchmerge.research import research
-from searchmerge.search import MergeSearch, open_search
-from searchmerge.study import StudyFile, open_study_file
+from searchmerge.cli.report import format_table, megabytes
+from searchmerge.config.study import StudyFile, open_study_file
+from searchmerge.search.merge_search import MergeSearch, open_search
+from searchmerge.search.research import research
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -36,13 +36,13 @@ from pathlib import Path
 import httpx
 import optuna
 
-from searchmerge.prepare import prepare_study
-from searchmerge.search import default_study_name, open_search
-from searchmerge.service.db import open_engine
-from searchmerge.service.jobs import list_jobs
-from searchmerge.service.tokens import create_edge_token
-from searchmerge.service.versions import list_versions
-from searchmerge.study import open_study_file
+from searchmerge.config.study import open_study_file
+from searchmerge.search.merge_search import default_study_name, open_search
+from searchmerge.service.cloud.db import open_engine
+from searchmerge.service.cloud.jobs import list_jobs
+from searchmerge.service.cloud.tokens import create_edge_token
+from searchmerge.service.cloud.versions import list_versions
+from searchmerge.training.prepare import prepare_study
 
 
 def _port() -> int:

@@ -28,12 +28,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from searchmerge.evaluate import Evaluator
-from searchmerge.prepare import PreparedWorkload, prepare_study
-from searchmerge.search import open_search
-from searchmerge.settings import StudySettings
-from searchmerge.space import SharingPlan
-from searchmerge.study import StudyFile, open_study_file
+from searchmerge.config.settings import StudySettings
+from searchmerge.config.study import StudyFile, open_study_file
+from searchmerge.core.space import SharingPlan
+from searchmerge.search.merge_search import open_search
+from searchmerge.training.evaluate import Evaluator
+from searchmerge.training.prepare import PreparedWorkload, prepare_study
 
 ROOT = Path(__file__).resolve().parents[1]
 

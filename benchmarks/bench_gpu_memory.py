@@ -34,11 +34,15 @@ import torch
 from torch import nn
 
 from searchmerge.analysis import analyze
-from searchmerge.analysis.memory import example_inputs, model_tensors, unique_tensor_bytes
-from searchmerge.deployment import export_deployment, load_deployment
-from searchmerge.merge import merge_models
-from searchmerge.space import SearchSpace, SharingPlan
-from searchmerge.workload import Workload, load_study_file
+from searchmerge.analysis.memory import (
+    example_inputs,
+    model_tensors,
+    unique_tensor_bytes,
+)
+from searchmerge.config.workload import Workload, load_study_file
+from searchmerge.core.space import SearchSpace, SharingPlan
+from searchmerge.training.deployment import export_deployment, load_deployment
+from searchmerge.training.merge import merge_models
 
 ROOT = Path(__file__).resolve().parents[1]
 MB = 1e6

@@ -40,15 +40,19 @@ from pathlib import Path
 import torch
 
 from searchmerge.analysis import analyze
-from searchmerge.analysis.memory import example_inputs, model_tensors, unique_tensor_bytes
-from searchmerge.budget import DeploySettings, format_bytes
-from searchmerge.edgebox import memory_levels
-from searchmerge.merge import merge_models
+from searchmerge.analysis.memory import (
+    example_inputs,
+    model_tensors,
+    unique_tensor_bytes,
+)
+from searchmerge.cli.edgebox import memory_levels
+from searchmerge.config.deploy import DeploySettings, format_bytes
+from searchmerge.config.workload import Workload, from_models, load_study_file
+from searchmerge.core.space import SharingPlan
 from searchmerge.runtime.measure import measure_profile
 from searchmerge.runtime.profile import Profile
 from searchmerge.runtime.simulator import SimulationResult, simulate
-from searchmerge.space import SharingPlan
-from searchmerge.workload import Workload, from_models, load_study_file
+from searchmerge.training.merge import merge_models
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = ("figure1", "paper", "speed", "switch", "gpu")
@@ -208,8 +212,8 @@ def speed(profile: Profile) -> None:
 
 def gpu_comparison(workload: Workload, profile: Profile, args: argparse.Namespace) -> None:
     """The runtime on the GPU against the simulator, for the same scheduler and settings."""
-    from searchmerge.deployment import export_deployment
     from searchmerge.runtime.runtime import RuntimeExecutor, SwapRuntime
+    from searchmerge.training.deployment import export_deployment
 
     print("\n== gpu: the runtime on CUDA against the simulator's prediction (six VGG16s, budget of three)")
     models = workload.build()

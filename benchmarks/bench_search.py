@@ -20,12 +20,12 @@ import argparse
 import time
 
 import optuna
-
 from bench_drift import fresh, outcome
-from searchmerge.prepare import prepare_study
-from searchmerge.report import format_table, megabytes
-from searchmerge.search import MergeSearch
-from searchmerge.study import open_study_file
+
+from searchmerge.cli.report import format_table, megabytes
+from searchmerge.config.study import open_study_file
+from searchmerge.search.merge_search import MergeSearch
+from searchmerge.training.prepare import prepare_study
 
 
 def main() -> None:

@@ -35,8 +35,8 @@ from pathlib import Path
 
 import optuna
 
-from searchmerge.space import GroupInfo, SearchSpace, SharingPlan
-from searchmerge.strategies import make_sampler
+from searchmerge.core.space import GroupInfo, SearchSpace, SharingPlan
+from searchmerge.search.strategies import make_sampler
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = ROOT / "studies" / "digits-edge.yaml"
@@ -87,9 +87,9 @@ _BLOCKS: dict[str, tuple[str, ...]] = {}
 def _open_evaluator(storage: str | None, threads: int | None = None):  # type: ignore[no-untyped-def]
     import torch
 
-    from searchmerge.evaluate import Evaluator
-    from searchmerge.prepare import prepare_study
-    from searchmerge.study import open_study_file
+    from searchmerge.config.study import open_study_file
+    from searchmerge.training.evaluate import Evaluator
+    from searchmerge.training.prepare import prepare_study
 
     if threads:
         torch.set_num_threads(threads)

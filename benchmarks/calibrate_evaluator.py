@@ -16,7 +16,7 @@ score to a JSON file.
 
 ``simulate`` replays candidate rules (retraining budget, checks before a plan may be
 given up, how fast curves are expected to flatten, optimism, the near-miss margin) on
-the recorded curves exactly as :class:`~searchmerge.evaluate.Evaluator` would apply
+the recorded curves exactly as :class:`~searchmerge.training.evaluate.Evaluator` would apply
 them (scoring only the models near or below target, confirming marginal passes on the
 test split), and prints each rule's agreement with full retraining, its false
 rejections and false acceptances, and its estimated time against full retraining.
@@ -38,10 +38,10 @@ from pathlib import Path
 
 from bench_evaluator import draw_plans
 
-from searchmerge.evaluate import Evaluator
-from searchmerge.prepare import prepare_study
-from searchmerge.study import open_study_file
-from searchmerge.train import accuracy
+from searchmerge.config.study import open_study_file
+from searchmerge.training.evaluate import Evaluator
+from searchmerge.training.prepare import prepare_study
+from searchmerge.training.train import accuracy
 
 ROOT = Path(__file__).resolve().parents[1]
 #: The widest confirmation margin the replay tries; test ratios are recorded within it.

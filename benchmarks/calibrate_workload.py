@@ -30,10 +30,10 @@ from typing import Any
 
 import yaml
 
-from searchmerge.evaluate import Evaluator
-from searchmerge.space import SharingPlan
-from searchmerge.prepare import prepare_study
-from searchmerge.study import open_study_file
+from searchmerge.config.study import open_study_file
+from searchmerge.core.space import SharingPlan
+from searchmerge.training.evaluate import Evaluator
+from searchmerge.training.prepare import prepare_study
 
 ROOT = Path(__file__).resolve().parents[1]
 Patch = Callable[[dict[str, Any]], None]

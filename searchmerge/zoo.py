@@ -23,7 +23,7 @@ from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.ops import MultiScaleRoIAlign
 
-from searchmerge.errors import SearchmergeError
+from searchmerge.core.errors import SearchmergeError
 
 
 def _conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from searchmerge.cli import main
-from searchmerge.store import CheckpointStore
+from searchmerge.cli.commands import main
+from searchmerge.storage.store import CheckpointStore
 
 
 def assert_prepare_refuses(

@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from searchmerge.prepare import prepare_study
-from searchmerge.study import open_study_file
+from searchmerge.config.study import open_study_file
+from searchmerge.training.prepare import prepare_study
 
 
 class TinyNet(nn.Module):

@@ -14,8 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from searchmerge.search import open_search
-from searchmerge.study import StudyFile, open_study_file
+from searchmerge.config.study import StudyFile, open_study_file
+from searchmerge.search.merge_search import open_search
 from tests.conftest import TINY_STUDY, copy_prepared
 
 #: The tiny study at a target its drifted re-search reaches in one short retraining

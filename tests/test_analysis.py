@@ -9,7 +9,12 @@ import torch
 from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
-from searchmerge.analysis import analyze, layer_signature, measure_activation_bytes, unique_tensor_bytes
+from searchmerge.analysis import (
+    analyze,
+    layer_signature,
+    measure_activation_bytes,
+    unique_tensor_bytes,
+)
 from tests.conftest import TinyNet
 
 
@@ -132,7 +137,7 @@ def test_parameter_memory_matches_published_sizes(arch: str, reference_mb: float
 
 def test_detector_input_is_a_list_of_images() -> None:
     from searchmerge.analysis.memory import example_inputs
-    from searchmerge.workload import ModelSpec
+    from searchmerge.config.workload import ModelSpec
 
     detector = ModelSpec(name="ssd", arch="ssdlite320_mobilenet_v3_large", kwargs={"weights_backbone": None}).build()
     inputs = example_inputs(detector, (3, 64, 64), 2, torch.device("cpu"))

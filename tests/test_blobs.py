@@ -16,9 +16,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from searchmerge.blobs import ArtifactNotFound, AtomicFileSystemArtifactStore, open_blob_store
-from searchmerge.errors import SearchmergeError
-from searchmerge.store import CheckpointCorruptError, CheckpointKey, CheckpointStore
+from searchmerge.core.errors import SearchmergeError
+from searchmerge.storage.blobs import (
+    ArtifactNotFound,
+    AtomicFileSystemArtifactStore,
+    open_blob_store,
+)
+from searchmerge.storage.store import (
+    CheckpointCorruptError,
+    CheckpointKey,
+    CheckpointStore,
+)
 
 
 def test_folder_store_is_atomic_and_lists_what_it_holds(tmp_path: Path) -> None:

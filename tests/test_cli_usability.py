@@ -14,9 +14,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from searchmerge.cli import EXIT_DRIFT_MISSES, main
-from searchmerge.report import accuracy_figure, plot_searches, savings_figure
-from searchmerge.study import StudyFile, open_study_file
+from searchmerge.cli.commands import EXIT_DRIFT_MISSES, main
+from searchmerge.cli.report import accuracy_figure, plot_searches, savings_figure
+from searchmerge.config.study import StudyFile, open_study_file
 from tests.conftest import TINY_STUDY
 
 #: The tiny study at a low target, with a scenario that changes nothing but the footage and
@@ -136,7 +136,7 @@ def test_analyze_activations_reports_the_workloads_run_memory(capsys: pytest.Cap
 
 def _mb(size: int) -> list[str]:
     """A size as the text tables print it, split into number and unit."""
-    from searchmerge.report import megabytes
+    from searchmerge.cli.report import megabytes
 
     return megabytes(size).split()
 

@@ -1,4 +1,4 @@
-"""Tests for searchmerge.sources.digits (the digits demo source): real digit tasks seen through a configurable camera."""
+"""Tests for searchmerge.data.sources.digits (the digits demo source): real digit tasks seen through a configurable camera."""
 
 from __future__ import annotations
 
@@ -10,13 +10,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from searchmerge.sources.digits import (
+from searchmerge.core.errors import SearchmergeError
+from searchmerge.data.sources.digits import (
     NORM_MEAN,
     NORM_STD,
     TASKS,
     CameraCondition,
-    Split,
     DigitsData,
+    Split,
     apply_camera,
     get_task,
     load_digit_images,
@@ -27,7 +28,6 @@ from searchmerge.sources.digits import (
     task_names,
     validate_split,
 )
-from searchmerge.errors import SearchmergeError
 
 EXPECTED_CLASSES = {"digit": 10, "parity": 2, "high": 2, "mod3": 3, "loops": 3, "prime": 2}
 NUM_DIGITS = 1797
@@ -152,7 +152,7 @@ def test_splits_partition_the_plain_upsampled_digits() -> None:
 
 
 _FINGERPRINT_SCRIPT = """
-from searchmerge.sources.digits import CameraCondition, make_task_data
+from searchmerge.data.sources.digits import CameraCondition, make_task_data
 camera = CameraCondition(rotation_deg=5, rotation_jitter_deg=8, shift_px=1.5,
                          blur_sigma=0.7, noise_std=0.05, brightness=0.1, contrast=0.9)
 print(make_task_data("mod3", camera, seed=7, image_size=16).fingerprint)

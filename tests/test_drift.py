@@ -10,25 +10,30 @@ import optuna
 import pytest
 import torch
 
-from searchmerge.cli import main
-from searchmerge.drift import (
+from searchmerge.cli.commands import main
+from searchmerge.config.study import StudyFile, open_study_file
+from searchmerge.core.errors import SearchmergeError
+from searchmerge.core.space import SharingPlan
+from searchmerge.data.sources.digits import CameraCondition, drift_camera
+from searchmerge.data.tasks import get_kind
+from searchmerge.search.drift_check import drift_check
+from searchmerge.search.merge_search import load_search, open_search
+from searchmerge.search.research import (
+    WARM_ATTR,
+    failing_models,
+    research,
+    trial_evaluation,
+)
+from searchmerge.search.scenarios import (
     BUILTIN_SCENARIOS,
     drifted_data,
     drifted_workload,
+    scenario_data,
     scenarios,
 )
-from searchmerge.drift_check import drift_check
-from searchmerge.errors import SearchmergeError
-from searchmerge.drift import scenario_data
-from searchmerge.evaluate import Evaluator
-from searchmerge.prepare import prepare_study
-from searchmerge.research import WARM_ATTR, failing_models, research, trial_evaluation
-from searchmerge.search import load_search, open_search
-from searchmerge.sources.digits import CameraCondition, drift_camera
-from searchmerge.space import SharingPlan
-from searchmerge.study import StudyFile, open_study_file
-from searchmerge.tasks import get_kind
-from searchmerge.train import default_device, score
+from searchmerge.training.evaluate import Evaluator
+from searchmerge.training.prepare import prepare_study
+from searchmerge.training.train import default_device, score
 from tests.conftest import TINY_STUDY, copy_prepared
 
 PARENT = "tiny-digits-greedy"

@@ -14,15 +14,20 @@ import pytest
 import torch
 from prometheus_client.parser import text_string_to_metric_families
 
-from searchmerge.deployment import export_deployment, load_deployment
-from searchmerge.search import load_search
-from searchmerge.service.db import open_engine
-from searchmerge.service.edge import EdgeAgent, EdgeSettings, retry_delay
+from searchmerge.config.study import StudyFile
+from searchmerge.search.merge_search import load_search
+from searchmerge.service.cloud.db import open_engine
+from searchmerge.service.cloud.tokens import create_edge_token
+from searchmerge.service.cloud.versions import (
+    artifact_store,
+    current_version,
+    publish,
+    rollback,
+)
+from searchmerge.service.edge.agent import EdgeAgent, EdgeSettings, retry_delay
+from searchmerge.service.edge.serving import ServingVersion
 from searchmerge.service.protocol import VersionInfo
-from searchmerge.service.serving import ServingVersion
-from searchmerge.service.tokens import create_edge_token
-from searchmerge.service.versions import artifact_store, current_version, publish, rollback
-from searchmerge.study import StudyFile
+from searchmerge.training.deployment import export_deployment, load_deployment
 from tests.edge_cloud_support import (
     PARENT,
     free_port,
@@ -173,7 +178,7 @@ STALLING_AGENT = """
 import sys, time
 from pathlib import Path
 from searchmerge.service import client, local, serving
-from searchmerge.service.edge import EdgeAgent, EdgeSettings
+from searchmerge.service.edge.agent import EdgeAgent, EdgeSettings
 
 step = sys.argv[1] if len(sys.argv) > 1 else {step!r}
 

@@ -9,15 +9,15 @@ import pytest
 import torch
 
 from searchmerge.analysis import analyze
-from searchmerge.cli import main
-from searchmerge.errors import SearchmergeError
-from searchmerge.evaluate import Evaluator, evaluate_plan
-from searchmerge.merge import merge_models
-from searchmerge.settings import StudySettings
-from searchmerge.space import SharingPlan
-from searchmerge.store import CheckpointCorruptError
-from searchmerge.prepare import prepare_study
-from searchmerge.study import open_study_file
+from searchmerge.cli.commands import main
+from searchmerge.config.settings import StudySettings
+from searchmerge.config.study import open_study_file
+from searchmerge.core.errors import SearchmergeError
+from searchmerge.core.space import SharingPlan
+from searchmerge.storage.store import CheckpointCorruptError
+from searchmerge.training.evaluate import Evaluator, evaluate_plan
+from searchmerge.training.merge import merge_models
+from searchmerge.training.prepare import prepare_study
 from tests.conftest import TINY_STUDY, copy_prepared
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from searchmerge.lease import LEASE_TABLE, hold_lease
+from searchmerge.storage.lease import LEASE_TABLE, hold_lease
 from tests.conftest import TINY_STUDY
 from tests.test_search import POSTGRES, REPO, _postgres_available
 
@@ -27,7 +27,7 @@ def test_a_lease_is_held_by_one_holder_at_a_time(tmp_path: Path) -> None:
         assert holder and holder.startswith(f"{os.uname().nodename}:{os.getpid()}:")
         # A second holder in this process (another worker) can only wait: the claim is renewed, never expires.
         waiter = subprocess.Popen(
-            [sys.executable, "-c", f"from searchmerge.lease import hold_lease\n"
+            [sys.executable, "-c", f"from searchmerge.storage.lease import hold_lease\n"
                                    f"with hold_lease({url!r}, 'work', seconds=1, poll=0.1, say=print): print('held')"],
             cwd=REPO, stdout=subprocess.PIPE, text=True,
         )
@@ -42,8 +42,8 @@ def test_a_lease_is_held_by_one_holder_at_a_time(tmp_path: Path) -> None:
 
 def _prepare_command(study: Path, storage: str, blobs: Path, lease_seconds: float) -> list[str]:
     code = (
-        "from searchmerge.prepare import prepare\n"
-        "from searchmerge.study import open_study_file\n"
+        "from searchmerge.training.prepare import prepare\n"
+        "from searchmerge.config.study import open_study_file\n"
         f"s = open_study_file({str(study)!r}, storage={storage!r}, blob_dir={str(blobs)!r})\n"
         f"prepare(s.workload, s.settings, s.store, progress=lambda line: print(line, flush=True),"
         f" lease_seconds={lease_seconds})\n"

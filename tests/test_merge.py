@@ -13,14 +13,24 @@ from safetensors import safe_open
 from torch import nn
 
 from searchmerge import zoo
-from searchmerge.analysis import AnalysisResult, ShareableGroup, analyze, unique_tensor_bytes
+from searchmerge.analysis import (
+    AnalysisResult,
+    ShareableGroup,
+    analyze,
+    unique_tensor_bytes,
+)
 from searchmerge.analysis.layers import shareable_tensors
 from searchmerge.analysis.memory import model_tensors
-from searchmerge.deployment import MANIFEST_FILE, WEIGHTS_FILE, export_deployment, load_deployment
-from searchmerge.errors import SearchmergeError
-from searchmerge.merge import merge_models
-from searchmerge.space import SharingPlan
-from searchmerge.workload import ModelSpec, Workload
+from searchmerge.config.workload import ModelSpec, Workload
+from searchmerge.core.errors import SearchmergeError
+from searchmerge.core.space import SharingPlan
+from searchmerge.training.deployment import (
+    MANIFEST_FILE,
+    WEIGHTS_FILE,
+    export_deployment,
+    load_deployment,
+)
+from searchmerge.training.merge import merge_models
 
 INPUT_SHAPE = (3, 16, 16)
 ZOO_SPECS = (

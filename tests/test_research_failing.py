@@ -14,9 +14,9 @@ from typing import Any
 import optuna
 from optuna.distributions import CategoricalDistribution
 
-from searchmerge.evaluate import Cost, Evaluation, ModelOutcome
-from searchmerge.research import WARM_ATTR, failing_models, next_warm_plan
-from searchmerge.space import GroupInfo, SearchSpace, SharingPlan
+from searchmerge.core.space import GroupInfo, SearchSpace, SharingPlan
+from searchmerge.search.research import WARM_ATTR, failing_models, next_warm_plan
+from searchmerge.training.evaluate import Cost, Evaluation, ModelOutcome
 
 TARGET = 0.9
 SPACE = SearchSpace([

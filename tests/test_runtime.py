@@ -14,19 +14,19 @@ import torch
 
 from searchmerge.analysis import analyze, unique_tensor_bytes
 from searchmerge.analysis.memory import model_tensors
-from searchmerge.budget import DeploySettings, parse_bytes
-from searchmerge.cli import main
-from searchmerge.errors import SearchmergeError
-from searchmerge.merge import merge_models
+from searchmerge.cli.commands import main
+from searchmerge.config.deploy import DeploySettings, parse_bytes
+from searchmerge.config.settings import StudySettings
+from searchmerge.config.workload import ModelSpec, Workload
+from searchmerge.core.errors import SearchmergeError
+from searchmerge.core.space import SharingPlan
 from searchmerge.runtime.layout import TensorLayout
 from searchmerge.runtime.measure import layout_of, measure_profile
 from searchmerge.runtime.profile import Profile
 from searchmerge.runtime.residency import Residency
 from searchmerge.runtime.runtime import RuntimeExecutor, SwapRuntime
 from searchmerge.runtime.simulator import simulate
-from searchmerge.settings import StudySettings
-from searchmerge.space import SharingPlan
-from searchmerge.workload import ModelSpec, Workload
+from searchmerge.training.merge import merge_models
 from tests.conftest import TinyNet
 
 SHAPE = (3, 16, 16)
@@ -468,9 +468,9 @@ def test_deploy_objective_prefers_the_plan_that_fits(workload: Workload, origina
 
 def test_memory_aware_search_scores_plans_by_frames_processed(prepared_tiny: Path, tmp_path: Path) -> None:
     """With deploy:, trials are worth their simulated frames (then bytes), best() follows, and the settings are the study's."""
+    from searchmerge.config.study import open_study_file
     from searchmerge.runtime.objective import objective_value
-    from searchmerge.search import open_search
-    from searchmerge.study import open_study_file
+    from searchmerge.search.merge_search import open_search
     from tests.conftest import TINY_STUDY, copy_prepared
 
     shaped = TINY_STUDY.replace("in_channels: 1},", "in_channels: 1}, input_shape: [1, 16, 16],")

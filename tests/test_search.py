@@ -17,11 +17,11 @@ from pathlib import Path
 import optuna
 import pytest
 
-from searchmerge.errors import SearchmergeError
-from searchmerge.prepare import prepare_study
-from searchmerge.search import open_search
-from searchmerge.space import SharingPlan
-from searchmerge.study import open_study_file
+from searchmerge.config.study import open_study_file
+from searchmerge.core.errors import SearchmergeError
+from searchmerge.core.space import SharingPlan
+from searchmerge.search.merge_search import open_search
+from searchmerge.training.prepare import prepare_study
 from tests.conftest import TINY_STUDY, copy_prepared
 
 EVALUATOR_LINE = "evaluator: {fraction: 0.5, max_epochs: 2, lr: 0.003, init: first}"
@@ -162,7 +162,7 @@ def test_a_trial_abandoned_before_its_first_heartbeat_is_failed_and_retried(
     tiny: tuple[Path, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A worker killed while its sampler proposes leaves a RUNNING trial with no heartbeat."""
-    import searchmerge.search as search_module
+    import searchmerge.search.merge_search as search_module
 
     path, storage = tiny
     search = open_search(open_study_file(path, storage=storage), strategy="random", study_name="abandoned",
@@ -198,7 +198,7 @@ def test_workers_starting_together_on_a_fresh_postgres_database_all_open_it() ->
     with admin.connect() as connection:
         connection.execute(sa.text(f"CREATE DATABASE {database}"))
     url = POSTGRES.rsplit("/", 1)[0] + f"/{database}"
-    code = f"from searchmerge.search import _open_storage; _open_storage({url!r}, 60, 120)"
+    code = f"from searchmerge.search.merge_search import _open_storage; _open_storage({url!r}, 60, 120)"
     try:
         openers = [subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stderr=subprocess.PIPE, text=True)
                    for _ in range(4)]
@@ -289,7 +289,7 @@ def test_dashboard_shows_user_attributes_and_constraints(tiny: tuple[Path, str])
 
 def test_report_prints_best_plan_and_writes_plots(tiny: tuple[Path, str], tmp_path: Path,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
-    from searchmerge.cli import main
+    from searchmerge.cli.commands import main
 
     path, storage = tiny
     open_search(open_study_file(path, storage=storage), strategy="random").run(2)
@@ -319,9 +319,9 @@ def test_a_failed_confirmation_is_infeasible_for_every_reader(tiny: tuple[Path, 
 
     import torch
 
-    from searchmerge.sources.digits import Split
-    from searchmerge.search import MergeSearch, constraint_of
-    from searchmerge.strategies import history, trial_feasible
+    from searchmerge.data.sources.digits import Split
+    from searchmerge.search.merge_search import MergeSearch, constraint_of
+    from searchmerge.search.strategies import history, trial_feasible
 
     path, storage = tiny
     # Every pass is confirmed on the test split (margin 1); the test labels are scrambled, so it fails there.
@@ -354,7 +354,7 @@ def test_a_failed_confirmation_is_infeasible_for_every_reader(tiny: tuple[Path, 
 
 def test_checkpoints_never_dangle_after_other_seeds_and_evaluate(tiny: tuple[Path, str], tmp_path: Path) -> None:
     """The same plans evaluated again (another seed, the evaluate command) leave the first study's ids intact."""
-    from searchmerge.evaluate import evaluate_plan
+    from searchmerge.training.evaluate import evaluate_plan
 
     path, storage = tiny
     study = open_study_file(path, storage=storage)
@@ -379,7 +379,7 @@ def test_checkpoints_never_dangle_after_other_seeds_and_evaluate(tiny: tuple[Pat
 
 
 def test_export_command(tiny: tuple[Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from searchmerge.cli import main
+    from searchmerge.cli.commands import main
 
     path, storage = tiny
     search = open_search(open_study_file(path, storage=storage), strategy="greedy", study_name="to-export")

@@ -14,13 +14,13 @@ import optuna
 import pytest
 
 from searchmerge.cli import main
-from searchmerge.errors import SearchmergeError
-from searchmerge.merge import merge_models, merged_state
-from searchmerge.search import MergeSearch, open_search
-from searchmerge.selection import select_search
-from searchmerge.space import SharingPlan
-from searchmerge.store import CheckpointKey
-from searchmerge.study import StudyFile, open_study_file
+from searchmerge.config.study import StudyFile, open_study_file
+from searchmerge.core.errors import SearchmergeError
+from searchmerge.core.space import SharingPlan
+from searchmerge.search.merge_search import MergeSearch, open_search
+from searchmerge.search.selection import select_search
+from searchmerge.storage.store import CheckpointKey
+from searchmerge.training.merge import merge_models, merged_state
 from tests.conftest import copy_prepared
 
 GREEDY, SURROGATE = "tiny-digits-greedy", "tiny-digits-surrogate"

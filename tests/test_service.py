@@ -14,20 +14,33 @@ import optuna
 import pytest
 import sqlalchemy as sa
 
-from searchmerge.cli import main
-from searchmerge.errors import SearchmergeError
-from searchmerge.search import load_search
-from searchmerge.service.app import create_app
-from searchmerge.service.db import edges, open_engine, samples, versions
+from searchmerge.cli.commands import main
+from searchmerge.config.study import StudyFile
+from searchmerge.core.errors import SearchmergeError
+from searchmerge.search.merge_search import load_search
+from searchmerge.service.cloud.app import create_app
+from searchmerge.service.cloud.db import edges, open_engine, samples, versions
+from searchmerge.service.cloud.jobs import list_jobs, request_research, run_job
+from searchmerge.service.cloud.samples import prune_samples, store_samples
+from searchmerge.service.cloud.service import MergingService, ServiceSettings
+from searchmerge.service.cloud.tokens import authenticate, create_edge_token
+from searchmerge.service.cloud.versions import (
+    current_version,
+    list_versions,
+    publish,
+    rollback,
+)
 from searchmerge.service.footage import Footage
-from searchmerge.service.jobs import list_jobs, request_research, run_job
 from searchmerge.service.protocol import DigitsSource, Sample, SampleBatch, encode_frame
-from searchmerge.service.samples import prune_samples, store_samples
-from searchmerge.service.service import MergingService, ServiceSettings
-from searchmerge.service.tokens import authenticate, create_edge_token
-from searchmerge.service.versions import current_version, list_versions, publish, rollback
-from searchmerge.study import StudyFile
-from tests.edge_cloud_support import PARENT, free_port, kill, searched_copy, start_service, stop, wait_for
+from tests.edge_cloud_support import (
+    PARENT,
+    free_port,
+    kill,
+    searched_copy,
+    start_service,
+    stop,
+    wait_for,
+)
 
 with warnings.catch_warnings():  # starlette asks for httpx2, which FastAPI's test client does not use yet
     warnings.simplefilter("ignore")

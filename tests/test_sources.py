@@ -11,12 +11,12 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from searchmerge.errors import SearchmergeError
-from searchmerge.sources import format_names, get_source, subsample
-from searchmerge.sources.base import SourceContext, subsample_indices
-from searchmerge.sources.images import ImageReader
-from tests.bad_input_support import assert_prepare_refuses
+from searchmerge.core.errors import SearchmergeError
+from searchmerge.data.sources import format_names, get_source, subsample
+from searchmerge.data.sources.base import SourceContext, subsample_indices
+from searchmerge.data.sources.images import ImageReader
 from tests import user_data
+from tests.bad_input_support import assert_prepare_refuses
 
 
 def context(folder: Path, cache: Path | None = None) -> SourceContext:
@@ -182,8 +182,8 @@ def test_an_unusable_source_is_refused_with_its_name() -> None:
 
 
 def test_worker_processes_read_the_same_batches_and_keep_errors_to_one_line(tmp_path: Path) -> None:
-    from searchmerge.tasks import get_kind
-    from searchmerge.train import batches, in_order
+    from searchmerge.data.loading import batches, in_order
+    from searchmerge.data.tasks import get_kind
 
     user_data.write_image_folder(tmp_path / "gate", classes=2, per_class=6, splits=("train", "val"))
     data = get_source("imagefolder").open({"root": "gate"}, context(tmp_path), task="classification")

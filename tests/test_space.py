@@ -9,8 +9,8 @@ import optuna
 import pytest
 from optuna.distributions import CategoricalDistribution
 
-from searchmerge.errors import SearchmergeError
-from searchmerge.space import GroupInfo, SearchSpace, SharingPlan
+from searchmerge.core.errors import SearchmergeError
+from searchmerge.core.space import GroupInfo, SearchSpace, SharingPlan
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

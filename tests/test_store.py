@@ -16,10 +16,10 @@ import pytest
 import sqlalchemy as sa
 import torch
 
-from searchmerge import store as store_module
 from searchmerge import atomic as atomic_module
-from searchmerge.errors import SearchmergeError
-from searchmerge.store import (
+from searchmerge import store as store_module
+from searchmerge.core.errors import SearchmergeError
+from searchmerge.storage.store import (
     TABLE_NAME,
     CheckpointCorruptError,
     CheckpointKey,

@@ -19,9 +19,9 @@ from sklearn.utils.estimator_checks import (
     check_set_params,
 )
 
-from searchmerge.errors import SearchmergeError
-from searchmerge.space import GroupInfo, SearchSpace, SharingPlan
-from searchmerge.strategies import (
+from searchmerge.core.errors import SearchmergeError
+from searchmerge.core.space import GroupInfo, SearchSpace, SharingPlan
+from searchmerge.search.strategies import (
     STRATEGIES,
     FeasibilitySurrogate,
     GreedySampler,
@@ -442,7 +442,7 @@ def test_feasibility_surrogate_one_class_predicts_the_smoothed_rate(feasible: bo
 
 
 def test_surrogate_prior_records_inform_the_classifier_but_are_not_tried() -> None:
-    from searchmerge.strategies import PlanRecord, SurrogateSampler
+    from searchmerge.search.strategies import PlanRecord, SurrogateSampler
 
     space = SearchSpace([GroupInfo(name=f"g{i}", saved_bytes=10 + i) for i in range(4)])
     bad, good = SharingPlan.of(["g3"]), SharingPlan.of(["g0", "g1"])
@@ -464,7 +464,7 @@ def test_greedy_with_a_deploy_objective_tries_plans_saving_fewer_bytes() -> None
     processed in time: every plan is feasible and the plan sharing nothing is the best.
     Greedy must not limit itself to plans saving more bytes than its best plan.
     """
-    from searchmerge.search import DEPLOY_OBJECTIVE_NAME
+    from searchmerge.search.merge_search import DEPLOY_OBJECTIVE_NAME
 
     space = SearchSpace([GroupInfo(name=n, saved_bytes=b) for n, b in [("g0", 100), ("g1", 50), ("g2", 25)]])
     frames = 1000

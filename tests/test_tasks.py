@@ -12,15 +12,15 @@ from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
 from searchmerge.analysis import analyze
-from searchmerge.errors import SearchmergeError
-from searchmerge.evaluate import Evaluator
-from searchmerge.prepare import Baseline, PreparedWorkload
-from searchmerge.settings import EvaluatorSettings, StudySettings
-from searchmerge.sources import get_source
-from searchmerge.sources.base import SourceContext
-from searchmerge.space import SharingPlan
-from searchmerge.tasks import get_kind, kind_names
-from searchmerge.workload import ModelSpec, Workload
+from searchmerge.config.settings import EvaluatorSettings, StudySettings
+from searchmerge.config.workload import ModelSpec, Workload
+from searchmerge.core.errors import SearchmergeError
+from searchmerge.core.space import SharingPlan
+from searchmerge.data.sources import get_source
+from searchmerge.data.sources.base import SourceContext
+from searchmerge.data.tasks import get_kind, kind_names
+from searchmerge.training.evaluate import Evaluator
+from searchmerge.training.prepare import Baseline, PreparedWorkload
 from tests import user_data
 
 

@@ -13,11 +13,11 @@ import torch
 from safetensors.torch import save_file
 
 from searchmerge.analysis import analyze
-from searchmerge.cli import main
-from searchmerge.prepare import prepare_study
-from searchmerge.sources import get_source
-from searchmerge.sources.base import SourceContext
-from searchmerge.study import open_study_file
+from searchmerge.cli.commands import main
+from searchmerge.config.study import open_study_file
+from searchmerge.data.sources import get_source
+from searchmerge.data.sources.base import SourceContext
+from searchmerge.training.prepare import prepare_study
 from tests import user_data
 
 STUDY = """

@@ -15,13 +15,13 @@ import pytest
 import torch
 from PIL import Image
 
-from searchmerge.cli import main
-from searchmerge.errors import SearchmergeError
-from searchmerge.sources import get_source
-from searchmerge.sources.base import SourceContext
-from searchmerge.sources.frame_labels import read_frame_labels
-from searchmerge.sources.frames import Footage
-from searchmerge.store import CheckpointStore
+from searchmerge.cli.commands import main
+from searchmerge.core.errors import SearchmergeError
+from searchmerge.data.sources import get_source
+from searchmerge.data.sources.base import SourceContext
+from searchmerge.data.sources.frame_labels import read_frame_labels
+from searchmerge.data.sources.frames import Footage
+from searchmerge.storage.store import CheckpointStore
 from tests.bad_input_support import assert_prepare_refuses
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -279,9 +279,9 @@ def test_the_shipped_campus_footage_decodes_to_795_frames_and_its_teacher_labels
 
 def test_the_campus_study_file_is_valid_and_its_detector_can_share_with_a_mobilenet(tmp_path: Path) -> None:
     from searchmerge.analysis.analyze import analyze
-    from searchmerge.model_data import model_request
-    from searchmerge.study import open_study_file
-    from searchmerge.workload import ModelSpec, Workload
+    from searchmerge.config.data_request import model_request
+    from searchmerge.config.study import open_study_file
+    from searchmerge.config.workload import ModelSpec, Workload
     from searchmerge.zoo import person_detector
 
     study = open_study_file(ROOT / "studies" / "campus.yaml", storage=f"sqlite:///{tmp_path / 'campus.db'}")

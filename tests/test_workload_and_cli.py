@@ -11,9 +11,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from searchmerge.cli import main
-from searchmerge.errors import SearchmergeError
-from searchmerge.workload import ModelSpec, from_models, load_study_file
+from searchmerge.cli.commands import main
+from searchmerge.config.workload import ModelSpec, from_models, load_study_file
+from searchmerge.core.errors import SearchmergeError
 from tests.conftest import TinyNet
 
 REPO = Path(__file__).resolve().parents[1]

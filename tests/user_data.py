@@ -159,7 +159,7 @@ def tiny_classifier(num_classes: int = 3) -> TinyClassifier:
 
 def train_briefly(model: nn.Module, kind: str, samples: list, *, steps: int, lr: float = 3e-3, seed: int = 0) -> nn.Module:
     """Train ``model`` on ``(input, target)`` samples with the task kind's loss: the user's own training."""
-    from searchmerge.tasks import get_kind
+    from searchmerge.data.tasks import get_kind
 
     adapter = get_kind(kind)
     torch.manual_seed(seed)

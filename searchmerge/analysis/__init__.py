@@ -2,7 +2,13 @@
 
 from searchmerge.analysis.analyze import AnalysisResult, ModelMemory, PairStats, analyze
 from searchmerge.analysis.groups import ShareableGroup, common_layers, find_groups
-from searchmerge.analysis.layers import Layer, LayerSignature, is_norm_layer, layer_signature, weighted_layers
+from searchmerge.analysis.layers import (
+    Layer,
+    LayerSignature,
+    is_norm_layer,
+    layer_signature,
+    weighted_layers,
+)
 from searchmerge.analysis.memory import measure_activation_bytes, unique_tensor_bytes
 
 __all__ = [

@@ -11,9 +11,13 @@ import torch
 
 from searchmerge.analysis.groups import ShareableGroup, common_layers, find_groups
 from searchmerge.analysis.layers import Layer, weighted_layers
-from searchmerge.analysis.memory import measure_activation_bytes, model_tensors, unique_tensor_bytes
-from searchmerge.errors import SearchmergeError
-from searchmerge.workload import Workload, from_models
+from searchmerge.analysis.memory import (
+    measure_activation_bytes,
+    model_tensors,
+    unique_tensor_bytes,
+)
+from searchmerge.config.workload import Workload, from_models
+from searchmerge.core.errors import SearchmergeError
 
 
 @dataclass(frozen=True)

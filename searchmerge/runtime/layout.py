@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
-from searchmerge.errors import SearchmergeError
+from searchmerge.core.errors import SearchmergeError
 
 __all__ = ["Block", "TensorLayout"]
 

@@ -21,14 +21,24 @@ import torch
 from torch import nn
 
 from searchmerge.analysis import ShareableGroup, analyze, measure_activation_bytes
-from searchmerge.analysis.memory import example_inputs, model_tensors, unique_tensor_bytes
-from searchmerge.budget import PCIE3_X16_BYTES_PER_S
-from searchmerge.errors import SearchmergeError
-from searchmerge.merge import merge_models
+from searchmerge.analysis.memory import (
+    example_inputs,
+    model_tensors,
+    unique_tensor_bytes,
+)
+from searchmerge.config.deploy import PCIE3_X16_BYTES_PER_S
+from searchmerge.config.workload import ModelSpec, Workload
+from searchmerge.core.errors import SearchmergeError
+from searchmerge.core.space import SharingPlan
 from searchmerge.runtime.layout import TensorLayout
-from searchmerge.runtime.profile import ModelProfile, PlanProfile, Profile, plan_fingerprint, workload_fingerprint
-from searchmerge.space import SharingPlan
-from searchmerge.workload import ModelSpec, Workload
+from searchmerge.runtime.profile import (
+    ModelProfile,
+    PlanProfile,
+    Profile,
+    plan_fingerprint,
+    workload_fingerprint,
+)
+from searchmerge.training.merge import merge_models
 
 __all__ = ["BATCH_SIZES", "layout_of", "measure_profile", "tensor_index"]
 
@@ -40,7 +50,7 @@ def layout_of(models: Mapping[str, nn.Module]) -> TensorLayout:
     """The distinct tensors of ``models`` (tied tensors once) and each model's layers.
 
     A tensor is named by its first occurrence (``model/state.key``, models in the given
-    order), exactly as :func:`searchmerge.deployment.export_deployment` names it in the
+    order), exactly as :func:`searchmerge.training.deployment.export_deployment` names it in the
     weights file. A layer is a module that owns tensors directly, in module order.
     """
     return tensor_index(models)[0]

@@ -18,13 +18,13 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from searchmerge.analysis import ShareableGroup
-from searchmerge.budget import DeploySettings
-from searchmerge.merge import merge_models
+from searchmerge.config.deploy import DeploySettings
+from searchmerge.config.workload import Workload
+from searchmerge.core.space import SharingPlan
 from searchmerge.runtime.measure import layout_of, measure_profile
 from searchmerge.runtime.profile import PlanProfile, Profile, plan_fingerprint
 from searchmerge.runtime.simulator import SimulationResult, simulate
-from searchmerge.space import SharingPlan
-from searchmerge.workload import Workload
+from searchmerge.training.merge import merge_models
 
 __all__ = ["DeployObjective", "objective_value"]
 

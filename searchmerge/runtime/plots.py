@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from searchmerge.budget import format_bytes
+from searchmerge.config.deploy import format_bytes
 from searchmerge.runtime.simulator import SimulationResult
 
 __all__ = ["plot_sweep", "plot_timeline"]

@@ -29,10 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from searchmerge.atomic import write_atomic
-from searchmerge.errors import SearchmergeError
+from searchmerge.config.workload import Workload
+from searchmerge.core.errors import SearchmergeError
 from searchmerge.runtime.layout import TensorLayout
-from searchmerge.workload import Workload
+from searchmerge.storage.atomic import write_atomic
 
 __all__ = ["FORMAT", "ModelProfile", "PlanProfile", "Profile", "plan_fingerprint", "workload_fingerprint"]
 

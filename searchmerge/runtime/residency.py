@@ -17,8 +17,8 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
-from searchmerge.budget import POLICIES, SWAP_MODES, format_bytes
-from searchmerge.errors import SearchmergeError
+from searchmerge.config.deploy import POLICIES, SWAP_MODES, format_bytes
+from searchmerge.core.errors import SearchmergeError
 from searchmerge.runtime.layout import TensorLayout
 
 __all__ = ["Change", "Counters", "Residency", "StreamPlan", "transient_bytes"]

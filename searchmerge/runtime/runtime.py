@@ -34,8 +34,8 @@ import torch
 from torch import nn
 
 from searchmerge.analysis.memory import example_inputs
-from searchmerge.budget import PCIE3_X16_BYTES_PER_S, parse_bytes
-from searchmerge.errors import SearchmergeError
+from searchmerge.config.deploy import PCIE3_X16_BYTES_PER_S, parse_bytes
+from searchmerge.core.errors import SearchmergeError
 from searchmerge.runtime.measure import tensor_index
 from searchmerge.runtime.profile import PlanProfile, Profile
 from searchmerge.runtime.residency import Counters, Residency, StreamPlan
@@ -52,7 +52,7 @@ class SwapRuntime:
 
     Args:
         models: The deployment's models by name (tied tensors tied, as
-            :func:`~searchmerge.deployment.load_deployment` gives them), in host memory.
+            :func:`~searchmerge.training.deployment.load_deployment` gives them), in host memory.
         gpu_memory: The budget: bytes, or a size such as ``"4GiB"``.
         device: ``cuda`` (or ``cuda:N``), or ``simulated``.
         policy: Eviction policy, ``lru`` or ``lookahead`` (give ``upcoming`` to :meth:`run`).
@@ -95,8 +95,8 @@ class SwapRuntime:
 
     @classmethod
     def from_deployment(cls, directory: str | os.PathLike[str], **options: Any) -> SwapRuntime:
-        """A runtime holding the deployment written by :func:`~searchmerge.deployment.export_deployment`."""
-        from searchmerge.deployment import load_deployment
+        """A runtime holding the deployment written by :func:`~searchmerge.training.deployment.export_deployment`."""
+        from searchmerge.training.deployment import load_deployment
 
         return cls(load_deployment(directory, device="cpu").models, **options)
 

@@ -31,8 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from searchmerge.budget import DeploySettings, format_bytes
-from searchmerge.errors import SearchmergeError
+from searchmerge.config.deploy import DeploySettings, format_bytes
+from searchmerge.core.errors import SearchmergeError
 from searchmerge.runtime.profile import PlanProfile, Profile
 from searchmerge.runtime.residency import Residency, transient_bytes
 

@@ -12,11 +12,11 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from searchmerge.drift import scenario_data, workload_scenarios
-from searchmerge.errors import SearchmergeError
+from searchmerge.config.settings import StudySettings
+from searchmerge.config.workload import Workload
+from searchmerge.core.errors import SearchmergeError
+from searchmerge.search.scenarios import scenario_data, workload_scenarios
 from searchmerge.service.protocol import Sample
-from searchmerge.settings import StudySettings
-from searchmerge.workload import Workload
 
 __all__ = ["Footage"]
 

@@ -1,0 +1,633 @@
+"""The ``searchmerge`` command: thin subcommands over the Python API.
+
+Each subcommand parses its flags and calls one library function; everything here
+can be done from Python too. Problems with the user's input are printed as one
+``searchmerge: error: ...`` line with a non-zero exit status, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from searchmerge.core.errors import SearchmergeError
+
+#: Exit status of ``drift-check`` when a model of the deployed plan misses its target
+#: (0: the plan still holds; 2 stays "bad input"), so that a script or cron job can act on it.
+EXIT_DRIFT_MISSES = 3
+
+
+def _is_study_file(argument: str) -> bool:
+    return argument.endswith((".yaml", ".yml")) or Path(argument).is_file()
+
+
+def load_workload_argument(arguments: Sequence[str]):  # type: ignore[no-untyped-def]
+    """A study file, or a list of architecture names / factory paths."""
+    from searchmerge.config.workload import from_models, load_study_file
+
+    if len(arguments) == 1 and _is_study_file(arguments[0]):
+        workload, _ = load_study_file(arguments[0])
+        return workload
+    study_files = [a for a in arguments if _is_study_file(a)]
+    if study_files:
+        raise SearchmergeError(f"give either one study file or model names, not both ({study_files[0]!r})")
+    return from_models(arguments)
+
+
+def _batch_sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"batch sizes must be comma-separated integers, got {text!r}") from None
+    if not sizes or any(size < 1 for size in sizes):
+        raise argparse.ArgumentTypeError(f"batch sizes must be positive integers, got {text!r}")
+    return sizes
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    workload = load_workload_argument(args.models)  # validated before torch is imported
+
+    from searchmerge.analysis import analyze
+    from searchmerge.cli.report import format_analysis
+
+    batch_sizes = args.batch_sizes if args.activations else []
+    if batch_sizes and not args.json:
+        print(f"measuring activation memory at batch sizes {batch_sizes} ...", file=sys.stderr, flush=True)
+    result = analyze(workload, share_norm=args.share_norm, batch_sizes=batch_sizes, device=args.device)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        print(format_analysis(result, max_groups=args.max_groups))
+    return 0
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _open_study(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from searchmerge.config.study import open_study_file
+
+    return open_study_file(args.study, storage=args.storage, blob_dir=args.blob_dir, target=getattr(args, "target", None))
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from searchmerge.training.prepare import prepare_study
+
+    study = _open_study(args)
+    prepared = prepare_study(study, force=args.force, progress=_say)
+    for name, baseline in prepared.baselines.items():
+        print(f"{name}: val {baseline.val_accuracy:.3f}, test {baseline.test_accuracy:.3f}"
+              f" {prepared.kinds[name].metric_name}"
+              f" (checkpoint {baseline.checkpoint_id})")
+    print(f"originals stored in {study.storage}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from searchmerge.training.evaluate import evaluate_plan
+
+    study = _open_study(args)
+    evaluation, checkpoint = evaluate_plan(study, args.share, seed=args.seed, progress=None if args.json else _say)
+    if args.json:
+        print(json.dumps({**evaluation.to_dict(), "checkpoint": checkpoint}, indent=2))
+    else:
+        from searchmerge.cli.report import format_evaluation
+
+        saved_bound = evaluation.saved_bytes if args.share == "all" else None
+        print(format_evaluation(evaluation, bound_saved_bytes=saved_bound, checkpoint=checkpoint))
+    return 0
+
+
+def _search_for(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from searchmerge.search.merge_search import open_search
+
+    study = _open_study(args)
+    return open_search(
+        study,
+        strategy=args.strategy,
+        study_name=args.study_name,
+        seed=args.seed,
+        heartbeat_interval=args.heartbeat,
+        progress=_say,
+    )
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from searchmerge.cli.report import format_search
+
+    search = _search_for(args)
+    search.run(args.n_trials)
+    print(format_search(search, max_rows=10))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from searchmerge.cli.report import format_search, plot_searches
+    from searchmerge.search.merge_search import load_search, searchmerge_studies
+
+    study = _open_study(args)
+    names = [args.study_name] if args.study_name else searchmerge_studies(study)
+    if not names:
+        raise SearchmergeError(f"no searchmerge study for {study.workload.name!r} in {study.storage}; run 'search' first")
+    searches = [load_search(study, study_name=name) for name in names]
+    for search in searches:
+        print(format_search(search))
+        print()
+    for path in plot_searches(searches, args.out):
+        print(f"wrote {path}")
+    if args.export:
+        from searchmerge.search.selection import select_search
+
+        chosen = select_search(study, args.study_name, progress=_say)
+        print(f"exported the best plan of {chosen.study_name!r} to {chosen.export_best(args.export)}")
+    return 0
+
+
+def cmd_drift_check(args: argparse.Namespace) -> int:
+    from searchmerge.cli.report import format_drift_check
+    from searchmerge.search.drift_check import drift_check
+
+    study = _open_study(args)
+    check = drift_check(study, args.data, study_name=args.study_name, progress=None if args.json else _say)
+    if args.json:
+        print(json.dumps(check.to_dict(), indent=2))
+    else:
+        storage = [f"--{flag.replace('_', '-')}={value}" for flag in ("storage", "blob_dir")
+                   if (value := getattr(args, flag)) is not None]
+        print(format_drift_check(check, study.path, options=storage))
+    return EXIT_DRIFT_MISSES if check.missing else 0
+
+
+def cmd_research(args: argparse.Namespace) -> int:
+    from searchmerge.cli.report import format_search
+    from searchmerge.config.study import open_study_file
+    from searchmerge.search.research import research
+    from searchmerge.search.selection import select_search
+
+    parent_file = None
+    storage, blob_dir = args.storage, args.blob_dir
+    if args.parent_study_file:
+        # The re-search lives with its parent: the parent's storage, unless --storage says otherwise.
+        parent_file = open_study_file(args.parent_study_file, storage=storage, blob_dir=blob_dir)
+        storage, blob_dir = parent_file.storage, blob_dir or parent_file.store.blob_location
+    study = open_study_file(args.study, storage=storage, blob_dir=blob_dir)
+    parent_study = args.from_study or select_search(parent_file or study, progress=_say).study_name
+    search = research(
+        study, scenario=args.data, parent_file=parent_file, parent_study=parent_study, strategy=args.strategy,
+        n_trials=args.n_trials, study_name=args.study_name, seed=args.seed, heartbeat_interval=args.heartbeat,
+        progress=_say,
+    )
+    print(format_search(search, max_rows=10))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from searchmerge.search.selection import select_search
+
+    study = _open_study(args)
+    search = select_search(study, args.study_name, progress=_say)
+    trial = search.trial(args.trial) if args.trial is not None else None
+    directory = search.export(args.out, trial)
+    chosen = trial or search.best()
+    print(f"exported trial {chosen.number} of {search.study_name!r} ({'feasible' if chosen.feasible else 'INFEASIBLE'},"
+          f" {len(chosen.plan)} shared group(s), saves {chosen.saved_bytes / 1e6:.3f} MB) to {directory}")
+    return 0
+
+
+def cmd_store_gc(args: argparse.Namespace) -> int:
+    from datetime import timedelta
+
+    from searchmerge.search.merge_search import referenced_checkpoints
+
+    study = _open_study(args)
+    keep = referenced_checkpoints(study.storage) if args.records else None
+    done = study.store.collect_garbage(keep=keep, min_age=timedelta(hours=args.min_age_hours), dry_run=args.dry_run)
+    verb = "would remove" if done.dry_run else "removed"
+    print(f"{verb} {len(done.records)} unreferenced record(s) and {len(done.blobs)} unused blob(s)"
+          f" ({done.bytes_freed / 1e6:.3f} MB) from {study.store.blob_location}")
+    return 0
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    from searchmerge.cli.edgebox import profile_study
+
+    profile = profile_study(args.study, args.plan, storage=args.storage, blob_dir=args.blob_dir,
+                            study_name=args.study_name, device=args.device, link_bytes_per_s=args.link_bandwidth,
+                            repeats=args.repeats, progress=_say)
+    path = profile.save(args.out)
+    plans = ", ".join(f"{p.name} ({p.layout.resident_bytes / 1e6:.1f} MB)" for p in profile.plans)
+    print(f"wrote {path}: {len(profile.models)} models measured on {profile.device}; plans {plans}")
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from searchmerge.cli.edgebox import (
+        deploy_settings,
+        format_simulation,
+        simulate_study,
+        write_figures,
+    )
+
+    settings = deploy_settings(args.study, gpu_memory=args.gpu_memory, fps=args.fps, sla_ms=args.sla_ms,
+                               seconds=args.seconds, policy=args.policy, swap=args.swap)
+    report = simulate_study(args.study, settings, plans=args.plan, profile=args.profile, storage=args.storage,
+                            blob_dir=args.blob_dir, study_name=args.study_name, progress=_say)
+    print(json.dumps(report.to_dict(), indent=2) if args.json else format_simulation(report))
+    for path in write_figures(report, args.out):
+        _say(f"wrote {path}")
+    return 0
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    import optuna_dashboard
+
+    from searchmerge.storage.store import CheckpointStore
+
+    storage = args.storage
+    if storage is None:
+        from searchmerge.config.study import default_storage
+        from searchmerge.config.workload import load_study_file
+
+        storage = default_storage(load_study_file(args.study)[0].name) if args.study else None
+    if storage is None:
+        raise SearchmergeError("give a study file or --storage URL")
+    # The trials' artifacts (per-model tables, deployment manifests) live beside the checkpoint blobs.
+    is_sqlite_file = storage.startswith("sqlite:///") and storage != "sqlite:///:memory:"
+    artifacts = CheckpointStore.for_storage(storage, args.blob_dir).artifacts if is_sqlite_file or args.blob_dir else None
+    print(f"optuna-dashboard for {storage} on http://{args.host}:{args.port}/ (Ctrl-C stops it)"
+          + ("" if artifacts is not None else "; give --blob-dir to see the trials' artifacts"), flush=True)
+    optuna_dashboard.run_server(storage, host=args.host, port=args.port, artifact_store=artifacts)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from searchmerge.service.cloud.server import serve
+    from searchmerge.service.cloud.service import ServiceSettings
+
+    settings = ServiceSettings(parent_study=args.study_name, research_trials=args.research_trials, window=args.window,
+                               min_samples=args.min_samples, max_upload_bytes=args.max_upload_bytes,
+                               heartbeat_interval=args.heartbeat)
+    serve(_open_study(args), settings, host=args.host, port=args.port, progress=_say)
+    return 0
+
+
+def cmd_edge_token(args: argparse.Namespace) -> int:
+    from searchmerge.service.cloud.tokens import create_edge_token
+
+    study = _open_study(args)
+    token = create_edge_token(study.storage, study.workload.name, args.name)
+    _say(f"token of edge {args.name!r} for deployment {study.workload.name!r} (shown once; only its hash is stored):")
+    print(token)
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from searchmerge.service.cloud.db import open_engine
+    from searchmerge.service.cloud.versions import rollback
+
+    study = _open_study(args)
+    version = rollback(open_engine(study.storage), study.workload.name, args.version)
+    print(f"version {version.version} (trial {version.trial} of {version.source_study!r}) is current again;"
+          " the edges switch back at their next poll")
+    return 0
+
+
+def cmd_edge(args: argparse.Namespace) -> int:
+    import os
+
+    from searchmerge.service.edge.agent import EdgeAgent, EdgeSettings
+
+    token = args.token or os.environ.get("SEARCHMERGE_EDGE_TOKEN")
+    if not token:
+        raise SearchmergeError("give the edge's token with --token or SEARCHMERGE_EDGE_TOKEN")
+    settings = EdgeSettings(
+        state_dir=Path(args.state_dir), streams=tuple(args.streams or ()), fps=args.fps, sample_every=args.sample_every,
+        poll_seconds=args.poll, gpu_memory=args.gpu_memory, device=args.device, drift=args.drift,
+        drift_after=args.drift_after, duration=args.duration,
+        predictions=Path(args.predictions) if args.predictions else None,
+        metrics_host=args.metrics_host, metrics_port=args.metrics_port, threads=args.threads,
+    )
+    agent = EdgeAgent(args.server, token, settings, progress=_say)
+    try:
+        agent.run()
+    finally:
+        agent.stop()
+    return 0
+
+
+def _add_study_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("study", metavar="STUDY.yaml", help="a study file with tasks per model (see studies/)")
+    parser.add_argument("--storage", default=None,
+                        help="storage URL (default: sqlite:///NAME.db in the working directory)")
+    parser.add_argument("--blob-dir", default=None,
+                        help="folder for checkpoint files (default: next to a SQLite file; required otherwise)")
+
+
+def _add_run_arguments(parser: argparse.ArgumentParser, *, n_trials: int, study_name: str) -> None:
+    """The flags of every command that runs a study: strategy, trials, name, seed, heartbeat."""
+    from searchmerge.search.strategies import STRATEGIES
+
+    parser.add_argument("--strategy", choices=STRATEGIES, default="greedy", help="how plans are proposed")
+    parser.add_argument("--n-trials", type=_n_trials, default=n_trials,
+                        help="finished (complete or pruned) trials the study should have in total"
+                        " (default: %(default)s)")
+    parser.add_argument("--study-name", default=None, help=study_name)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the sampler and the retraining")
+    parser.add_argument("--heartbeat", type=int, default=10, metavar="SECONDS",
+                        help="heartbeat of running trials; a trial silent for twice this is failed and retried")
+
+
+def _add_plan_arguments(parser: argparse.ArgumentParser) -> None:
+    """The plans of ``profile`` and ``simulate``, and the search that 'best' comes from."""
+    parser.add_argument("--plan", action="append", default=None, metavar="PLAN",
+                        help="none, all, best (the search's best feasible plan) or comma-separated group names;"
+                        " repeat to compare (default: none, best when a search has one, all)")
+    parser.add_argument("--study-name", default=None, help="the search whose best plan 'best' is"
+                        " (default: the search with the best feasible plan, see docs/cli.md)")
+
+
+def _n_trials(text: str) -> int:
+    """Checked while parsing, so that a bad count fails before the originals are prepared."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"n-trials must be an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"n-trials must be at least 1, got {value}")
+    return value
+
+
+def _target(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"target must be a number in (0, 1], got {text!r}") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"target must be in (0, 1], got {text!r}")
+    return value
+
+
+def _quiet_optuna() -> None:
+    """searchmerge prints its own progress line per trial; Optuna's INFO lines would repeat them."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="searchmerge", description="Merge the layers that several vision models have in common."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    analyze = commands.add_parser(
+        "analyze",
+        help="which layers could these models share, and how much memory would that save",
+        description="Find the shareable layer groups of a workload and account for its memory.",
+    )
+    analyze.add_argument("models", nargs="+", metavar="MODEL|STUDY.yaml", help="torchvision names, "
+                         "'package.module:factory' paths, or one YAML study file")
+    analyze.add_argument("--share-norm", action="store_true", help="share normalisation layers too")
+    analyze.add_argument("--activations", action="store_true", help="also measure activation (run) memory")
+    analyze.add_argument("--batch-sizes", type=_batch_sizes, default=[1, 2, 4], metavar="1,2,4",
+                         help="batch sizes for --activations (default 1,2,4)")
+    analyze.add_argument("--device", default=None, help="device for --activations (default: cuda if present)")
+    analyze.add_argument("--max-groups", type=int, default=20, help="groups listed in the text output")
+    analyze.add_argument("--json", action="store_true", help="print one JSON document")
+    analyze.set_defaults(handler=cmd_analyze)
+
+    prepare = commands.add_parser(
+        "prepare",
+        help="check and store the original models of a study file and their baselines",
+        description="Load each model with its weights and check it against its data (a digits-demo model without"
+        " weights: pretrain each architecture, fine-tune one copy per camera task), then store the originals and"
+        " their baseline metric on val and test. Already stored originals are reused unless --force.",
+    )
+    _add_study_arguments(prepare)
+    prepare.add_argument("--force", action="store_true", help="retrain even if the originals are stored")
+    prepare.set_defaults(handler=cmd_prepare)
+
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="retrain a sharing plan and tell whether every model keeps its accuracy",
+        description="Merge the models by a plan, retrain them jointly on a subsample with early exit, and report"
+        " per-model accuracy, feasibility, memory and cost. Prepares the originals first if needed.",
+    )
+    _add_study_arguments(evaluate)
+    evaluate.add_argument("--share", default="none", metavar="none|all|GROUP,...",
+                          help="the plan: none, all, or comma-separated group names (see 'analyze')")
+    evaluate.add_argument("--target", type=_target, default=None, help="override the study's accuracy target")
+    evaluate.add_argument("--seed", type=int, default=0, help="seed of the retraining")
+    evaluate.add_argument("--json", action="store_true", help="print one JSON document")
+    evaluate.set_defaults(handler=cmd_evaluate)
+
+    for command, text in (
+        ("search", "search for the sharing plan that saves the most memory while every model keeps its target"),
+        ("worker", "the same as 'search': run one more worker on a shared (PostgreSQL) study"),
+    ):
+        search = commands.add_parser(
+            command,
+            help=text,
+            description=text + ". Running the same command again resumes the study; the run stops when the study"
+            " has N finished (complete or pruned) trials in total.",
+        )
+        _add_study_arguments(search)
+        _add_run_arguments(search, n_trials=20, study_name="default: WORKLOAD-STRATEGY")
+        search.set_defaults(handler=cmd_search)
+
+    drift = commands.add_parser(
+        "drift-check",
+        help="score the deployed plan's merged models on drifted data (night, moved, rain, ...)",
+        description="Load the best feasible plan of a search and its merged weights, and report per model the"
+        " accuracy before and after a drift scenario, which models now miss their target, and their shared groups."
+        f" Exit status: 0 when every model still meets its target, {EXIT_DRIFT_MISSES} when one misses it,"
+        " 2 on bad input.",
+    )
+    _add_study_arguments(drift)
+    drift.add_argument("--data", required=True, metavar="SCENARIO", help="drift scenario: night, moved, rain, or one"
+                       " from the study file's 'drift:' section")
+    drift.add_argument("--study-name", default=None, help="the search that deployed the plan"
+                       " (default: the search with the best feasible plan, see docs/cli.md)")
+    drift.add_argument("--json", action="store_true", help="print one JSON document")
+    drift.set_defaults(handler=cmd_drift_check)
+
+    research = commands.add_parser(
+        "research",
+        help="re-search incrementally from a deployed plan after a drift or a workload change",
+        description="Start a new study linked to an earlier one: re-validate its deployed plan from the stored merged"
+        " weights, back off from the groups of failing models, then search on. Running it again resumes.",
+    )
+    _add_study_arguments(research)
+    research.add_argument("--data", default=None, metavar="SCENARIO", help="drift scenario to search on")
+    research.add_argument("--from-study", default=None, metavar="NAME",
+                          help="the parent study (default: the parent workload's search with the best feasible plan)")
+    research.add_argument("--parent-study-file", default=None, metavar="OLD.yaml",
+                          help="the parent's study file, when STUDY.yaml adds or retires a model")
+    _add_run_arguments(research, n_trials=10, study_name="the new study (default: PARENT-SCENARIO)")
+    research.set_defaults(handler=cmd_research)
+
+    export = commands.add_parser(
+        "export",
+        help="write the merged deployment (safetensors + manifest) of a study's best feasible plan",
+        description="Rebuild the merged models of the best feasible trial (or trial K) from the checkpoint store"
+        " and write them as a deployment folder: weights.safetensors (shared tensors once) and manifest.json.",
+    )
+    _add_study_arguments(export)
+    export.add_argument("--study-name", default=None,
+                        help="the search (default: the search with the best feasible plan, see docs/cli.md)")
+    export.add_argument("--trial", type=int, default=None, metavar="K", help="export trial K instead of the best")
+    export.add_argument("--out", required=True, metavar="DIR", help="the deployment folder to write")
+    export.set_defaults(handler=cmd_export)
+
+    store = commands.add_parser("store", help="maintain the checkpoint store of a study file's storage")
+    store_commands = store.add_subparsers(dest="store_command", required=True, metavar="ACTION")
+    gc = store_commands.add_parser(
+        "gc",
+        help="remove checkpoint blobs that no record uses (and, with --records, records no trial names)",
+        description="Safe while workers run: only objects older than --min-age-hours are candidates. Originals"
+        " are never removed.",
+    )
+    _add_study_arguments(gc)
+    gc.add_argument("--records", action="store_true",
+                    help="also remove merged-weight records that no trial of any study in the storage names")
+    gc.add_argument("--min-age-hours", type=float, default=1.0, help="keep anything younger (default: 1)")
+    gc.add_argument("--dry-run", action="store_true", help="say what would be removed, remove nothing")
+    gc.set_defaults(handler=cmd_store_gc)
+
+    report = commands.add_parser("report", help="best plan, trials and plots of a study file's searches")
+    _add_study_arguments(report)
+    report.add_argument("--study-name", default=None, help="one study (default: every search of this workload)")
+    report.add_argument("--out", default="searchmerge-report", help="folder for the plots")
+    report.add_argument("--export", default=None, metavar="DIR", help="also export the best plan's merged deployment"
+                        " (of --study-name, else of the search with the best feasible plan, as 'export' chooses)")
+    report.set_defaults(handler=cmd_report)
+
+    profile = commands.add_parser(
+        "profile",
+        help="measure what each model costs on this device (time, run memory, load) and lay out the plans",
+        description="Measure per model the inference time and run memory at batch sizes 1, 2, 4, 8 on the device"
+        " present, the host-to-device link on CUDA, and per plan the tensors a deployment holds (shared once)."
+        " Needs no training: only the architectures (and, for 'best', a search).",
+    )
+    _add_study_arguments(profile)
+    _add_plan_arguments(profile)
+    profile.add_argument("--out", default="profile.json", help="the profile file to write (default: %(default)s)")
+    profile.add_argument("--device", default=None, help="where to measure (default: cuda if present, else cpu)")
+    profile.add_argument("--link-bandwidth", default=None, metavar="BYTES/S",
+                         help="host-to-device bytes per second, e.g. 12GB (default: measured on CUDA, else PCIe 3 x16)")
+    profile.add_argument("--repeats", type=int, default=3, help="timed runs per batch size (default: 3)")
+    profile.set_defaults(handler=cmd_profile)
+
+    simulate = commands.add_parser(
+        "simulate",
+        help="simulate one camera stream per model on a GPU memory budget: frames processed, swaps, loading",
+        description="Simulate the plans on an edge box: one stream per model at FPS, a time-slicing scheduler"
+        " batching 1/2/4/8 frames, frames that cannot meet the SLA dropped, models swapped in and out of the"
+        " budget. Prints the plans side by side and writes the residency timeline and processed fraction vs"
+        " memory as PNGs. Flags override the study file's deploy: section.",
+    )
+    _add_study_arguments(simulate)
+    simulate.add_argument("--gpu-memory", default=None, metavar="SIZE", help="the budget, e.g. 4GiB or 512MiB")
+    simulate.add_argument("--fps", default=None, help="frames per second per stream (default: 15)")
+    simulate.add_argument("--sla-ms", default=None, help="latency target in milliseconds (default: 200)")
+    simulate.add_argument("--seconds", default=None, help="simulated seconds (default: 60)")
+    simulate.add_argument("--policy", default=None, help="eviction: lru or lookahead (default: lru)")
+    simulate.add_argument("--swap", default=None, help="load per model, or per unit (merged group) (default: model)")
+    _add_plan_arguments(simulate)
+    simulate.add_argument("--profile", default=None, metavar="PROFILE.json",
+                          help="a profile from 'searchmerge profile' (default: measure one now)")
+    simulate.add_argument("--out", default="searchmerge-simulate", help="folder for the PNGs (default: %(default)s)")
+    simulate.add_argument("--json", action="store_true", help="print one JSON document")
+    simulate.set_defaults(handler=cmd_simulate)
+
+    serve = commands.add_parser(
+        "serve",
+        help="the merging service: versions for edge agents, drift checks on their samples, re-search and publish",
+        description="Serve the study's deployment to edge agents over HTTP (OpenAPI at /openapi.json). Version 1 is"
+        " the best feasible plan of --study-name; when the edges' samples show a model below its target on a drift"
+        " scenario, a re-search runs in the background and its best feasible plan is published as the next version.",
+    )
+    _add_study_arguments(serve)
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--study-name", default=None, help="the search whose best plan is version 1"
+                       " (default: the search with the best feasible plan, see docs/cli.md)")
+    serve.add_argument("--research-trials", type=_n_trials, default=10, help="finished trials of each re-search (default: 10)")
+    serve.add_argument("--window", type=int, default=64, help="newest samples per model the drift check reads (default: 64)")
+    serve.add_argument("--min-samples", type=int, default=32, help="samples a model needs to be judged (default: 32)")
+    serve.add_argument("--max-upload-bytes", type=int, default=1 << 20, help="largest request body (default: 1 MiB)")
+    serve.add_argument("--heartbeat", type=int, default=10, metavar="SECONDS", help="heartbeat of the re-search's trials")
+    serve.set_defaults(handler=cmd_serve)
+
+    edge_token = commands.add_parser("edge-token", help="make (or replace) the bearer token of an edge agent",
+                                     description="Prints a new token for edge NAME; only its SHA-256 is stored,"
+                                     " and a token made before for NAME stops working.")
+    _add_study_arguments(edge_token)
+    edge_token.add_argument("name", metavar="NAME", help="the edge's name: letters, digits, - and _")
+    edge_token.set_defaults(handler=cmd_edge_token)
+
+    rollback = commands.add_parser("rollback", help="make an earlier published version current again")
+    _add_study_arguments(rollback)
+    rollback.add_argument("version", type=int, metavar="VERSION", help="the version to return to")
+    rollback.set_defaults(handler=cmd_rollback)
+
+    edge = commands.add_parser(
+        "edge",
+        help="the edge agent: serve the current version on camera streams, sample for the service, switch versions",
+        description="Run the deployment the merging service publishes on one or more streams, write predictions as"
+        " JSON lines, send sampled frames and statistics, and switch to new versions between two frames (verified"
+        " first; only changed tensors copied). /healthz and /metrics (Prometheus) on --metrics-port.",
+    )
+    edge.add_argument("--server", required=True, help="the merging service, e.g. http://127.0.0.1:8000")
+    edge.add_argument("--token", default=None, help="the edge's token (default: $SEARCHMERGE_EDGE_TOKEN)")
+    edge.add_argument("--streams", nargs="+", default=None, metavar="MODEL=SOURCE",
+                      help="MODEL=digits (the generator's camera of MODEL) or MODEL=FOLDER of images"
+                      " (default: a digits stream per model)")
+    edge.add_argument("--state-dir", default="searchmerge-edge", help="the agent's versions and predictions")
+    edge.add_argument("--predictions", default=None, help="JSON-lines file (default: STATE_DIR/predictions.jsonl)")
+    edge.add_argument("--fps", type=float, default=10.0, help="frames per second per stream (default: 10)")
+    edge.add_argument("--sample-every", type=int, default=10, help="send every N-th frame of a stream (default: 10)")
+    edge.add_argument("--poll", type=float, default=5.0, help="seconds between polls of the service (default: 5)")
+    edge.add_argument("--gpu-memory", default="1GiB", help="the device budget (default: 1GiB)")
+    edge.add_argument("--device", default="simulated", help="simulated (the CPU) or cuda (default: simulated)")
+    edge.add_argument("--drift", default=None, metavar="SCENARIO", help="switch the digits streams to this drift"
+                      " scenario ...")
+    edge.add_argument("--drift-after", type=float, default=0.0, metavar="SECONDS", help="... this long after start")
+    edge.add_argument("--duration", type=float, default=None, metavar="SECONDS", help="stop after (default: never)")
+    edge.add_argument("--metrics-host", default="127.0.0.1")
+    edge.add_argument("--metrics-port", type=int, default=9100, help="/metrics and /healthz (0: any free port)")
+    edge.add_argument("--threads", type=int, default=1, help="CPU threads of the models' operators (default: 1,"
+                      " fastest for one frame of a small model on a busy CPU)")
+    edge.set_defaults(handler=cmd_edge)
+
+    dashboard = commands.add_parser("dashboard", help="start optuna-dashboard on the study storage")
+    dashboard.add_argument("study", nargs="?", metavar="STUDY.yaml", help="a study file (for its default storage)")
+    dashboard.add_argument("--storage", default=None, help="storage URL (default: the study file's)")
+    dashboard.add_argument("--blob-dir", default=None,
+                           help="the checkpoint blob location, for the trials' artifacts (default: next to a SQLite file)")
+    dashboard.add_argument("--host", default="127.0.0.1")
+    dashboard.add_argument("--port", type=int, default=8080)
+    dashboard.set_defaults(handler=cmd_dashboard)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "study", None) and args.command != "dashboard":
+        # The first line comes at once: importing torch and making the data take a while.
+        _say(f"searchmerge {args.command}: opening study file {args.study} ...")
+    _quiet_optuna()
+    try:
+        return int(args.handler(args))
+    except SearchmergeError as exc:
+        print(f"searchmerge: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("searchmerge: interrupted", file=sys.stderr)
+        return 130
+

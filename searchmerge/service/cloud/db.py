@@ -1,0 +1,124 @@
+"""The service's state as tables in the study's own database (SQLite or PostgreSQL).
+
+The merging service keeps nothing it needs in memory only: edges and their token
+hashes, published versions, re-search jobs and the samples the edges sent are rows
+beside Optuna's tables and the checkpoint records. A service killed at any moment
+therefore restarts where it was, and two rows that must exist once (a version of a
+given trial, a job for a given drift) are kept once by unique constraints, decided by
+the database rather than by a read-then-write in Python.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from searchmerge.core.errors import SearchmergeError
+
+__all__ = ["edges", "jobs", "now", "open_engine", "samples", "utc", "versions"]
+
+_metadata = sa.MetaData()
+
+#: One row per edge of a deployment: the SHA-256 of its token (never the token) and what it last reported.
+edges = sa.Table(
+    "searchmerge_edges",
+    _metadata,
+    sa.Column("deployment", sa.String(255), primary_key=True),
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("token_sha256", sa.String(64), nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("last_seen", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("stats_json", sa.Text, nullable=True),
+)
+
+#: Published deployments, numbered 1, 2, ... per deployment; immutable once inserted.
+versions = sa.Table(
+    "searchmerge_versions",
+    _metadata,
+    sa.Column("deployment", sa.String(255), primary_key=True),
+    sa.Column("number", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("source_study", sa.String(255), nullable=False),
+    sa.Column("trial", sa.Integer, nullable=False),
+    sa.Column("checkpoint", sa.String(64), nullable=False),
+    sa.Column("scenario", sa.String(255), nullable=True),
+    sa.Column("manifest_blob", sa.String(80), nullable=False),
+    sa.Column("manifest_sha256", sa.String(64), nullable=False),
+    sa.Column("manifest_size", sa.BigInteger, nullable=False),
+    sa.Column("weights_blob", sa.String(80), nullable=False),
+    sa.Column("weights_sha256", sa.String(64), nullable=False),
+    sa.Column("weights_size", sa.BigInteger, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    # Set by a rollback: the version stays stored, but is no longer served as current.
+    sa.Column("withdrawn_at", sa.DateTime(timezone=True), nullable=True),
+    # A trial is published once, however often a restarted job tries.
+    sa.UniqueConstraint("deployment", "source_study", "trial", name="uq_searchmerge_versions_trial"),
+)
+
+#: Re-search jobs: one per (deployment, parent study, drift scenario).
+jobs = sa.Table(
+    "searchmerge_jobs",
+    _metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("deployment", sa.String(255), nullable=False),
+    sa.Column("parent_study", sa.String(255), nullable=False),
+    sa.Column("scenario", sa.String(255), nullable=False),
+    sa.Column("study_name", sa.String(255), nullable=False),
+    sa.Column("state", sa.String(32), nullable=False),
+    sa.Column("n_trials", sa.Integer, nullable=False),
+    sa.Column("detected_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("started_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("version", sa.Integer, nullable=True),
+    sa.Column("message", sa.Text, nullable=False, default=""),
+    sa.UniqueConstraint("deployment", "parent_study", "scenario", name="uq_searchmerge_jobs_drift"),
+)
+
+#: Frames the edges sampled, with the label the service gave them.
+samples = sa.Table(
+    "searchmerge_samples",
+    _metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("deployment", sa.String(255), nullable=False),
+    sa.Column("edge", sa.String(64), nullable=False),
+    sa.Column("model", sa.String(255), nullable=False),
+    sa.Column("edge_version", sa.Integer, nullable=True),
+    sa.Column("scenario", sa.String(255), nullable=True),
+    sa.Column("split", sa.String(16), nullable=False),
+    sa.Column("frame_index", sa.Integer, nullable=False),
+    sa.Column("label", sa.Integer, nullable=False),
+    sa.Column("shape_json", sa.String(64), nullable=False),
+    sa.Column("frame", sa.LargeBinary, nullable=False),
+    sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("ix_searchmerge_samples_model", "deployment", "model", "id"),
+)
+
+
+def now() -> datetime:
+    """The current time in UTC, as every row stores it."""
+    return datetime.now(timezone.utc)
+
+
+def open_engine(url: str) -> Engine:
+    """An engine on the study's database with the service's tables created if missing.
+
+    Services started at once on a fresh PostgreSQL database may race to create the
+    tables; the loser's error is harmless once the tables exist.
+    """
+    try:
+        engine = sa.create_engine(url)
+    except Exception as exc:  # noqa: BLE001 - any failure to open means an unusable URL
+        raise SearchmergeError(f"cannot open the service's database {url!r}: {exc}") from None
+    try:
+        _metadata.create_all(engine)
+    except SQLAlchemyError as exc:
+        if not all(sa.inspect(engine).has_table(table.name) for table in _metadata.sorted_tables):
+            raise SearchmergeError(f"cannot create the service's tables in {url!r}: {str(exc).splitlines()[0]}") from None
+    return engine
+
+
+def utc(moment: datetime) -> datetime:
+    """A stored time as an aware UTC time (SQLite gives naive times back)."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)

@@ -1,0 +1,112 @@
+"""The drift check on the edges' samples: does the current version still meet its targets?
+
+Each model's newest samples (received since the current version was published) are run
+through that version's models and compared with their labels. A handful of frames
+says little, so a model *misses* only when the samples show it with confidence: the
+upper end of the Wilson interval of its accuracy (90% two-sided: 95% one-sided), over
+its original's validation accuracy, fails the project's one feasibility rule against
+the target. A model with fewer than ``min_samples`` samples is not judged yet.
+
+The drift scenario to re-search on is the one the missing models' samples were seen
+in (their provenance); samples of undrifted footage name none.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from scipy.stats import binomtest
+from torch import nn
+
+from searchmerge.core.feasibility import constraint_value, is_feasible
+from searchmerge.service.cloud.samples import LabelledSample
+
+__all__ = ["ModelCheck", "SampleCheck", "check_samples"]
+
+
+@dataclass(frozen=True)
+class ModelCheck:
+    """One model of the current version, judged on its recent samples."""
+
+    name: str
+    samples: int
+    correct: int
+    baseline: float
+    target: float
+    upper: float
+    scenario: str | None
+    judged: bool
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.samples if self.samples else 0.0
+
+    @property
+    def misses(self) -> bool:
+        """Judged, and even the optimistic end of its accuracy misses the target (the one rule)."""
+        return self.judged and not is_feasible(constraint_value(self.target, [self.upper / self.baseline]))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "samples": self.samples, "accuracy": self.accuracy, "upper": self.upper,
+                "baseline": self.baseline, "target": self.target, "scenario": self.scenario,
+                "judged": self.judged, "misses": self.misses}
+
+
+@dataclass(frozen=True)
+class SampleCheck:
+    """The current version on the recent samples of every model."""
+
+    version: int
+    models: tuple[ModelCheck, ...]
+
+    @property
+    def missing(self) -> tuple[ModelCheck, ...]:
+        return tuple(m for m in self.models if m.misses)
+
+    @property
+    def scenario(self) -> str | None:
+        """The drift scenario most of the missing models' samples were seen in, if any."""
+        seen = Counter(m.scenario for m in self.missing if m.scenario is not None)
+        return seen.most_common(1)[0][0] if seen else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"version": self.version, "models": [m.to_dict() for m in self.models],
+                "missing": [m.name for m in self.missing], "scenario": self.scenario}
+
+
+def check_samples(
+    version: int,
+    models: Mapping[str, nn.Module],
+    recent: Mapping[str, Sequence[LabelledSample]],
+    baselines: Mapping[str, float],
+    target: float,
+    *,
+    min_samples: int = 32,
+    confidence: float = 0.9,
+) -> SampleCheck:
+    """Score ``models`` (the current version) on each model's ``recent`` samples."""
+    checks = []
+    for name, model in models.items():
+        found = recent.get(name, [])
+        correct = _correct(model, found) if found else 0
+        upper = binomtest(correct, len(found)).proportion_ci(confidence, method="wilson").high if found else 1.0
+        scenarios = Counter(s.scenario for s in found)
+        checks.append(ModelCheck(
+            name=name, samples=len(found), correct=correct, baseline=baselines[name], target=target, upper=upper,
+            scenario=scenarios.most_common(1)[0][0] if found else None, judged=len(found) >= min_samples,
+        ))
+    return SampleCheck(version, tuple(checks))
+
+
+def _correct(model: nn.Module, found: Sequence[LabelledSample]) -> int:
+    frames = torch.from_numpy(np.stack([s.frame for s in found]))
+    labels = torch.tensor([s.label for s in found])
+    model.eval()
+    with torch.inference_mode():
+        predicted = model(frames).argmax(dim=1)
+    return int((predicted == labels).sum())

@@ -1,0 +1,222 @@
+"""The merging service: versions for the edges, samples from them, re-search when they drift.
+
+:class:`MergingService` owns the study's storage and one caretaker thread. The thread
+runs pending re-search jobs (one at a time: each is a long retraining) and, between
+them, the drift check on new samples; a model missing its target on samples of a drift
+scenario starts a job for it. The HTTP API (:mod:`searchmerge.service.cloud.app`) only
+reads and writes rows. Everything the service must remember is in the database, so
+:meth:`MergingService.start` after a kill picks up the jobs that were pending.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import threading
+from pathlib import Path
+
+import sqlalchemy as sa
+from torch import nn
+
+from searchmerge.config.study import StudyFile
+from searchmerge.core.errors import SearchmergeError
+from searchmerge.core.progress import Progress
+from searchmerge.search.merge_search import deployed_plan
+from searchmerge.search.selection import select_search
+from searchmerge.service.cloud.db import edges, now, open_engine
+from searchmerge.service.cloud.jobs import PENDING, list_jobs, request_research, run_job
+from searchmerge.service.cloud.monitor import SampleCheck, check_samples
+from searchmerge.service.cloud.samples import (
+    Footage,
+    prune_samples,
+    recent_samples,
+    store_samples,
+)
+from searchmerge.service.cloud.versions import (
+    current_version,
+    list_versions,
+    publish,
+    write_version,
+)
+from searchmerge.service.protocol import (
+    EdgeStats,
+    SampleBatch,
+    ServiceStatus,
+    VersionInfo,
+)
+from searchmerge.training.deployment import load_deployment
+from searchmerge.training.prepare import prepare_study
+
+__all__ = ["MergingService", "ServiceSettings"]
+
+_log = logging.getLogger("searchmerge.service")
+
+
+class ServiceSettings:
+    """How the service judges samples and re-searches.
+
+    Args:
+        parent_study: The search whose best plan is version 1 (default: the one with the best
+            feasible plan, see :func:`~searchmerge.search.selection.select_search`).
+        research_trials: Finished trials of each re-search.
+        window: The newest samples per model the drift check reads.
+        min_samples: Samples a model needs before it is judged.
+        confidence: Of the Wilson interval whose upper end must miss the target.
+        max_upload_bytes: The largest request body accepted (larger: 413).
+        heartbeat_interval: Of the re-search's trials (a dead service's trial is retried after twice this).
+        check_every: Seconds between drift checks while samples arrive.
+    """
+
+    def __init__(self, *, parent_study: str | None = None, research_trials: int = 10, window: int = 64,
+                 min_samples: int = 32, confidence: float = 0.9, max_upload_bytes: int = 1 << 20,
+                 heartbeat_interval: int = 10, check_every: float = 1.0) -> None:
+        if research_trials < 1 or window < 1 or not 1 <= min_samples <= window or max_upload_bytes < 1:
+            raise SearchmergeError("research trials, window and upload limit must be positive, and"
+                                   f" 1 <= min-samples <= window (got {min_samples} and {window})")
+        if not 0 < confidence < 1:
+            raise SearchmergeError(f"confidence must be in (0, 1), got {confidence}")
+        self.parent_study = parent_study
+        self.research_trials = research_trials
+        self.window = window
+        self.min_samples = min_samples
+        self.confidence = confidence
+        self.max_upload_bytes = max_upload_bytes
+        self.heartbeat_interval = heartbeat_interval
+        self.check_every = check_every
+
+
+class MergingService:
+    """The service of one study file's deployment (its workload's name).
+
+    Example:
+        >>> service = MergingService(open_study_file("studies/digits-edge.yaml"))  # doctest: +SKIP
+        >>> service.start()  # publishes version 1 if there is none, resumes pending jobs  # doctest: +SKIP
+    """
+
+    def __init__(self, study: StudyFile, settings: ServiceSettings | None = None, *,
+                 progress: Progress | None = None) -> None:
+        self.study = study
+        self.settings = settings or ServiceSettings()
+        self.deployment = study.workload.name
+        self.engine = open_engine(study.storage)
+        self.footage = Footage(study.workload, study.settings)
+        self.say = progress or _log.info
+        self.last_check: SampleCheck | None = None
+        self._last_note = ""
+        self._baselines: dict[str, float] | None = None
+        self._loaded: tuple[int, dict[str, nn.Module]] | None = None
+        self._samples_arrived = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+    def publish_first(self) -> VersionInfo:
+        """The current version; version 1 (the parent search's best feasible plan) is published first if none is."""
+        current = current_version(self.engine, self.deployment)
+        if current is None:
+            search = select_search(self.study, self.settings.parent_study, progress=self.say)
+            best = deployed_plan(search)
+            current = publish(self.engine, self.study, search, best)
+            self.say(f"published version {current.version}: trial {best.number} of {search.study_name!r}")
+        return current
+
+    def start(self) -> VersionInfo:
+        """:meth:`publish_first`, then start the caretaker thread (it resumes pending jobs); the current version."""
+        current = self.publish_first()
+        pending = list_jobs(self.engine, self.deployment, states=PENDING)
+        if pending:
+            self.say(f"{len(pending)} re-search job(s) pending: resuming")
+        self._thread = threading.Thread(target=self._caretake, name="searchmerge-caretaker", daemon=True)
+        self._thread.start()
+        return current
+
+    def stop(self) -> None:
+        """Ask the caretaker to stop after its current step (a running re-search trial is resumed on restart)."""
+        self._stop.set()
+        self._samples_arrived.set()
+
+    # ------------------------------------------------------------------ requests
+    def store_samples(self, edge: str, batch: SampleBatch) -> int:
+        stored = store_samples(self.engine, self.deployment, edge, batch, self.footage)
+        self._samples_arrived.set()
+        return stored
+
+    def record_stats(self, edge: str, stats: EdgeStats) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(sa.update(edges).where(edges.c.deployment == self.deployment, edges.c.name == edge)
+                         .values(last_seen=now(), stats_json=stats.model_dump_json()))
+
+    def status(self) -> ServiceStatus:
+        current = current_version(self.engine, self.deployment)
+        return ServiceStatus(
+            deployment=self.deployment, current=current.version if current else None,
+            versions=list_versions(self.engine, self.deployment), jobs=list_jobs(self.engine, self.deployment),
+            check=self.last_check.to_dict() if self.last_check else None,
+        )
+
+    # ------------------------------------------------------------------ caretaker
+    def _caretake(self) -> None:
+        while not self._stop.is_set():
+            try:
+                pending = list_jobs(self.engine, self.deployment, states=PENDING)
+                if pending:
+                    job = run_job(self.engine, self.study, pending[0],
+                                  heartbeat_interval=self.settings.heartbeat_interval, progress=self.say)
+                    self.say(f"job {job.id} ({job.study_name!r}): {job.state} {job.message}".rstrip())
+                    continue
+                if self._samples_arrived.wait(self.settings.check_every):
+                    self._samples_arrived.clear()
+                    self.check()
+            except Exception:  # noqa: BLE001 - the caretaker must outlive one bad step; the error is logged
+                _log.exception("the caretaker's step failed; trying again")
+                self._stop.wait(self.settings.check_every)
+
+    def check(self) -> SampleCheck | None:
+        """The drift check of the current version on the recent samples; starts a re-search when one misses."""
+        current = current_version(self.engine, self.deployment)
+        if current is None:
+            return None
+        recent = recent_samples(self.engine, self.deployment, since=current.created_at, window=self.settings.window)
+        check = check_samples(current.version, self._models(current), recent, self._baseline_accuracies(),
+                              self.study.settings.target, min_samples=self.settings.min_samples,
+                              confidence=self.settings.confidence)
+        self.last_check = check
+        prune_samples(self.engine, self.deployment, keep=4 * self.settings.window)
+        if check.missing:
+            names = ", ".join(f"{m.name} ({m.accuracy:.2f} on {m.samples})" for m in check.missing)
+            if check.scenario is None or check.scenario == current.scenario:
+                # Nothing to re-search on, or this version was re-searched on that very data already:
+                # another re-search of the same footage would chase noise (and could chain for ever).
+                reason = ("on samples of undrifted footage; no drift scenario to re-search on" if check.scenario is None
+                          else f"on {check.scenario!r}, which it was re-searched on; more trials by hand:"
+                          f" searchmerge research {self.study.path} --data {check.scenario}"
+                          f" --from-study {current.source_study} --n-trials N")
+                self._note(f"version {current.version}: {', '.join(m.name for m in check.missing)} miss(es) the"
+                           f" target {reason}", detail=names)
+                return check
+            job, created = request_research(self.engine, self.deployment, parent_study=current.source_study,
+                                            scenario=check.scenario, n_trials=self.settings.research_trials)
+            if created:
+                self.say(f"drift detected on version {current.version}: {names} on {check.scenario!r};"
+                         f" re-search job {job.id} ({job.study_name!r}) started")
+        return check
+
+    def _note(self, line: str, *, detail: str) -> None:
+        """Say ``line`` (with ``detail``) once, not at every check that finds the same."""
+        if line != self._last_note:
+            self._last_note = line
+            self.say(f"{line} ({detail})")
+
+    def _models(self, version: VersionInfo) -> dict[str, nn.Module]:
+        """The version's models as the edges run them (loaded from its published files)."""
+        if self._loaded is None or self._loaded[0] != version.version:
+            with tempfile.TemporaryDirectory(prefix="searchmerge-version-") as folder:
+                directory = write_version(self.engine, self.study, version.version, Path(folder))
+                self._loaded = (version.version, load_deployment(directory).models)
+        return self._loaded[1]
+
+    def _baseline_accuracies(self) -> dict[str, float]:
+        if self._baselines is None:
+            prepared = prepare_study(self.study)
+            self._baselines = {name: b.val_accuracy for name, b in prepared.baselines.items()}
+        return self._baselines

@@ -1,0 +1,198 @@
+"""Published versions: immutable deployments in the checkpoint store, numbered per deployment.
+
+Publishing exports a trial's merged models (:meth:`~searchmerge.search.merge_search.MergeSearch.export`),
+writes the manifest and the weights as content-addressed blobs beside the checkpoints
+(the ``deployments`` sub-location of the blob store, a folder or an S3 bucket), and
+inserts a row with their SHA-256. The blobs are written before the row, so a crash in
+between leaves at worst unused blobs, and a version that exists is complete. A trial is
+published once: the database's unique constraint decides, so a job that is restarted
+after it published finds its version instead of making a second one.
+
+The current version is the newest that was not withdrawn; a rollback withdraws the
+versions after the one to return to (they stay stored).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine, Row
+from sqlalchemy.exc import IntegrityError
+
+from searchmerge.config.study import StudyFile
+from searchmerge.core.errors import SearchmergeError
+from searchmerge.search.merge_search import MergeSearch, TrialSummary
+from searchmerge.service.cloud.db import now, utc, versions
+from searchmerge.service.protocol import VersionInfo
+from searchmerge.storage.blobs import ListableArtifactStore, write_bytes
+from searchmerge.training.deployment import MANIFEST_FILE, WEIGHTS_FILE
+
+__all__ = [
+    "artifact_store",
+    "current_version",
+    "get_version",
+    "list_versions",
+    "publish",
+    "read_artifact",
+    "rollback",
+    "write_version",
+]
+
+#: The files of a version, by the name the API serves them under.
+FILES = (MANIFEST_FILE, WEIGHTS_FILE)
+_CHUNK = 1 << 20
+
+
+def artifact_store(study: StudyFile) -> ListableArtifactStore:
+    """Where the versions' files live: a sub-location of the study's checkpoint blobs."""
+    return study.store.blobs.child("deployments")
+
+
+def _info(row: Row) -> VersionInfo:
+    return VersionInfo(
+        version=row.number, created_at=utc(row.created_at), source_study=row.source_study, trial=row.trial,
+        scenario=row.scenario, manifest_sha256=row.manifest_sha256, manifest_size=row.manifest_size,
+        weights_sha256=row.weights_sha256, weights_size=row.weights_size,
+    )
+
+
+def list_versions(engine: Engine, deployment: str) -> list[VersionInfo]:
+    """Every version of ``deployment``, oldest first (withdrawn ones included)."""
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(versions).where(versions.c.deployment == deployment)
+                            .order_by(versions.c.number)).all()
+    return [_info(row) for row in rows]
+
+
+def current_version(engine: Engine, deployment: str) -> VersionInfo | None:
+    """The version edges should run: the newest one not withdrawn (``None`` before the first)."""
+    with engine.connect() as conn:
+        row = conn.execute(
+            sa.select(versions).where(versions.c.deployment == deployment, versions.c.withdrawn_at.is_(None))
+            .order_by(versions.c.number.desc()).limit(1)
+        ).first()
+    return None if row is None else _info(row)
+
+
+def get_version(engine: Engine, deployment: str, number: int) -> VersionInfo | None:
+    with engine.connect() as conn:
+        row = conn.execute(
+            sa.select(versions).where(versions.c.deployment == deployment, versions.c.number == number)
+        ).first()
+    return None if row is None else _info(row)
+
+
+def _published(engine: Engine, deployment: str, source_study: str, trial: int) -> VersionInfo | None:
+    with engine.connect() as conn:
+        row = conn.execute(sa.select(versions).where(
+            versions.c.deployment == deployment, versions.c.source_study == source_study, versions.c.trial == trial
+        )).first()
+    return None if row is None else _info(row)
+
+
+def publish(
+    engine: Engine, study: StudyFile, search: MergeSearch, trial: TrialSummary, *, scenario: str | None = None
+) -> VersionInfo:
+    """Publish ``trial`` of ``search`` as the next version, or return its version if it has one.
+
+    Raises:
+        SearchmergeError: If the trial is not feasible or has no stored weights.
+    """
+    deployment = study.workload.name
+    existing = _published(engine, deployment, search.study_name, trial.number)
+    if existing is not None:
+        return existing
+    if not trial.feasible or trial.checkpoint is None:
+        raise SearchmergeError(f"trial {trial.number} of {search.study_name!r} is not a feasible plan with weights")
+    with tempfile.TemporaryDirectory(prefix="searchmerge-publish-") as folder:
+        search.export(folder, trial)
+        files = {name: (Path(folder) / name).read_bytes() for name in FILES}
+    digests = {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}
+    store = artifact_store(study)
+    for name, data in files.items():
+        write_bytes(store, _blob_id(name, digests[name]), data)
+    values = dict(
+        deployment=deployment, source_study=search.study_name, trial=trial.number, checkpoint=trial.checkpoint,
+        scenario=scenario, created_at=now(),
+        manifest_blob=_blob_id(MANIFEST_FILE, digests[MANIFEST_FILE]), manifest_sha256=digests[MANIFEST_FILE],
+        manifest_size=len(files[MANIFEST_FILE]),
+        weights_blob=_blob_id(WEIGHTS_FILE, digests[WEIGHTS_FILE]), weights_sha256=digests[WEIGHTS_FILE],
+        weights_size=len(files[WEIGHTS_FILE]),
+    )
+    while True:  # numbers are handed out by the database: a concurrent publisher makes this one retry
+        with engine.connect() as conn:
+            number = (conn.execute(sa.select(sa.func.max(versions.c.number))
+                                   .where(versions.c.deployment == deployment)).scalar() or 0) + 1
+        try:
+            with engine.begin() as conn:
+                conn.execute(sa.insert(versions).values(number=number, **values))
+        except IntegrityError:
+            existing = _published(engine, deployment, search.study_name, trial.number)
+            if existing is not None:
+                return existing  # someone published this very trial first
+            continue
+        return _info_of(engine, deployment, number)
+
+
+def _info_of(engine: Engine, deployment: str, number: int) -> VersionInfo:
+    info = get_version(engine, deployment, number)
+    assert info is not None  # just inserted; versions are never deleted
+    return info
+
+
+def _blob_id(name: str, digest: str) -> str:
+    return f"{digest}{Path(name).suffix}"
+
+
+def _blob_of(engine: Engine, deployment: str, number: int, name: str) -> str:
+    column = versions.c.manifest_blob if name == MANIFEST_FILE else versions.c.weights_blob
+    with engine.connect() as conn:
+        blob = conn.execute(sa.select(column).where(versions.c.deployment == deployment,
+                                                    versions.c.number == number)).scalar()
+    if blob is None:
+        raise SearchmergeError(f"deployment {deployment!r} has no version {number}")
+    return str(blob)
+
+
+def read_artifact(engine: Engine, study: StudyFile, number: int, name: str) -> Iterator[bytes]:
+    """The bytes of one file of a version, in chunks, as stored (the edge verifies them)."""
+    if name not in FILES:
+        raise SearchmergeError(f"a version has the files {', '.join(FILES)}, not {name!r}")
+    reader = artifact_store(study).open_reader(_blob_of(engine, study.workload.name, number, name))
+
+    def chunks() -> Iterator[bytes]:
+        with reader:
+            while chunk := reader.read(_CHUNK):
+                yield chunk
+
+    return chunks()
+
+
+def write_version(engine: Engine, study: StudyFile, number: int, directory: Path) -> Path:
+    """Write a version's files into ``directory`` (for loading it with :func:`~searchmerge.training.deployment.load_deployment`)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for name in FILES:
+        (directory / name).write_bytes(b"".join(read_artifact(engine, study, number, name)))
+    return directory
+
+
+def rollback(engine: Engine, deployment: str, to: int) -> VersionInfo:
+    """Make version ``to`` current again by withdrawing the versions after it (they stay stored).
+
+    Raises:
+        SearchmergeError: If the deployment has no version ``to``.
+    """
+    target = get_version(engine, deployment, to)
+    if target is None:
+        known = [v.version for v in list_versions(engine, deployment)]
+        raise SearchmergeError(f"deployment {deployment!r} has no version {to} (versions: {known or 'none'})")
+    with engine.begin() as conn:
+        conn.execute(sa.update(versions).where(versions.c.deployment == deployment, versions.c.number > to,
+                                               versions.c.withdrawn_at.is_(None)).values(withdrawn_at=now()))
+        conn.execute(sa.update(versions).where(versions.c.deployment == deployment, versions.c.number == to)
+                     .values(withdrawn_at=None))
+    return target

@@ -1,0 +1,101 @@
+"""The edge's camera streams: the digits camera generator (with a drift switch) and frame folders.
+
+A stream yields frames for one model, one after another, for ever (a stream loops over
+its footage). A digits stream shows the generator's test footage of its model through
+the model's camera; :meth:`DigitsStream.drift` turns a drift scenario on mid-run (the
+same cameras, changed as the scenario says, on the scenario's own footage). Its frames
+carry their provenance, so the service can label the samples. A folder stream shows
+the images of a folder (PNG or JPEG, sorted by name), resized to the model's input and
+normalised as the digits data are; its frames have no provenance and are not sampled.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from searchmerge.core.errors import SearchmergeError
+from searchmerge.service.footage import Footage
+from searchmerge.service.protocol import DigitsSource
+
+__all__ = ["DigitsStream", "FolderStream", "StreamFrame"]
+
+#: Images in [0, 1] are normalised as ``(x - 0.5) / 0.5``, as the digits data are.
+_MEAN, _STD = 0.5, 0.5
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+@dataclass(frozen=True)
+class StreamFrame:
+    """One frame: the image as the model takes it, and where it came from."""
+
+    image: torch.Tensor
+    index: int
+    source: DigitsSource | None
+    truth: int | None
+
+
+class DigitsStream:
+    """The digits generator's test footage of ``model``, in its camera, looping.
+
+    Args:
+        footage: The deployment's footage (:class:`~searchmerge.service.footage.Footage`).
+        model: The model whose camera the stream is.
+        split: Which footage to show (``test``: frames no model was trained or judged on).
+    """
+
+    def __init__(self, footage: Footage, model: str, *, split: str = "test") -> None:
+        self.footage = footage
+        self.model = model
+        self.split = split
+        self.scenario: str | None = None
+        self._position = 0
+        self._frames = self._load()
+
+    def _load(self) -> Any:
+        data = self.footage.data(self.scenario)
+        if self.model not in data:
+            raise SearchmergeError(f"the deployment has no model {self.model!r} for a digits stream")
+        return getattr(data[self.model], self.split)
+
+    def drift(self, scenario: str | None) -> None:
+        """Switch the camera to ``scenario`` (``None``: back to normal), from the next frame on."""
+        self.scenario = scenario
+        self._frames = self._load()
+        self._position = 0
+
+    def next(self) -> StreamFrame:
+        index = self._position % len(self._frames)
+        self._position += 1
+        image, label = self._frames[index]
+        source = DigitsSource(kind="digits", scenario=self.scenario, split=self.split, index=index)  # type: ignore[arg-type]
+        return StreamFrame(image, index, source, int(label))
+
+
+class FolderStream:
+    """The images of a folder, sorted by name and looping, as ``shape`` (channels, height, width)."""
+
+    def __init__(self, folder: Path, shape: tuple[int, ...]) -> None:
+        self.files = sorted(p for p in folder.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES) if folder.is_dir() else []
+        if not self.files:
+            raise SearchmergeError(f"frame folder {str(folder)!r} has no PNG or JPEG images")
+        self.shape = shape
+        self._position = 0
+
+    def next(self) -> StreamFrame:
+        from PIL import Image
+
+        index = self._position % len(self.files)
+        self._position += 1
+        channels, height, width = self.shape
+        with Image.open(self.files[index]) as picture:
+            pixels = np.asarray(picture.convert("L" if channels == 1 else "RGB"), dtype=np.float32) / 255.0
+        image = torch.from_numpy(pixels).reshape(pixels.shape[0], pixels.shape[1], -1).permute(2, 0, 1)
+        image = F.interpolate(image[None], size=(height, width), mode="bilinear", align_corners=False)[0]
+        image = image.expand(channels, -1, -1) if image.shape[0] == 1 else image[:channels]
+        return StreamFrame(((image - _MEAN) / _STD).contiguous(), index, None, None)

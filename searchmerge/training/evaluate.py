@@ -1,0 +1,548 @@
+"""The retraining evaluator: does a sharing plan keep every model accurate?
+
+The merged models are retrained jointly (each model's loss on its own data,
+summed, so shared weights get every model's gradient) on a stratified subsample
+of each model's training data, and scored on their validation splits at regular
+checks. It exits early on success (every model at ``target`` x baseline at one
+check) and on hopeless failure (a model's learning curve, extrapolated
+optimistically over the remaining budget, cannot reach its target; or the caller,
+e.g. an Optuna pruner, says stop). Validation accuracy on small splits is noisy,
+so a pass by a hair is confirmed on the test split before it counts.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from searchmerge.analysis import AnalysisResult, analyze
+from searchmerge.analysis.memory import model_tensors, unique_tensor_bytes
+from searchmerge.config.settings import EvaluatorSettings, check_target
+from searchmerge.config.study import StudyFile
+from searchmerge.core.errors import SearchmergeError
+from searchmerge.core.feasibility import constraint_value, is_feasible
+from searchmerge.core.progress import Progress
+from searchmerge.core.space import SharingPlan
+from searchmerge.data.sources import subsample
+from searchmerge.storage.store import CheckpointKey, variant_of
+from searchmerge.training.merge import merge_models, merged_state
+from searchmerge.training.prepare import PreparedWorkload, prepare_study
+from searchmerge.training.train import (
+    batch_norms,
+    batches,
+    default_device,
+    recalibrate_batch_norm,
+    repeatable_kernels,
+    score,
+    steps_per_epoch,
+)
+
+__all__ = [
+    "Cost",
+    "Evaluation",
+    "Evaluator",
+    "ModelOutcome",
+    "ObserveFn",
+    "ReportFn",
+    "evaluate_plan",
+    "merged_key",
+]
+
+#: Called after every check with (check index, worst accuracy ratio); returns True to stop (prune).
+ReportFn = Callable[[int, float], bool]
+#: Called after every check with (check index, each model's ratio, the merged models).
+ObserveFn = Callable[[int, Mapping[str, float], Mapping[str, nn.Module]], None]
+
+
+@dataclass(frozen=True)
+class ModelOutcome:
+    """One merged model's accuracy at the deciding check."""
+
+    name: str
+    accuracy: float
+    baseline: float
+    ratio: float
+    meets_target: bool
+    test_ratio: float | None = None
+    #: The check that measured ``ratio`` (the deciding check unless the model was not due then).
+    check: int = 0
+
+    @property
+    def ratios(self) -> tuple[float, ...]:
+        """Every ratio measured for this model: validation, and test where it was confirmed."""
+        return (self.ratio,) if self.test_ratio is None else (self.ratio, self.test_ratio)
+
+
+@dataclass(frozen=True)
+class Cost:
+    """What an evaluation spent."""
+
+    steps: int
+    samples: int
+    seconds: float
+    checks: int
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """The outcome of evaluating one plan.
+
+    Feasibility is not stored but derived, by :mod:`searchmerge.core.feasibility`'s one rule,
+    from the measured ratios: a pass on validation whose confirmation on the test split
+    failed is infeasible here exactly as it is for the samplers.
+    """
+
+    plan: SharingPlan
+    stop_reason: str
+    target: float
+    models: tuple[ModelOutcome, ...]
+    unique_bytes: int
+    saved_bytes: int
+    cost: Cost
+    curve: tuple[float, ...] = field(default=())
+
+    @property
+    def worst_ratio(self) -> float:
+        """The worst validation ratio at the deciding check (what the learning curve shows)."""
+        return min(m.ratio for m in self.models)
+
+    @property
+    def constraint(self) -> float:
+        """``target`` minus the worst ratio measured on any split (feasible when ``<= 0``)."""
+        return constraint_value(self.target, (r for m in self.models for r in m.ratios))
+
+    @property
+    def feasible(self) -> bool:
+        return is_feasible(self.constraint)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "plan": sorted(self.plan.shared),
+            "plan_hash": self.plan.plan_hash,
+            "feasible": self.feasible,
+            "constraint": self.constraint,
+            "stop_reason": self.stop_reason,
+            "target": self.target,
+            "models": [asdict(m) for m in self.models],
+            "unique_bytes": self.unique_bytes,
+            "saved_bytes": self.saved_bytes,
+            "cost": asdict(self.cost),
+            "curve": list(self.curve),
+        }
+
+    @classmethod
+    def from_dict(cls, plan: SharingPlan, data: Mapping[str, Any]) -> Evaluation:
+        """The evaluation :meth:`to_dict` wrote (e.g. kept with a checkpoint)."""
+        return cls(
+            plan=plan,
+            stop_reason=data["stop_reason"],
+            target=data["target"],
+            models=tuple(ModelOutcome(**m) for m in data["models"]),
+            unique_bytes=data["unique_bytes"],
+            saved_bytes=data["saved_bytes"],
+            cost=Cost(**data["cost"]),
+            curve=tuple(data["curve"]),
+        )
+
+
+class Evaluator:
+    """Scores sharing plans of one prepared workload.
+
+    Args:
+        prepared: The workload's data, originals and baselines.
+        settings: Retraining budget and early-exit rules.
+        target: Share of its baseline accuracy each model must keep, in (0, 1].
+        analysis: The workload's analysis (computed from the originals if not given).
+        device: Where to retrain (CUDA when present by default).
+        progress: Called with one line after every check of a long evaluation.
+    """
+
+    def __init__(
+        self,
+        prepared: PreparedWorkload,
+        settings: EvaluatorSettings,
+        target: float,
+        *,
+        analysis: AnalysisResult | None = None,
+        device: torch.device | str | None = None,
+        progress: Callable[[str], None] | None = None,
+    ) -> None:
+        self.prepared = prepared
+        self.settings = settings
+        self.target = check_target(target)
+        self.analysis = analysis or analyze(prepared.workload, built=prepared.models)
+        self.device = torch.device(device) if device is not None else default_device()
+        self.progress = progress
+
+    @repeatable_kernels()
+    def evaluate(
+        self,
+        plan: SharingPlan,
+        *,
+        seed: int = 0,
+        report: ReportFn | None = None,
+        start_from: Mapping[str, nn.Module] | None = None,
+        frozen: Collection[str] = (),
+        observe: ObserveFn | None = None,
+    ) -> tuple[Evaluation, dict[str, nn.Module]]:
+        """Merge, retrain and judge ``plan``; returns the evaluation and the merged models.
+
+        The merged models returned carry the weights of the deciding check (for a
+        feasible plan: the check where every model met its target at once).
+
+        ``frozen`` models are scored but not retrained, and neither is any tensor they
+        share: a model joining a deployed merge adapts to it alone, the deployed
+        models keep their weights exactly, and a step costs only the others' passes.
+
+        ``observe`` is called after every check with the ratios scored so far and the
+        merged models (to record learning curves, as ``benchmarks/calibrate_evaluator.py`` does).
+        """
+        started = time.perf_counter()
+        plan.checked([g.name for g in self.analysis.groups])
+        settings, names = self.settings, list(self.prepared.models)
+        unknown = sorted(set(frozen) - set(names))
+        if unknown:
+            raise SearchmergeError(f"cannot freeze model(s) {unknown}: not in the workload {names}")
+        originals = start_from if start_from is not None else self.prepared.models
+        merged = merge_models(originals, self.analysis.groups, plan, init=settings.init)  # type: ignore[arg-type]
+        unique = unique_tensor_bytes(model_tensors(merged.values()))
+
+        torch.manual_seed(seed)
+        learners = [n for n in names if n not in frozen]
+        kinds, workers = self.prepared.kinds, self.prepared.settings.workers
+        train = {n: subsample(self.prepared.data[n], "train", settings.fraction, seed=seed) for n in names}
+        streams = {
+            n: batches(train[n], kinds[n], settings.batch_size, seed=seed + i, workers=workers)
+            for i, n in enumerate(names)
+            if n in learners
+        }
+        touched = {model for group in self.analysis.groups if group.name in plan.shared for model in group.models}
+        touched -= set(frozen)  # a frozen model keeps its batch-norm statistics too
+        kept_norms = _frozen_norms(merged, frozen)
+        # Scored before the move to the device: an untouched model is compared with its original there.
+        scores = _Scoreboard(self, merged, train, touched, frozen, kept_norms)
+        for model in merged.values():
+            model.to(self.device)
+        parameters = _trainable_parameters(merged, learners, frozen)
+        optimizer = torch.optim.Adam(parameters, lr=settings.lr) if parameters else None
+
+        epoch_steps = max((steps_per_epoch(train[n], settings.batch_size) for n in learners), default=1)
+        check_every = max(1, epoch_steps // settings.checks_per_epoch)
+        total_checks = max(1, math.ceil(settings.max_epochs * epoch_steps / check_every))
+        schedule = (
+            torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, total_checks * check_every)
+            if optimizer is not None
+            else None
+        )
+        worst_curve: list[float] = []
+        steps = 0
+        outcome: tuple[str, dict[str, float], dict[str, float]] | None = None
+
+        # Full retraining (no early exit, no pruner) needs no check before the last one.
+        watching = settings.early_exit or report is not None or observe is not None
+        for check in range(total_checks + 1):
+            if check > 0 and optimizer is not None:
+                _start_training(merged, learners, kept_norms)
+                for _ in range(check_every):
+                    optimizer.zero_grad(set_to_none=True)
+                    loss = sum(kinds[n].loss(merged[n], kinds[n].to_device(next(streams[n]), self.device)) for n in learners)
+                    loss.backward()  # type: ignore[union-attr]
+                    optimizer.step()
+                    schedule.step()  # type: ignore[union-attr]
+                    steps += 1
+            last = check == total_checks or optimizer is None
+            if not (watching or last):
+                continue
+            ratios = scores.score(check, everyone=last or not settings.early_exit)
+            worst_curve.append(min(ratios.values()))
+            if observe is not None:
+                observe(check, ratios, merged)
+            if self.progress is not None:
+                worst = min(ratios, key=ratios.__getitem__)
+                self.progress(f"check {check}/{total_checks} after {steps} steps: worst accuracy ratio"
+                              f" {ratios[worst]:.3f} ({worst}), target {self.target}")
+            passed, test_ratios = self._confirm(merged, ratios)
+            if passed and (settings.early_exit or last):
+                outcome = ("success", ratios, test_ratios)
+                break
+            if last:
+                outcome = ("budget", ratios, test_ratios)  # a failed confirmation is kept: it decides
+                break
+            # The caller (an Optuna pruner) sees every check; it may stop only a plan that fails at it.
+            if report is not None and report(check, min(ratios.values())) and not passed:
+                outcome = ("pruned", ratios, test_ratios)
+                break
+            if settings.early_exit and scores.hopeless(check, total_checks):
+                outcome = ("hopeless", ratios, {})
+                break
+        assert outcome is not None
+        reason, ratios, test_ratios = outcome
+
+        for model in merged.values():
+            model.to("cpu").eval()
+        baselines = self.prepared.baselines
+        models = tuple(
+            ModelOutcome(
+                name=n,
+                accuracy=ratios[n] * baselines[n].val_accuracy,
+                baseline=baselines[n].val_accuracy,
+                ratio=ratios[n],
+                meets_target=ratios[n] >= self.target and test_ratios.get(n, self.target) >= self.target,
+                test_ratio=test_ratios.get(n),
+                check=scores.measured_at(n),
+            )
+            for n in names
+        )
+        samples = steps * settings.batch_size * len(learners)
+        cost = Cost(steps=steps, samples=samples, seconds=time.perf_counter() - started, checks=len(worst_curve))
+        curve = tuple(worst_curve)
+        evaluation = Evaluation(
+            plan=plan,
+            stop_reason=reason,
+            target=self.target,
+            models=models,
+            unique_bytes=unique,
+            saved_bytes=self.analysis.total_bytes - unique,
+            cost=cost,
+            curve=curve,
+        )
+        return evaluation, merged
+
+    def score(self, model: nn.Module, name: str, split: str) -> float:
+        """The metric of ``model`` (merged from ``name``) on that model's ``split``, by its task kind."""
+        return score(model, getattr(self.prepared.data[name], split), self.prepared.kinds[name], device=self.device,
+                     workers=self.prepared.settings.workers)
+
+    def _confirm(self, merged: Mapping[str, nn.Module], ratios: Mapping[str, float]) -> tuple[bool, dict[str, float]]:
+        """Whether a pass holds, and the test ratios measured to tell.
+
+        Only when every model passes on validation are the marginal passes (within
+        ``confirm_margin`` of the target) measured on the test split; the pass holds when
+        each of those meets the target there too.
+        """
+        if any(r < self.target for r in ratios.values()):
+            return False, {}
+        measured: dict[str, float] = {}
+        for name, ratio in ratios.items():
+            if ratio >= self.target + self.settings.confirm_margin:
+                continue
+            baseline = self.prepared.baselines[name].test_accuracy
+            measured[name] = self.score(merged[name], name, "test") / baseline
+            if measured[name] < self.target:
+                return False, measured
+        return True, measured
+
+
+def merged_key(
+    prepared: PreparedWorkload,
+    plan: SharingPlan,
+    *,
+    target: float,
+    settings: EvaluatorSettings,
+    seed: int,
+    start_checkpoint: str | None = None,
+    frozen: Collection[str] = (),
+    pruned_after_steps: int | None = None,
+) -> CheckpointKey:
+    """The checkpoint key of a plan's merged weights: everything that determines them.
+
+    The originals and data (fingerprints), the plan, and in the variant: the seed, the
+    target (early exit stops at a different check for another target), the evaluator's
+    settings, the checkpoint retraining started from (a re-search) and the frozen models.
+    The same evaluation asked again finds its record; any other gets a record of its own,
+    so a stored record is never replaced and every trial's checkpoint id keeps resolving.
+
+    An evaluation that an Optuna pruner stopped is not determined by those alone: where
+    it stopped depends on the pruner and on the other trials. Its partially trained
+    weights get a key of their own (``pruned_after_steps``: the steps trained before the
+    stop), so the key without it only ever holds a complete evaluation; otherwise the
+    same plan evaluated in full later would find the pruned record in its place, and
+    records are never replaced.
+    """
+    determined: dict[str, Any] = {
+        "seed": seed,
+        "target": target,
+        "evaluator": asdict(settings),
+        "start_checkpoint": start_checkpoint,
+        "frozen": sorted(frozen),
+    }
+    if pruned_after_steps is not None:  # absent otherwise, so complete evaluations keep their stored keys
+        determined["pruned_after_steps"] = pruned_after_steps
+    return CheckpointKey(
+        prepared.workload_fingerprint, plan.plan_hash, prepared.data_fingerprint, "merged", variant_of(determined)
+    )
+
+
+def evaluate_plan(
+    study: StudyFile,
+    share: str | SharingPlan,
+    *,
+    seed: int = 0,
+    progress: Progress | None = None,
+) -> tuple[Evaluation, str]:
+    """Evaluate one plan (``none``, ``all``, ``GROUP,...`` or a :class:`SharingPlan`) and store its weights.
+
+    Returns the evaluation and the id of the checkpoint that keeps the merged weights
+    (the key a search uses for the same plan, seed and settings, so a search answers
+    that plan from the store). An evaluation stored already is retrained anyway and
+    its fresh outcome returned; the stored record is kept.
+    """
+    prepared = prepare_study(study, progress=progress)
+    settings = study.settings.evaluator
+    evaluator = Evaluator(prepared, settings, study.settings.target, progress=progress)
+    names = [g.name for g in evaluator.analysis.groups]
+    plan = share if isinstance(share, SharingPlan) else SharingPlan.parse(share, names)
+    evaluation, merged = evaluator.evaluate(plan.checked(names), seed=seed)
+    key = merged_key(prepared, plan, target=evaluator.target, settings=settings, seed=seed)
+    checkpoint = study.store.put(key, merged_state(merged), {"evaluation": evaluation.to_dict()})
+    return evaluation, checkpoint
+
+
+class _Scoreboard:
+    """Each model's accuracy ratio through one evaluation, measured only when a check needs it.
+
+    Scoring is the part of a check that costs: recalibrating a model's batch norms and
+    running its validation split. A check scores the models that can decide it; the
+    others keep the ratio of their last measurement until every model must pass at once.
+    """
+
+    def __init__(
+        self,
+        evaluator: Evaluator,
+        merged: Mapping[str, nn.Module],
+        train: Mapping[str, Dataset[Any]],
+        touched: set[str],
+        frozen: Collection[str],
+        kept_norms: Collection[nn.Module],
+    ) -> None:
+        self.evaluator, self.merged, self.train, self.touched, self.frozen = evaluator, merged, train, touched, frozen
+        self.target, self.settings, self.kept_norms = evaluator.target, evaluator.settings, kept_norms
+        # Each model's measured ratios as (check, ratio). A model whose weights are still
+        # exactly the ones its baseline was measured with scores 1 without being run, on the
+        # data the baseline was measured on (on a drift scenario's data it must be scored).
+        prepared = evaluator.prepared
+        self.curves: dict[str, list[tuple[int, float]]] = {
+            name: [(0, 1.0)] if prepared.on_baseline_data and _same_weights(model, prepared.models[name]) else []
+            for name, model in merged.items()
+        }
+
+    def score(self, check: int, *, everyone: bool) -> dict[str, float]:
+        """Every model's ratio after scoring the ones due at ``check`` (all if ``everyone``)."""
+        self._measure(check, self._due(everyone))
+        if all(points[-1][1] >= self.target for points in self.curves.values()):
+            # Feasible only with every model's weights of this one check: re-measure the rest.
+            self._measure(check, [n for n, points in self.curves.items() if points[-1][0] != check])
+        return {name: points[-1][1] for name, points in self.curves.items()}
+
+    def measured_at(self, name: str) -> int:
+        """The check that measured ``name``'s latest ratio."""
+        return self.curves[name][-1][0]
+
+    def _due(self, everyone: bool) -> list[str]:
+        """The models to measure at a check: those that can decide it.
+
+        Every model at the last check (and in full retraining); otherwise the ones never
+        measured and the ones below or near their target. A model comfortably above it
+        is measured again only when all the others pass, before a pass counts.
+        """
+        margin = self.target + self.settings.confirm_margin
+        return [n for n, points in self.curves.items() if everyone or not points or points[-1][1] < margin]
+
+    def _measure(self, check: int, due: Sequence[str]) -> None:
+        """Append the current accuracy ratio of each model in ``due`` to its curve.
+
+        A frozen model, once measured, scores the same for good: its weights do not move.
+        """
+        prepared, device = self.evaluator.prepared, self.evaluator.device
+        for name in due:
+            curve = self.curves[name]
+            if curve and curve[-1][0] == check:
+                continue
+            if name in self.frozen and curve:
+                curve.append((check, curve[-1][1]))
+                continue
+            if self.settings.recalibrate and name in self.touched:
+                recalibrate_batch_norm(self.merged[name], self.train[name], prepared.kinds[name], device=device,
+                                       keep=self.kept_norms, workers=prepared.settings.workers)
+            ratio = self.evaluator.score(self.merged[name], name, "val")
+            curve.append((check, ratio / prepared.baselines[name].val_accuracy))
+
+    def hopeless(self, check: int, total_checks: int) -> bool:
+        """Some model's curve, extrapolated from its best recent pace, stays below its target.
+
+        Learning curves flatten, so each further check is expected to gain at most
+        ``pace_decay`` times the one before (1 extrapolates the pace linearly). The
+        pace now is the best gain per check over the model's last three measurements,
+        each shrunk by that decay for every check since; ``optimism`` scales the
+        whole estimate. A model that came within ``confirm_margin`` of its target is
+        never given up on: on small validation splits a miss by that much can be
+        noise (the margin a pass within it is confirmed with).
+        """
+        settings = self.settings
+        if check < settings.min_checks:
+            return False
+        remaining = total_checks - check
+        decay = settings.pace_decay
+        horizon = remaining if decay >= 1 else decay * (1 - decay**remaining) / (1 - decay)
+        for points in self.curves.values():
+            best = max((r for _, r in points), default=self.target)
+            if best >= self.target - settings.confirm_margin or len(points) < 2:
+                continue  # at or near its target (where a miss may be noise), or no pace yet
+            recent = points[-3:]
+            pace = max(
+                [(rb - ra) / (cb - ca) * decay ** (check - cb) for (ca, ra), (cb, rb) in zip(recent, recent[1:])]
+                + [0.0]
+            )
+            if best + settings.optimism * pace * horizon < self.target:
+                return True
+        return False
+
+
+def _trainable_parameters(
+    merged: Mapping[str, nn.Module], learners: Sequence[str], frozen: Collection[str]
+) -> list[nn.Parameter]:
+    """The learners' parameters, each once, except those a frozen model uses too."""
+    fixed = {id(p) for name in frozen for p in merged[name].parameters()}
+    return [p for p in _unique_parameters(merged[name] for name in learners) if id(p) not in fixed]
+
+
+def _start_training(
+    merged: Mapping[str, nn.Module], learners: Sequence[str], kept_norms: Collection[nn.Module]
+) -> None:
+    """The learners in training mode, except batch norms whose statistics a frozen model shares."""
+    for name in learners:
+        merged[name].train()
+    for norm in kept_norms:
+        norm.eval()  # in training mode it would move the frozen model's running statistics
+
+
+def _frozen_norms(merged: Mapping[str, nn.Module], frozen: Collection[str]) -> set[nn.Module]:
+    """Batch norms of any model whose running statistics a frozen model shares (with ``share_norm``)."""
+    fixed = {id(b) for name in frozen for b in merged[name].buffers()}
+    return {
+        norm for model in merged.values() for norm in batch_norms(model) if any(id(b) in fixed for b in norm.buffers())
+    }
+
+
+def _same_weights(model: nn.Module, original: nn.Module) -> bool:
+    """Whether ``model`` still holds exactly ``original``'s tensors (same outputs)."""
+    mine, theirs = model.state_dict(), original.state_dict()
+    return mine.keys() == theirs.keys() and all(
+        mine[k].shape == theirs[k].shape and torch.equal(mine[k].cpu(), theirs[k].cpu()) for k in mine
+    )
+
+
+def _unique_parameters(models: Sequence[nn.Module] | Any) -> list[nn.Parameter]:
+    seen: dict[int, nn.Parameter] = {}
+    for model in models:
+        for parameter in model.parameters():
+            if parameter.requires_grad:
+                seen.setdefault(id(parameter), parameter)
+    return list(seen.values())

@@ -383,7 +383,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="searchmerge", description="Merge the layers that several vision models have in common."
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add_command in _COMMANDS:
+        add_command(commands)
+    return parser
 
+
+def _add_analyze(commands: argparse._SubParsersAction) -> None:
     analyze = commands.add_parser(
         "analyze",
         help="which layers could these models share, and how much memory would that save",
@@ -400,6 +405,8 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--json", action="store_true", help="print one JSON document")
     analyze.set_defaults(handler=cmd_analyze)
 
+
+def _add_prepare(commands: argparse._SubParsersAction) -> None:
     prepare = commands.add_parser(
         "prepare",
         help="check and store the original models of a study file and their baselines",
@@ -411,6 +418,8 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("--force", action="store_true", help="retrain even if the originals are stored")
     prepare.set_defaults(handler=cmd_prepare)
 
+
+def _add_evaluate(commands: argparse._SubParsersAction) -> None:
     evaluate = commands.add_parser(
         "evaluate",
         help="retrain a sharing plan and tell whether every model keeps its accuracy",
@@ -425,6 +434,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", action="store_true", help="print one JSON document")
     evaluate.set_defaults(handler=cmd_evaluate)
 
+
+def _add_search(commands: argparse._SubParsersAction) -> None:
+    """``search`` and ``worker``: the same command under two names."""
     for command, text in (
         ("search", "search for the sharing plan that saves the most memory while every model keeps its target"),
         ("worker", "the same as 'search': run one more worker on a shared (PostgreSQL) study"),
@@ -439,6 +451,8 @@ def build_parser() -> argparse.ArgumentParser:
         _add_run_arguments(search, n_trials=20, study_name="default: WORKLOAD-STRATEGY")
         search.set_defaults(handler=cmd_search)
 
+
+def _add_drift_check(commands: argparse._SubParsersAction) -> None:
     drift = commands.add_parser(
         "drift-check",
         help="score the deployed plan's merged models on drifted data (night, moved, rain, ...)",
@@ -455,6 +469,8 @@ def build_parser() -> argparse.ArgumentParser:
     drift.add_argument("--json", action="store_true", help="print one JSON document")
     drift.set_defaults(handler=cmd_drift_check)
 
+
+def _add_research(commands: argparse._SubParsersAction) -> None:
     research = commands.add_parser(
         "research",
         help="re-search incrementally from a deployed plan after a drift or a workload change",
@@ -470,6 +486,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_arguments(research, n_trials=10, study_name="the new study (default: PARENT-SCENARIO)")
     research.set_defaults(handler=cmd_research)
 
+
+def _add_export(commands: argparse._SubParsersAction) -> None:
     export = commands.add_parser(
         "export",
         help="write the merged deployment (safetensors + manifest) of a study's best feasible plan",
@@ -483,6 +501,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", required=True, metavar="DIR", help="the deployment folder to write")
     export.set_defaults(handler=cmd_export)
 
+
+def _add_store(commands: argparse._SubParsersAction) -> None:
     store = commands.add_parser("store", help="maintain the checkpoint store of a study file's storage")
     store_commands = store.add_subparsers(dest="store_command", required=True, metavar="ACTION")
     gc = store_commands.add_parser(
@@ -498,6 +518,8 @@ def build_parser() -> argparse.ArgumentParser:
     gc.add_argument("--dry-run", action="store_true", help="say what would be removed, remove nothing")
     gc.set_defaults(handler=cmd_store_gc)
 
+
+def _add_report(commands: argparse._SubParsersAction) -> None:
     report = commands.add_parser("report", help="best plan, trials and plots of a study file's searches")
     _add_study_arguments(report)
     report.add_argument("--study-name", default=None, help="one study (default: every search of this workload)")
@@ -506,6 +528,8 @@ def build_parser() -> argparse.ArgumentParser:
                         " (of --study-name, else of the search with the best feasible plan, as 'export' chooses)")
     report.set_defaults(handler=cmd_report)
 
+
+def _add_profile(commands: argparse._SubParsersAction) -> None:
     profile = commands.add_parser(
         "profile",
         help="measure what each model costs on this device (time, run memory, load) and lay out the plans",
@@ -522,6 +546,8 @@ def build_parser() -> argparse.ArgumentParser:
     profile.add_argument("--repeats", type=int, default=3, help="timed runs per batch size (default: 3)")
     profile.set_defaults(handler=cmd_profile)
 
+
+def _add_simulate(commands: argparse._SubParsersAction) -> None:
     simulate = commands.add_parser(
         "simulate",
         help="simulate one camera stream per model on a GPU memory budget: frames processed, swaps, loading",
@@ -544,6 +570,8 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--json", action="store_true", help="print one JSON document")
     simulate.set_defaults(handler=cmd_simulate)
 
+
+def _add_serve(commands: argparse._SubParsersAction) -> None:
     serve = commands.add_parser(
         "serve",
         help="the merging service: versions for edge agents, drift checks on their samples, re-search and publish",
@@ -563,6 +591,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--heartbeat", type=int, default=10, metavar="SECONDS", help="heartbeat of the re-search's trials")
     serve.set_defaults(handler=cmd_serve)
 
+
+def _add_edge_token(commands: argparse._SubParsersAction) -> None:
     edge_token = commands.add_parser("edge-token", help="make (or replace) the bearer token of an edge agent",
                                      description="Prints a new token for edge NAME; only its SHA-256 is stored,"
                                      " and a token made before for NAME stops working.")
@@ -570,11 +600,15 @@ def build_parser() -> argparse.ArgumentParser:
     edge_token.add_argument("name", metavar="NAME", help="the edge's name: letters, digits, - and _")
     edge_token.set_defaults(handler=cmd_edge_token)
 
+
+def _add_rollback(commands: argparse._SubParsersAction) -> None:
     rollback = commands.add_parser("rollback", help="make an earlier published version current again")
     _add_study_arguments(rollback)
     rollback.add_argument("version", type=int, metavar="VERSION", help="the version to return to")
     rollback.set_defaults(handler=cmd_rollback)
 
+
+def _add_edge(commands: argparse._SubParsersAction) -> None:
     edge = commands.add_parser(
         "edge",
         help="the edge agent: serve the current version on camera streams, sample for the service, switch versions",
@@ -604,6 +638,8 @@ def build_parser() -> argparse.ArgumentParser:
                       " fastest for one frame of a small model on a busy CPU)")
     edge.set_defaults(handler=cmd_edge)
 
+
+def _add_dashboard(commands: argparse._SubParsersAction) -> None:
     dashboard = commands.add_parser("dashboard", help="start optuna-dashboard on the study storage")
     dashboard.add_argument("study", nargs="?", metavar="STUDY.yaml", help="a study file (for its default storage)")
     dashboard.add_argument("--storage", default=None, help="storage URL (default: the study file's)")
@@ -612,7 +648,15 @@ def build_parser() -> argparse.ArgumentParser:
     dashboard.add_argument("--host", default="127.0.0.1")
     dashboard.add_argument("--port", type=int, default=8080)
     dashboard.set_defaults(handler=cmd_dashboard)
-    return parser
+
+
+#: The subcommands in the order ``searchmerge --help`` lists them; each function adds one
+#: command (``_add_search`` adds ``search`` and ``worker``) with its flags and handler.
+_COMMANDS = (
+    _add_analyze, _add_prepare, _add_evaluate, _add_search, _add_drift_check, _add_research, _add_export,
+    _add_store, _add_report, _add_profile, _add_simulate, _add_serve, _add_edge_token, _add_rollback,
+    _add_edge, _add_dashboard,
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -40,3 +41,23 @@ def test_the_public_api_imports_every_name_without_loading_torch() -> None:
     for name in ("open_study_file", "open_search", "analyze", "SharingPlan", "Evaluator", "load_deployment",
                  "export_deployment", "SwapRuntime"):
         assert name in __import__("searchmerge").__all__
+
+
+def test_importing_and_opening_a_study_file_sets_no_environment_variable() -> None:
+    """cuBLAS's fixed workspace is set where a run starts, not when training code is imported."""
+    code = (
+        "import os\n"
+        "import searchmerge.training.evaluate, searchmerge.search.merge_search\n"
+        "from searchmerge.config.study import open_study_file\n"
+        "open_study_file('studies/digits-edge.yaml')\n"
+        "assert 'CUBLAS_WORKSPACE_CONFIG' not in os.environ, 'set at import'\n"
+        "from searchmerge.training.train import default_device, repeatable_kernels\n"
+        "with repeatable_kernels():\n"
+        "    assert os.environ['CUBLAS_WORKSPACE_CONFIG'] == ':4096:8'\n"
+        "del os.environ['CUBLAS_WORKSPACE_CONFIG']\n"
+        "default_device()\n"
+        "assert os.environ['CUBLAS_WORKSPACE_CONFIG'] == ':4096:8'\n"
+    )
+    environment = {k: v for k, v in os.environ.items() if k != "CUBLAS_WORKSPACE_CONFIG"}
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, env=environment)
+    assert result.returncode == 0, result.stderr

@@ -161,15 +161,19 @@ def test_sigkill_mid_trial_then_resume_completes_exactly_n(tiny: tuple[Path, str
 def test_a_trial_abandoned_before_its_first_heartbeat_is_failed_and_retried(
     tiny: tuple[Path, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A worker killed while its sampler proposes leaves a RUNNING trial with no heartbeat."""
+    """A worker killed while its sampler proposes leaves a RUNNING trial with no heartbeat.
+
+    How long such a trial waits is a parameter (``abandoned_after_s``), and the worker a
+    trial records is the process that ran its search, asked when the search opens.
+    """
     import searchmerge.search.merge_search as search_module
 
     path, storage = tiny
+    monkeypatch.setattr(search_module.socket, "gethostname", lambda: "worker-7")
     search = open_search(open_study_file(path, storage=storage), strategy="random", study_name="abandoned",
-                         heartbeat_interval=1)
+                         heartbeat_interval=1, abandoned_after_s=0.0)
     search.optuna_study.enqueue_trial({name: True for name in search.space.names[:1]})
     abandoned = search.optuna_study.ask()  # RUNNING, no heartbeat, no params written: its process "died"
-    monkeypatch.setattr(search_module, "_ABANDONED_AFTER_S", 0.0)
     time.sleep(2.1)
     search.run(1)  # would wait for the abandoned trial for ever if it were left RUNNING
     trials = search.optuna_study.trials
@@ -178,6 +182,7 @@ def test_a_trial_abandoned_before_its_first_heartbeat_is_failed_and_retried(
     assert retried and retried[0].state == optuna.trial.TrialState.COMPLETE
     assert retried[0].params[search.space.names[0]] is True  # the enqueued plan survived the retry
     assert not [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
+    assert retried[0].user_attrs["worker"] == f"worker-7:{os.getpid()}"
 
 
 def _postgres_available() -> bool:

@@ -76,9 +76,14 @@ DEPLOY_OBJECTIVE_NAME = "frames processed (share, ties by bytes saved)"
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 _ATTR_PREFIX = "searchmerge:"
-_WORKER = f"{socket.gethostname()}:{os.getpid()}"
-#: A RUNNING trial without parameters and without a heartbeat is abandoned after this long.
-_ABANDONED_AFTER_S = 60.0
+#: A RUNNING trial without parameters and without a heartbeat is abandoned after this long (the
+#: default of ``MergeSearch(abandoned_after_s=...)``).
+ABANDONED_AFTER_S = 60.0
+
+
+def worker_id() -> str:
+    """This process as a search's trials name it: ``host:pid`` (asked anew by every search)."""
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 class _SurplusTrial(Exception):
@@ -169,6 +174,11 @@ class MergeSearch:
         heartbeat_interval: Seconds between heartbeats of a running trial; a trial
             whose heartbeat is older than ``grace_period`` is failed and its plan
             retried by the next worker that starts a trial.
+        grace_period: Seconds without a heartbeat before a trial counts as stale
+            (default: twice ``heartbeat_interval``).
+        abandoned_after_s: A RUNNING trial without parameters and without any heartbeat
+            (its process died while the sampler proposed) is failed and retried once it
+            is older than this and ``grace_period``.
         pruner: An Optuna pruner consulted at every check of the evaluator. The
             default never prunes: the evaluator's own learning-curve rule already stops
             hopeless plans, and a pruner comparing a new plan's first checks (before
@@ -201,6 +211,7 @@ class MergeSearch:
         seed: int = 0,
         heartbeat_interval: int = 10,
         grace_period: int | None = None,
+        abandoned_after_s: float = ABANDONED_AFTER_S,
         pruner: optuna.pruners.BasePruner | None = None,
         progress: Progress | None = None,
         scenario: str | None = None,
@@ -218,6 +229,9 @@ class MergeSearch:
         self.space = SearchSpace([GroupInfo(g.name, g.saved_bytes, g.models) for g in self.evaluator.analysis.groups])
         sampler = make_sampler(strategy, self.space, seed=seed, constraints_func=constraint_of, **(sampler_options or {}))
         self._grace_period = grace_period or 2 * heartbeat_interval
+        self._abandoned_after_s = abandoned_after_s
+        #: How this search's trials name the process that ran them (``host:pid``).
+        self.worker = worker_id()
         storage = _open_storage(study.storage, heartbeat_interval, self._grace_period)
         self.study_name = study_name or default_study_name(study, strategy)
         self.optuna_study = optuna.create_study(
@@ -309,7 +323,7 @@ class MergeSearch:
             raise SearchmergeError(f"n-trials must be at least 1, got {n_trials}")
         self._n_trials = n_trials
         while True:
-            _fail_abandoned(self.optuna_study, self._grace_period)
+            _fail_abandoned(self.optuna_study, max(self._grace_period, self._abandoned_after_s))
             done = len(self.finished_trials())
             running = len(self.optuna_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
             if done >= n_trials:
@@ -332,7 +346,7 @@ class MergeSearch:
         self.say(f"trial {trial.number}: {len(plan)} of {len(self.space.names)} groups,"
                  f" {self.space.saved_bytes(plan) / 1e6:.2f} MB to save ({done} finished so far)")
         evaluation, checkpoint, cached = self._evaluate(plan, trial)
-        attrs = {**_trial_attributes(evaluation, checkpoint, cached), "worker": _WORKER}
+        attrs = {**_trial_attributes(evaluation, checkpoint, cached), "worker": self.worker}
         if self.warm_start is not None:
             attrs.update(parent_study=self.warm_start.parent_study, start_checkpoint=self.warm_start.parent_checkpoint)
         for key, value in attrs.items():
@@ -584,19 +598,19 @@ def _fail_stale(study: optuna.Study) -> None:
         fail_stale_trials(study)
 
 
-def _fail_abandoned(study: optuna.Study, grace_period: float) -> None:
+def _fail_abandoned(study: optuna.Study, after_s: float) -> None:
     """Fail RUNNING trials whose process died before their first heartbeat, and retry them.
 
     A worker killed between creating a trial and the trial's first heartbeat (while the
     sampler proposes the plan) leaves a RUNNING trial that heartbeats never mark stale,
     so it would stay RUNNING for ever and a search waiting for it would never finish.
-    Such a trial has no parameters yet; once it is older than the grace period (and at
-    least a minute, so a live worker's slow sampler is left alone) it is failed and
-    handed to the same retry callback as a stale one.
+    Such a trial has no parameters yet; once it is older than ``after_s`` (the grace
+    period, and by default at least a minute, so a live worker's slow sampler is left
+    alone) it is failed and handed to the same retry callback as a stale one.
     """
     storage = study._storage
     _fail_stale(study)
-    oldest = datetime.now() - timedelta(seconds=max(grace_period, _ABANDONED_AFTER_S))
+    oldest = datetime.now() - timedelta(seconds=after_s)
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if trial.params or trial.datetime_start is None or trial.datetime_start > oldest:
             continue

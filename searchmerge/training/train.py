@@ -25,6 +25,7 @@ __all__ = [
     "accuracy",
     "batch_norms",
     "default_device",
+    "fix_cublas_workspace",
     "recalibrate_batch_norm",
     "repeatable_kernels",
     "score",
@@ -32,8 +33,15 @@ __all__ = [
     "train_model",
 ]
 
-# cuBLAS is repeatable only with a fixed workspace; it must be set before its first use.
-os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+def fix_cublas_workspace() -> None:
+    """Give cuBLAS the fixed workspace it needs to be repeatable (unless the user set one).
+
+    cuBLAS reads ``CUBLAS_WORKSPACE_CONFIG`` once, at its first use in the process, so a
+    run sets it where it starts: when it picks its device (:func:`default_device`) or
+    enters :func:`repeatable_kernels`, before any tensor reaches the GPU. Importing this
+    module (or opening a study file) sets nothing.
+    """
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 
 @contextmanager
@@ -46,6 +54,7 @@ def repeatable_kernels() -> Iterator[None]:
     PyTorch has them, and restores the caller's settings afterwards. On the CPU
     it changes nothing.
     """
+    fix_cublas_workspace()
     saved = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
              torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
     torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
@@ -58,7 +67,8 @@ def repeatable_kernels() -> Iterator[None]:
 
 
 def default_device() -> torch.device:
-    """CUDA when a GPU is present, else the CPU."""
+    """CUDA when a GPU is present, else the CPU (a run starts here: cuBLAS gets its fixed workspace)."""
+    fix_cublas_workspace()
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 

@@ -16,9 +16,9 @@ import pytest
 import sqlalchemy as sa
 import torch
 
-from searchmerge import atomic as atomic_module
-from searchmerge import store as store_module
 from searchmerge.core.errors import SearchmergeError
+from searchmerge.storage import atomic as atomic_module
+from searchmerge.storage import store as store_module
 from searchmerge.storage.store import (
     TABLE_NAME,
     CheckpointCorruptError,

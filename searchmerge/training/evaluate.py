@@ -73,6 +73,9 @@ class ModelOutcome:
     test_ratio: float | None = None
     #: The check that measured ``ratio`` (the deciding check unless the model was not due then).
     check: int = 0
+    #: Whether its weights trained: False for a model the plan shares nothing with (it keeps
+    #: its weights bit for bit) unless, on new data, it missed its target there, and for a frozen one.
+    retrained: bool = True
 
     @property
     def ratios(self) -> tuple[float, ...]:
@@ -215,21 +218,25 @@ class Evaluator:
         unique = unique_tensor_bytes(model_tensors(merged.values()))
 
         torch.manual_seed(seed)
-        learners = [n for n in names if n not in frozen]
         kinds, workers = self.prepared.kinds, self.prepared.settings.workers
         train = {n: subsample(self.prepared.data[n], "train", settings.fraction, seed=seed) for n in names}
+        touched = {model for group in self.analysis.groups if group.name in plan.shared for model in group.models}
+        touched -= set(frozen)  # a frozen model keeps its batch-norm statistics too
+        untouched = [n for n in names if n not in touched and n not in frozen]
+        kept_norms = _frozen_norms(merged, frozen)
+        # Scored before the move to the device: an untouched model is compared with its original there.
+        scores = _Scoreboard(self, merged, train, touched, set(frozen) | set(untouched), kept_norms)
+        for model in merged.values():
+            model.to(self.device)
+        # A model the plan shares nothing with keeps its weights and is scored once; only on new
+        # data, where it may miss its target, is it fine-tuned (alone: it shares nothing).
+        missing = scores.missing(untouched)
+        learners = [n for n in names if n in touched or n in missing]
         streams = {
             n: batches(train[n], kinds[n], settings.batch_size, seed=seed + i, workers=workers)
             for i, n in enumerate(names)
             if n in learners
         }
-        touched = {model for group in self.analysis.groups if group.name in plan.shared for model in group.models}
-        touched -= set(frozen)  # a frozen model keeps its batch-norm statistics too
-        kept_norms = _frozen_norms(merged, frozen)
-        # Scored before the move to the device: an untouched model is compared with its original there.
-        scores = _Scoreboard(self, merged, train, touched, frozen, kept_norms)
-        for model in merged.values():
-            model.to(self.device)
         parameters = _trainable_parameters(merged, learners, frozen)
         optimizer = torch.optim.Adam(parameters, lr=settings.lr) if parameters else None
 
@@ -297,6 +304,7 @@ class Evaluator:
                 meets_target=ratios[n] >= self.target and test_ratios.get(n, self.target) >= self.target,
                 test_ratio=test_ratios.get(n),
                 check=scores.measured_at(n),
+                retrained=n in learners,
             )
             for n in names
         )
@@ -419,10 +427,12 @@ class _Scoreboard:
         merged: Mapping[str, nn.Module],
         train: Mapping[str, Dataset[Any]],
         touched: set[str],
-        frozen: Collection[str],
+        fixed: Collection[str],
         kept_norms: Collection[nn.Module],
     ) -> None:
-        self.evaluator, self.merged, self.train, self.touched, self.frozen = evaluator, merged, train, touched, frozen
+        # ``fixed``: the models whose weights do not move (frozen, or shared nothing with).
+        self.evaluator, self.merged, self.train, self.touched = evaluator, merged, train, touched
+        self.fixed = set(fixed)
         self.target, self.settings, self.kept_norms = evaluator.target, evaluator.settings, kept_norms
         # Each model's measured ratios as (check, ratio). A model whose weights are still
         # exactly the ones its baseline was measured with scores 1 without being run, on the
@@ -441,6 +451,18 @@ class _Scoreboard:
             self._measure(check, [n for n, points in self.curves.items() if points[-1][0] != check])
         return {name: points[-1][1] for name, points in self.curves.items()}
 
+    def missing(self, names: Sequence[str]) -> set[str]:
+        """Those of the fixed models ``names`` that miss their target before training; they train from now on.
+
+        Each is scored once, at check 0 (on the data its baseline was measured on, an
+        unchanged model scores 1 without being run); one that meets its target keeps
+        that score for good.
+        """
+        self._measure(0, names)
+        missing = {name for name in names if self.curves[name][-1][1] < self.target}
+        self.fixed -= missing
+        return missing
+
     def measured_at(self, name: str) -> int:
         """The check that measured ``name``'s latest ratio."""
         return self.curves[name][-1][0]
@@ -458,14 +480,14 @@ class _Scoreboard:
     def _measure(self, check: int, due: Sequence[str]) -> None:
         """Append the current accuracy ratio of each model in ``due`` to its curve.
 
-        A frozen model, once measured, scores the same for good: its weights do not move.
+        A fixed model, once measured, scores the same for good: its weights do not move.
         """
         prepared, device = self.evaluator.prepared, self.evaluator.device
         for name in due:
             curve = self.curves[name]
             if curve and curve[-1][0] == check:
                 continue
-            if name in self.frozen and curve:
+            if name in self.fixed and curve:
                 curve.append((check, curve[-1][1]))
                 continue
             if self.settings.recalibrate and name in self.touched:

@@ -18,19 +18,22 @@ from pathlib import Path
 import torch
 from torch import nn
 
-
-def _storage_key(tensor: torch.Tensor) -> tuple[str, int]:
-    return (str(tensor.device), tensor.untyped_storage().data_ptr())
+from searchmerge.storage.identity import storage_identity
 
 
 def unique_tensor_bytes(tensors: Iterable[torch.Tensor]) -> int:
-    """Bytes of the distinct storages behind ``tensors`` (a shared tensor counts once)."""
-    seen: dict[tuple[str, int], int] = {}
+    """Bytes of the distinct storages behind ``tensors`` (a shared tensor counts once).
+
+    Storages are told apart by :func:`searchmerge.storage.identity.storage_identity`; a
+    meta tensor has no storage to share and counts its own size.
+    """
+    seen: dict[object, int] = {}
     for tensor in tensors:
-        if tensor.device.type == "meta":
+        storage = storage_identity(tensor)
+        if storage is None:
             seen[("meta", id(tensor))] = tensor.numel() * tensor.element_size()
-            continue
-        seen[_storage_key(tensor)] = tensor.untyped_storage().nbytes()
+        else:
+            seen[storage] = tensor.untyped_storage().nbytes()
     return sum(seen.values())
 
 

@@ -38,6 +38,7 @@ from searchmerge.runtime.profile import (
     plan_fingerprint,
     workload_fingerprint,
 )
+from searchmerge.storage.identity import tensor_identity
 from searchmerge.training.merge import merge_models
 
 __all__ = ["BATCH_SIZES", "layout_of", "measure_profile", "tensor_index"]
@@ -67,7 +68,7 @@ def tensor_index(models: Mapping[str, nn.Module]) -> tuple[TensorLayout, dict[st
         per_layer: dict[str, list[int]] = {}
         ids[name] = {}
         for state_key, tensor in model.state_dict(keep_vars=True).items():
-            identity = _identity(tensor)
+            identity = tensor_identity(tensor)
             index = index_of.get(identity) if identity is not None else None
             if index is None:
                 index = len(keys)
@@ -251,14 +252,6 @@ def _synchronize(device: torch.device) -> None:
 
 def _device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else str(device)
-
-
-def _identity(tensor: torch.Tensor) -> tuple[object, ...] | None:
-    """What makes two state-dict entries one tensor: the same view of the same storage."""
-    if tensor.numel() == 0:
-        return None
-    storage = tensor.untyped_storage()
-    return (str(tensor.device), storage.data_ptr(), tensor.storage_offset(), tuple(tensor.shape), tensor.dtype)
 
 
 def _compute_key(spec: ModelSpec) -> tuple[object, ...]:

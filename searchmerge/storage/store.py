@@ -68,6 +68,7 @@ from searchmerge.storage.blobs import (
     read_all,
     write_bytes,
 )
+from searchmerge.storage.identity import tensor_identity
 
 __all__ = [
     "CheckpointCorruptError",
@@ -500,8 +501,8 @@ def _serialize(tensors: dict[str, torch.Tensor]) -> bytes:
     """safetensors bytes of ``tensors``, each shared view saved once.
 
     safetensors refuses tensors that share memory; rather than losing the
-    tying, exact duplicates (same storage, offset, shape, strides, dtype) are
-    written once and listed as aliases in the header metadata. Everything
+    tying, exact duplicates (one :func:`~searchmerge.storage.identity.tensor_identity`)
+    are written once and listed as aliases in the header metadata. Everything
     written is a contiguous CPU copy, so partial overlaps are harmless.
     """
     if not isinstance(tensors, dict):
@@ -516,15 +517,8 @@ def _serialize(tensors: dict[str, torch.Tensor]) -> bytes:
                 f"checkpoint entries must be str -> torch.Tensor, got {name!r} -> "
                 f"{type(tensor).__name__}"
             )
-        if tensor.numel() > 0:
-            identity = (
-                tensor.device,
-                tensor.untyped_storage().data_ptr(),
-                tensor.storage_offset(),
-                tuple(tensor.shape),
-                tensor.stride(),
-                tensor.dtype,
-            )
+        identity = tensor_identity(tensor)
+        if identity is not None:
             if identity in seen:
                 aliases[name] = seen[identity]
                 continue

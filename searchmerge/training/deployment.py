@@ -43,6 +43,7 @@ from searchmerge.config.workload import ModelSpec, Workload
 from searchmerge.core.errors import SearchmergeError
 from searchmerge.core.space import SharingPlan
 from searchmerge.storage.atomic import write_atomic
+from searchmerge.storage.identity import tensor_identity
 
 __all__ = [
     "FORMAT",
@@ -199,8 +200,8 @@ def _collect_tensors(
 ) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, str]]]:
     """Each distinct tensor once, named by its first occurrence, and every model's key map.
 
-    Tied tensors are recognised by their storage and view (offset, shape,
-    strides, dtype). Tensors that merely overlap are saved as separate copies:
+    Tied tensors are recognised by :func:`~searchmerge.storage.identity.tensor_identity`
+    (the same view of the same storage). Tensors that merely overlap are saved as separate copies:
     correct values, but not tied after loading.
     """
     unique: dict[str, torch.Tensor] = {}
@@ -214,7 +215,7 @@ def _collect_tensors(
                     f"model {name!r}: state_dict entry {state_key!r} is a {type(tensor).__name__}, not a tensor;"
                     " deployments hold only tensors"
                 )
-            identity = _view_identity(tensor)
+            identity = tensor_identity(tensor)
             file_key = first_key.get(identity) if identity is not None else None
             if file_key is None:
                 file_key = f"{name}/{state_key}"
@@ -224,20 +225,6 @@ def _collect_tensors(
             keys[state_key] = file_key
         tensor_map[name] = keys
     return unique, tensor_map
-
-
-def _view_identity(tensor: torch.Tensor) -> tuple[object, ...] | None:
-    """What makes two tensors the same view of one storage; ``None`` for empty tensors (no storage)."""
-    if tensor.numel() == 0:
-        return None
-    return (
-        str(tensor.device),
-        tensor.untyped_storage().data_ptr(),
-        tensor.storage_offset(),
-        tuple(tensor.shape),
-        tensor.stride(),
-        tensor.dtype,
-    )
 
 
 def _serialize(tensors: Mapping[str, torch.Tensor]) -> bytes:

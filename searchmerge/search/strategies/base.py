@@ -20,6 +20,7 @@ import optuna
 from optuna.samplers._base import _process_constraints_after_trial
 from optuna.trial import FrozenTrial, TrialState
 
+from searchmerge.core.feasibility import is_feasible
 from searchmerge.core.space import SearchSpace, SharingPlan
 
 if TYPE_CHECKING:
@@ -83,11 +84,12 @@ def trial_feasible(trial: FrozenTrial, constraints_func: ConstraintsFunc | None 
 
     1. a PRUNED trial is infeasible (its evaluation stopped as hopeless);
     2. constraint values stored on the trial (by a sampler's ``constraints_func``, or by
-       ``trial.set_constraint``): feasible when all are ``<= 0``. These are the values
-       Optuna's own samplers and the dashboard see; when a ``constraints_func`` is
+       ``trial.set_constraint``): feasible when
+       :func:`~searchmerge.core.feasibility.is_feasible` holds for each. These are the
+       values Optuna's own samplers and the dashboard see; when a ``constraints_func`` is
        given they are exactly its output;
     3. ``constraints_func(trial)``, when given and nothing is stored yet (e.g. a trial
-       added to the study by hand): feasible when all values are ``<= 0``;
+       added to the study by hand): feasible by the same rule;
     4. the user attribute ``feasible``;
     5. otherwise feasible, as Optuna counts a trial without constraints.
     """
@@ -97,7 +99,7 @@ def trial_feasible(trial: FrozenTrial, constraints_func: ConstraintsFunc | None 
     if constraints is None and constraints_func is not None:
         constraints = tuple(float(value) for value in constraints_func(trial))
     if constraints is not None:
-        return all(value <= 0.0 for value in constraints)
+        return all(is_feasible(value) for value in constraints)
     feasible = trial.user_attrs.get("feasible")
     return True if feasible is None else bool(feasible)
 

@@ -186,7 +186,8 @@ STUDY = """
 name: walk
 seed: 0
 target: 0.9
-video: {source: walk.mkv, labels: walk.json, split: {train: 0.6, val: 0.2, test: 0.2}, image_size: 32}
+video: {source: walk.mkv, labels: walk.json, split: {train: 0.6, val: 0.2, test: 0.2, mode: blocks, block: 10},
+        image_size: 32}
 pretrain: {epochs: 1, batch_size: 8}
 finetune: {epochs: 1, batch_size: 8}
 evaluator: {max_epochs: 1, batch_size: 8}
@@ -194,7 +195,7 @@ models:
   - {name: left, factory: "tests.user_data:tiny_classifier", kwargs: {num_classes: 2}, task: classification,
      data: {format: video, region: [0.0, 0.0, 0.5, 1.0], query: presence}}
   - {name: right, factory: "tests.user_data:tiny_classifier", kwargs: {num_classes: 2}, task: classification,
-     data: {format: video, region: [0.5, 0.0, 1.0, 1.0], query: count, bins: [0, 2]}}
+     data: {format: video, region: [0.5, 0.0, 1.0, 0.5], query: count, bins: [0, 1]}}
 """
 
 
@@ -251,8 +252,9 @@ BAD_INPUTS = [
      "model 'left': data (video): region [0.0, 0.0, 1.5, 1.0] is not inside [0, 1]"),
     (_edit("[0.0, 0.0, 0.5, 1.0]", "[0.5, 0.0, 0.5, 1.0]"),
      "model 'left': data (video): region [0.5, 0.0, 0.5, 1.0] has zero area"),
-    (_edit("test: 0.2}", "test: 0.01}"), "model 'left': data (video): split 'test' (0.01 of 30 frames) gets no frame"),
-    (_edit("bins: [0, 2]", "bins: [0, 2, 2]"), "model 'right': data (video): bins [0, 2, 2] must start at 0 and be"
+    (_edit("test: 0.2,", "test: 0.01,"),
+     "model 'left': data (video): split 'test' (0.01 of 30 frames, in blocks of 10) gets no frame"),
+    (_edit("bins: [0, 1]", "bins: [0, 1, 1]"), "model 'right': data (video): bins [0, 1, 1] must start at 0 and be"
                                                " increasing"),
     (_edit("query: presence}", "query: detection}"),
      "model 'left': data (video): query 'detection' gives detection labels, but the model's task is classification"),

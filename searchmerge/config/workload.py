@@ -19,7 +19,7 @@ import yaml
 
 from searchmerge.core.errors import SearchmergeError
 from searchmerge.core.imports import import_callable
-from searchmerge.core.keys import check_keys
+from searchmerge.core.keys import check_keys, did_you_mean
 
 DEFAULT_INPUT_SHAPE: tuple[int, ...] = (3, 224, 224)
 
@@ -201,10 +201,11 @@ def _build_torchvision(model_name: str, arch: str, kwargs: Mapping[str, Any]) ->
     try:
         builder = tv_models.get_model_builder(arch)
     except ValueError:
-        known = ", ".join(sorted(tv_models.list_models())[:12])
+        names = sorted(tv_models.list_models())
+        known = ", ".join(names[:12])
         raise SearchmergeError(
-            f"model {model_name!r}: unknown architecture {arch!r} (not a torchvision model name such as {known}, ...;"
-            " for your own model use 'package.module:factory')"
+            f"model {model_name!r}: unknown architecture {arch!r}{did_you_mean(arch, names)} (not a torchvision model"
+            f" name such as {known}, ...; for your own model use 'package.module:factory')"
         ) from None
     arguments: dict[str, Any] = {"weights": None, **kwargs}
     if "weights_backbone" in inspect.signature(builder).parameters:

@@ -11,10 +11,11 @@ compared with.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import shlex
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from searchmerge.config.study import StudyFile
 from searchmerge.config.workload import DEFAULT_INPUT_SHAPE, Workload
 from searchmerge.core.errors import SearchmergeError
 from searchmerge.core.progress import Progress
+from searchmerge.data.checks import MIN_EXAMPLES, check_workload_data
 from searchmerge.data.loading import in_order
 from searchmerge.data.sources import SourceContext, TaskData
 from searchmerge.data.sources.base import digest
@@ -156,8 +158,16 @@ def prepare(
     study_path: str | Path | None = None,
     cache_dir: Path | None = None,
     lease_seconds: float = 60.0,
+    min_examples: int = MIN_EXAMPLES,
 ) -> PreparedWorkload:
     """Store the originals and their baselines, or load them when they are already stored.
+
+    Before anything is built from data or trained, every model's splits are counted
+    (:mod:`searchmerge.data.checks`): a split that lacks a class the model predicts, or holds
+    fewer than ``min_examples`` of one, is refused, one line per model; a split so small that
+    one example moves a ratio by more than the margin to the target is reported as a warning.
+    A failed prepare leaves nothing behind: no store, and no decoded images or frames in the
+    cache that were not there before.
 
     Workers that start together on one storage prepare the originals once: the first
     holds a lease in the database while it works (see :mod:`searchmerge.storage.lease`), the
@@ -176,20 +186,42 @@ def prepare(
             folder, and an error about a corrupt stored original names it.
         cache_dir: Where decoded images are kept between runs (``None``: not kept).
         lease_seconds: How long a preparing worker's claim lasts without renewal.
+        min_examples: The fewest examples of each class (a detector: boxes) every split must hold.
 
     Raises:
-        SearchmergeError: If data is missing or malformed, a model does not fit its data or
-            scores 0 on a split (a ratio to a baseline of 0 means nothing); nothing is stored then.
+        SearchmergeError: If data is missing or malformed, a split lacks a class or holds too
+            few of one, a model does not fit its data or scores 0 on a split (a ratio to a
+            baseline of 0 means nothing); nothing is stored then.
     """
+    context = source_context(settings, study_path=study_path, cache_dir=cache_dir)
+    with _cache_kept_only_on_success(context.cache_dir):
+        return _prepare(workload, settings, store, context, force=force, progress=progress, study_path=study_path,
+                        lease_seconds=lease_seconds, min_examples=min_examples)
+
+
+def _prepare(
+    workload: Workload,
+    settings: StudySettings,
+    store: CheckpointStore | Callable[[], CheckpointStore],
+    context: SourceContext,
+    *,
+    force: bool,
+    progress: Progress | None,
+    study_path: str | Path | None,
+    lease_seconds: float,
+    min_examples: int,
+) -> PreparedWorkload:
     say = progress or (lambda _line: None)
     requests = {spec.name: model_request(spec) for spec in workload.models}
-    context = source_context(settings, study_path=study_path, cache_dir=cache_dir)
+    torch.manual_seed(settings.seed)  # the heads that pretraining does not give start the same every run
+    models = {spec.name: spec.build() for spec in workload.models}  # an unknown arch fails before data is read
     data = {name: request.open(context) for name, request in requests.items()}
+    for check in check_workload_data(data, target=settings.target, min_examples=min_examples).values():
+        for warning in check.warnings:
+            say(f"warning: {warning}")
     kinds = {name: request.adapter for name, request in requests.items()}
     fingerprint = workload_fingerprint(workload, settings)
     data_print = data_fingerprint(data)
-    torch.manual_seed(settings.seed)  # the heads that pretraining does not give start the same every run
-    models = {spec.name: spec.build() for spec in workload.models}
     for name, model in models.items():
         check_fits(name, model, data[name], kinds[name])
     store = store() if callable(store) else store
@@ -230,6 +262,34 @@ def prepare(
     for model in models.values():
         model.eval()
     return PreparedWorkload(workload, settings, data, models, baselines, fingerprint, data_print, kinds, data_print)
+
+
+@contextlib.contextmanager
+def _cache_kept_only_on_success(cache_dir: Path | None) -> Iterator[None]:
+    """Remove the cache files (decoded images, frames) and folders made in the block if it fails.
+
+    What was cached before stays; an interrupted run (Ctrl-C) keeps what it decoded for the next.
+    """
+    if cache_dir is None:
+        yield
+        return
+    before = set(cache_dir.rglob("*")) if cache_dir.is_dir() else set()
+    existed = cache_dir.is_dir()
+    try:
+        yield
+    except Exception:
+        if cache_dir.is_dir():
+            made = [path for path in cache_dir.rglob("*") if path not in before]
+            for path in made:
+                if not path.is_dir():
+                    path.unlink(missing_ok=True)
+            for folder in sorted((p for p in made if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+                with contextlib.suppress(OSError):
+                    folder.rmdir()  # only when empty: another worker's entries stay
+            if not existed:
+                with contextlib.suppress(OSError):
+                    cache_dir.rmdir()
+        raise
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import hashlib
 import json
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
@@ -82,6 +82,12 @@ class SplitData:
     fingerprint: str
     description: str
     labels: Mapping[str, np.ndarray] = field(default_factory=dict)
+    #: Per split, the class of every box of every sample (detection), read without the images.
+    objects: Mapping[str, Sequence[np.ndarray]] = field(default_factory=dict)
+    #: The name of each class (index = class; a detector's class 0 is the background), for messages.
+    class_names: tuple[str, ...] = ()
+    #: How to give every split enough examples of every class with this source (for messages).
+    split_fix: str = ""
 
     def __post_init__(self) -> None:
         for name in SPLITS:
@@ -90,6 +96,10 @@ class SplitData:
 
     def class_labels(self, split: str) -> np.ndarray | None:
         return self.labels.get(split)
+
+    def object_labels(self, split: str) -> Sequence[np.ndarray] | None:
+        """Per sample of ``split``, the classes of its boxes (detection), or ``None`` where not known."""
+        return self.objects.get(split)
 
 
 @dataclass(frozen=True)

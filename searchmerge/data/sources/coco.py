@@ -110,4 +110,7 @@ class CocoSource(Source):
             train=datasets["train"], val=datasets["val"], test=datasets["test"], kind="detection",
             num_classes=most + 1, fingerprint=digest({"format": "coco", "size": reader.size, "files": identity}),
             description=f"COCO data {str(root)!r}",
+            objects={name: [lbl.numpy() for lbl in d.labels] for name, d in datasets.items()},
+            split_fix=f"moving or adding annotated images with boxes of that class into the split's JSON file under"
+                      f" {str(root)!r} (every split needs every class), or more data",
         )

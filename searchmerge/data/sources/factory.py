@@ -70,6 +70,8 @@ class FactorySource(Source):
             train=datasets["train"], val=datasets["val"], test=datasets["test"], kind=task, num_classes=classes,
             fingerprint=digest(identity), description=f"dataset factory {path!r}",
             labels={name: v for name, v in labels.items() if v is not None and task == "classification"},
+            split_fix=f"splits stratified by class from {path!r} (e.g. scikit-learn's train_test_split(...,"
+                      " stratify=labels)), another split ratio, or more data",
         )
 
 

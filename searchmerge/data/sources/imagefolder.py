@@ -104,6 +104,9 @@ class ImageFolderSource(Source):
             train=datasets["train"], val=datasets["val"], test=datasets["test"], kind="classification",
             num_classes=len(classes), fingerprint=fingerprint, description=f"image folder {str(root)!r}",
             labels={name: dataset.labels for name, dataset in datasets.items()},
+            class_names=tuple(classes),
+            split_fix=f"moving or adding images of that class into the split's class folder under {str(root)!r}"
+                      " (every split needs every class), or more data",
         )
 
 

@@ -32,7 +32,11 @@ and regions that tile the frame count each person exactly once.
 
 **Splits by time.** The labelled frames (every ``stride``-th of them) are cut into train,
 validation and test in time order, never shuffled: neighbouring frames are near duplicates,
-so a random split would score the models on copies of their training frames.
+so a random split would score the models on copies of their training frames. With
+``split: {mode: blocks, block: N}`` (shares as above, default 0.6/0.2/0.2) the same cut is made
+in every block of N frames used, so every split sees every part of the footage (people who
+appear only mid-video reach validation and test too); the price is a boundary between
+neighbouring, near-duplicate frames in every block (see docs/video.md).
 
 Video models without weights are made by the study's recipe: each architecture is
 pretrained once on the footage's whole frame (classifiers count the people in it, one class
@@ -80,6 +84,10 @@ FOOTAGE_KEYS = ("source", "labels", "split", "stride", "image_size")
 QUERIES = {"presence": "classification", "count": "classification", "detection": "detection"}
 #: The default split: contiguous in time, in this order.
 DEFAULT_SPLIT = {"train": 0.6, "val": 0.2, "test": 0.2}
+#: How the labelled frames may be cut: one cut in time, or the same cut in every block of frames.
+SPLIT_MODES = ("time", "blocks")
+#: Frames used (after ``stride``) per block of ``split: {mode: blocks}``.
+DEFAULT_BLOCK = 50
 #: Camera changes that move the region (shares of the frame) rather than change the picture.
 POSE_CHANGES = ("pan", "tilt")
 
@@ -256,7 +264,8 @@ class VideoSource(Source):
             raise SearchmergeError(f"{where}: stride must be a positive integer (use every stride-th labelled frame),"
                                    f" got {stride!r}")
         frames = np.asarray(labels.frames[::stride], dtype=np.int64)
-        parts = _cut(_split(merged.get("split", DEFAULT_SPLIT), where), len(frames), where)
+        rule = _split(merged.get("split", DEFAULT_SPLIT), where)
+        parts = _cut(rule, len(frames), where)
         region = _region(merged.get("region"), where)
         box = _pixels(region, footage, where)
         size = image_size_option(merged.get("image_size"), where)
@@ -279,6 +288,7 @@ class VideoSource(Source):
             "box": box, "size": [height, width], "query": query, "classes": wanted, "bins": bins, "stride": stride,
             "split": {name: len(rows) for name, rows in parts.items()}, "look": dataclasses.asdict(look),
             "seed": context.seed if look.noise_std else None,
+            **({"split_blocks": rule.block} if rule.mode == "blocks" else {}),  # time splits keep their old fingerprint
         })
         return SplitData(
             train=splits["train"], val=splits["val"], test=splits["test"], kind=kind,
@@ -287,6 +297,10 @@ class VideoSource(Source):
             description=f"video {str(footage.path)!r}, region {list(region)}, {query}",
             labels={name: np.asarray(d.targets, dtype=np.int64) for name, d in splits.items()}
             if kind == "classification" else {},
+            objects={name: [t["labels"].numpy() for t in d.targets] for name, d in splits.items()}
+            if kind == "detection" else {},
+            class_names=_class_labels(query, bins, wanted),
+            split_fix=_split_fix(rule, len(frames)),
         )
 
 
@@ -371,30 +385,94 @@ def _class_names(value: Any, where: str) -> tuple[str, ...]:
     return tuple(value)
 
 
-def _split(value: Any, where: str) -> dict[str, float]:
+@dataclass(frozen=True)
+class _SplitRule:
+    """How the labelled frames are cut: ``shares`` of each split, in one cut (``time``) or per block."""
+
+    shares: Mapping[str, float]
+    mode: str = "time"
+    block: int = 0
+
+
+def _split(value: Any, where: str) -> _SplitRule:
     if not isinstance(value, Mapping):
-        raise SearchmergeError(f"{where}: split must be {{train: F, val: F, test: F}}, got {value!r}")
-    check_keys(f"{where}, split", value, SPLITS)
+        raise SearchmergeError(f"{where}: split must be {{train: F, val: F, test: F[, mode: time | blocks, block: N]}},"
+                               f" got {value!r}")
+    check_keys(f"{where}, split", value, (*SPLITS, "mode", "block"))
+    mode = value.get("mode", "time")
+    if mode not in SPLIT_MODES:
+        raise SearchmergeError(f"{where}: split mode must be one of {', '.join(SPLIT_MODES)}, got {mode!r}")
+    block = value.get("block", DEFAULT_BLOCK if mode == "blocks" else 0)
+    if "block" in value and mode != "blocks":
+        raise SearchmergeError(f"{where}: split block is for mode: blocks (the time split makes one cut)")
+    if isinstance(block, bool) or not isinstance(block, int) or (mode == "blocks" and block < 2):
+        raise SearchmergeError(f"{where}: split block must be an integer of 2 or more (frames used per block),"
+                               f" got {block!r}")
+    if not any(name in value for name in SPLITS):
+        value = {**DEFAULT_SPLIT, **value}  # {mode: blocks, block: N} keeps the default shares
     shares = {name: value.get(name) for name in SPLITS}
     for name, share in shares.items():
         if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 < share < 1:
             raise SearchmergeError(f"{where}: split {name!r} must be a share in (0, 1), got {share!r}")
     if sum(shares.values()) > 1 + 1e-9:  # type: ignore[arg-type]
         raise SearchmergeError(f"{where}: split shares add up to {sum(shares.values()):g}, more than 1")  # type: ignore[arg-type]
-    return shares  # type: ignore[return-value]
+    return _SplitRule(shares, mode, block)  # type: ignore[arg-type]
 
 
-def _cut(shares: Mapping[str, float], count: int, where: str) -> dict[str, np.ndarray]:
-    """Rows 0..count-1 cut into the splits in time order; a split left empty is refused."""
-    parts, start, total = {}, 0, 0.0
+def _cut(rule: _SplitRule, count: int, where: str) -> dict[str, np.ndarray]:
+    """Rows 0..count-1 cut into the splits in time order; a split left empty is refused.
+
+    ``time``: one cut, the first share trains, the next validates, the last tests. ``blocks``:
+    every ``block`` consecutive rows are cut that way, so every split holds rows from every part
+    of the footage.
+    """
+    size = rule.block if rule.mode == "blocks" else count
+    pieces: dict[str, list[np.ndarray]] = {name: [] for name in SPLITS}
+    for first in range(0, count, max(size, 1)):
+        rows = min(size, count - first)
+        start, total = 0, 0.0
+        for name in SPLITS:
+            total += rule.shares[name]
+            end = min(rows, round(total * rows))
+            if end > start:
+                pieces[name].append(np.arange(first + start, first + end))
+            start = max(start, end)
+    parts = {}
     for name in SPLITS:
-        total += shares[name]
-        end = min(count, round(total * count))
-        if end <= start:
-            raise SearchmergeError(f"{where}: split {name!r} ({shares[name]:g} of {count} frames) gets no frame")
-        parts[name] = np.arange(start, end)
-        start = end
+        if not pieces[name]:
+            blocks = f", in blocks of {rule.block}" if rule.mode == "blocks" else ""
+            raise SearchmergeError(f"{where}: split {name!r} ({rule.shares[name]:g} of {count} frames{blocks}) gets no"
+                                   " frame")
+        parts[name] = np.concatenate(pieces[name])
     return parts
+
+
+def _split_fix(rule: _SplitRule, count: int) -> str:
+    """What to try when a split lacks a class: interleaved blocks, another ratio, more footage."""
+    block = max(10, count // 10)
+    if rule.mode != "blocks":
+        return (f"split: {{mode: blocks, block: {block}}} (train, val and test cut from every block of {block} frames,"
+                " so that each sees every part of the footage; see docs/video.md), another split ratio, or more"
+                " footage with the missing class in every part")
+    smaller = max(2, rule.block // 2)
+    return (f"smaller blocks (split: {{mode: blocks, block: {smaller}}}, now {rule.block}), another split ratio, or more"
+            " footage with the missing class")
+
+
+def _class_labels(query: str, bins: list[int] | None, classes: Sequence[str]) -> tuple[str, ...]:
+    """The name of each class of a query's answer, for messages."""
+    if query == "presence":
+        return ("nobody", "somebody")
+    if query == "detection":
+        return ("background", *classes)
+    edges = list(bins or ())
+    names = []
+    for low, high in zip(edges, [*edges[1:], None]):
+        if high is None:
+            names.append(f"count {low}+")
+        else:
+            names.append(f"count {low}" if high - low == 1 else f"count {low}-{high - 1}")
+    return tuple(names)
 
 
 def _frame_seed(seed: int, frame: int) -> int:

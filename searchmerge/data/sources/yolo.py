@@ -127,6 +127,9 @@ class YoloSource(Source):
             train=datasets["train"], val=datasets["val"], test=datasets["test"], kind="detection",
             num_classes=most + 1 if classes is None else classes + 1,
             fingerprint=fingerprint, description=f"YOLO data {str(root)!r}",
+            objects={name: [lbl.numpy() for lbl in d.labels] for name, d in datasets.items()},
+            split_fix=f"moving or adding labelled images with boxes of that class into the split under {str(root)!r}"
+                      " (every split needs every class), or more data",
         )
 
 

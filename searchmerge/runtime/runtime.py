@@ -24,6 +24,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections import Counter
@@ -197,65 +198,9 @@ class SwapRuntime:
     # ------------------------------------------------------------------- streaming
     def _stream(self, name: str, inputs: Any, plan: StreamPlan, extra: int) -> Any:
         """Run ``name`` layer by layer: copy each layer in before it runs, drop it after."""
-        layers = self.layout.layers[name]
-        index_of = {layer: i for i, (layer, _) in enumerate(layers)}
-        owned: dict[str, list[tuple[int, nn.Module, str]]] = {}
-        for key, tensor, module, attr in self._bindings[name]:
-            owned.setdefault(key.rpartition(".")[0], []).append((tensor, module, attr))
-        side = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
-        fetched: dict[int, tuple[dict[int, torch.Tensor], bool]] = {}
-        timers: list[tuple[bool, Callable[[], float]]] = []
-        compute = [0.0] * len(layers)
-        live = [0]
-        started = [0.0]
-
-        def fetch(i: int, ahead: bool) -> None:
-            ids = [t for t in layers[i][1] if t not in self._resident]
-            size = sum(self.layout.sizes[t] for t in ids)
-            if ahead and self.residency.used + live[0] + size + extra > self.budget:
-                return  # no room to prefetch: the layer is copied when it runs
-            copies, seconds = self._copy(ids, side if ahead else None)
-            timers.append((ahead, seconds))
-            live[0] += size
-            self._note_peak(extra + live[0])
-            fetched[i] = (copies, ahead and side is not None)
-
-        def before(layer: str) -> Callable[..., None]:
-            def hook(_module: nn.Module, _args: Any) -> None:
-                i = index_of[layer]
-                if i not in fetched:
-                    fetch(i, ahead=False)
-                copies, on_side = fetched[i]
-                if on_side:
-                    torch.cuda.current_stream(self.device).wait_stream(side)
-                for tensor, module, attr in owned[layer]:
-                    _slot(module, attr)[attr] = self._resident.get(tensor, copies.get(tensor))
-                if plan.prefetch and i + 1 < len(layers) and i + 1 not in fetched:
-                    fetch(i + 1, ahead=True)
-                if self.simulated:
-                    started[0] = time.perf_counter()
-            return hook
-
-        def after(layer: str) -> Callable[..., None]:
-            def hook(_module: nn.Module, _args: Any, _output: Any) -> None:
-                i = index_of[layer]
-                if self.simulated:
-                    compute[i] += time.perf_counter() - started[0]
-                for tensor, module, attr in owned[layer]:
-                    _slot(module, attr)[attr] = self._host[tensor]
-                copies, on_side = fetched.pop(i, ({}, False))
-                for copy in copies.values():
-                    if on_side:  # made on the side stream, used on this one: not to be reused before
-                        copy.record_stream(torch.cuda.current_stream(self.device))
-                    live[0] -= copy.numel() * copy.element_size()
-            return hook
-
         model = self.models[name]
-        handles = []
-        for layer in owned:
-            module = model.get_submodule(layer)
-            handles.append(module.register_forward_pre_hook(before(layer)))
-            handles.append(module.register_forward_hook(after(layer)))
+        stream = _LayerStream(self, name, plan, extra)
+        handles = stream.attach(model)
         start = self._now()
         try:
             with torch.inference_mode():
@@ -269,18 +214,10 @@ class SwapRuntime:
             for handle in handles:
                 handle.remove()
             for _, tensor, module, attr in self._bindings[name]:
-                _slot(module, attr)[attr] = self._host[tensor]
+                _bind(module, attr, self._host[tensor])
         elapsed = self._now() - start
-        copied = sum(seconds() for _, seconds in timers)
-        self.counters.load_seconds += copied
-        if self.simulated:  # copies are accounted, not done at link speed: overlap them on paper
-            total_compute = sum(compute) or elapsed
-            shares = [c / total_compute for c in compute] if sum(compute) else []
-            total = streamed_seconds(plan.layer_bytes, shares, total_compute, self._account_seconds, plan.prefetch)
-            self.last_compute_s, self.last_load_s = total_compute, total - total_compute
-        else:  # measured: the copies that stalled the run are what was not hidden
-            stalled = sum(seconds() for ahead, seconds in timers if not ahead)
-            self.last_load_s, self.last_compute_s = stalled, max(elapsed - stalled, 0.0)
+        self.counters.load_seconds += stream.copy_seconds()
+        self.last_load_s, self.last_compute_s = stream.load_and_compute_seconds(elapsed)
         return outputs
 
     # -------------------------------------------------------------------- copying
@@ -358,9 +295,108 @@ class SwapRuntime:
                 for key, index in ids.items()]
 
 
-def _slot(module: nn.Module, attr: str) -> dict[str, Any]:
-    """The dict that holds ``attr`` of ``module``: its parameters or its buffers."""
-    return module._parameters if attr in module._parameters else module._buffers
+class _LayerStream:
+    """One layer-by-layer run of a model: the state its forward hooks share.
+
+    Before a layer runs, its tensors that are not resident are copied in (unless prefetched)
+    and bound into its module, and the next layer's copy starts on a side stream when the
+    plan prefetches and the budget holds it; after the layer, its module gets its host
+    tensors back and the copies are dropped.
+    """
+
+    def __init__(self, runtime: SwapRuntime, name: str, plan: StreamPlan, extra: int) -> None:
+        self.runtime, self.plan, self.extra = runtime, plan, extra
+        self.layers = runtime.layout.layers[name]
+        self.index_of = {layer: i for i, (layer, _) in enumerate(self.layers)}
+        #: Per layer (module name): the tensor ids it owns, with their module and attribute.
+        self.owned: dict[str, list[tuple[int, nn.Module, str]]] = {}
+        for key, tensor, module, attr in runtime._bindings[name]:
+            self.owned.setdefault(key.rpartition(".")[0], []).append((tensor, module, attr))
+        self.side = torch.cuda.Stream(runtime.device) if runtime.device.type == "cuda" else None
+        #: Per layer index: its device copies, and whether they were made on the side stream.
+        self.fetched: dict[int, tuple[dict[int, torch.Tensor], bool]] = {}
+        #: Per copy: whether it was a prefetch, and how to read its seconds.
+        self.timers: list[tuple[bool, Callable[[], float]]] = []
+        self.compute = [0.0] * len(self.layers)  # simulated device: measured seconds per layer
+        self.live = 0  # bytes of streamed copies on the device now
+        self.started = 0.0
+
+    def attach(self, model: nn.Module) -> list[Any]:
+        """Hook every layer of ``model`` that owns tensors; the handles to remove after the run."""
+        handles = []
+        for layer in self.owned:
+            module = model.get_submodule(layer)
+            handles.append(module.register_forward_pre_hook(functools.partial(self.before, layer)))
+            handles.append(module.register_forward_hook(functools.partial(self.after, layer)))
+        return handles
+
+    def fetch(self, i: int, *, ahead: bool) -> None:
+        """Copy layer ``i``'s missing tensors in; a prefetch (``ahead``) is skipped without room."""
+        runtime = self.runtime
+        ids = [t for t in self.layers[i][1] if t not in runtime._resident]
+        size = sum(runtime.layout.sizes[t] for t in ids)
+        if ahead and runtime.residency.used + self.live + size + self.extra > runtime.budget:
+            return  # no room to prefetch: the layer is copied when it runs
+        copies, seconds = runtime._copy(ids, self.side if ahead else None)
+        self.timers.append((ahead, seconds))
+        self.live += size
+        runtime._note_peak(self.extra + self.live)
+        self.fetched[i] = (copies, ahead and self.side is not None)
+
+    def before(self, layer: str, _module: nn.Module, _args: Any) -> None:
+        runtime = self.runtime
+        i = self.index_of[layer]
+        if i not in self.fetched:
+            self.fetch(i, ahead=False)
+        copies, on_side = self.fetched[i]
+        if on_side:
+            torch.cuda.current_stream(runtime.device).wait_stream(self.side)
+        for tensor, module, attr in self.owned[layer]:
+            _bind(module, attr, runtime._resident.get(tensor, copies.get(tensor)))
+        if self.plan.prefetch and i + 1 < len(self.layers) and i + 1 not in self.fetched:
+            self.fetch(i + 1, ahead=True)
+        if runtime.simulated:
+            self.started = time.perf_counter()
+
+    def after(self, layer: str, _module: nn.Module, _args: Any, _output: Any) -> None:
+        runtime = self.runtime
+        i = self.index_of[layer]
+        if runtime.simulated:
+            self.compute[i] += time.perf_counter() - self.started
+        for tensor, module, attr in self.owned[layer]:
+            _bind(module, attr, runtime._host[tensor])
+        copies, on_side = self.fetched.pop(i, ({}, False))
+        for copy in copies.values():
+            if on_side:  # made on the side stream, used on this one: not to be reused before
+                copy.record_stream(torch.cuda.current_stream(runtime.device))
+            self.live -= copy.numel() * copy.element_size()
+
+    def copy_seconds(self) -> float:
+        """Seconds all the run's copies took (or are accounted)."""
+        return sum(seconds() for _, seconds in self.timers)
+
+    def load_and_compute_seconds(self, elapsed: float) -> tuple[float, float]:
+        """Seconds of copying not hidden behind compute, and of compute, of a run that took ``elapsed``."""
+        if self.runtime.simulated:  # copies are accounted, not done at link speed: overlap them on paper
+            total_compute = sum(self.compute) or elapsed
+            shares = [c / total_compute for c in self.compute] if sum(self.compute) else []
+            total = streamed_seconds(self.plan.layer_bytes, shares, total_compute, self.runtime._account_seconds,
+                                     self.plan.prefetch)
+            return total - total_compute, total_compute
+        # measured: the copies that stalled the run are what was not hidden
+        stalled = sum(seconds() for ahead, seconds in self.timers if not ahead)
+        return stalled, max(elapsed - stalled, 0.0)
+
+
+def _bind(module: nn.Module, attr: str, tensor: torch.Tensor) -> None:
+    """Make ``tensor`` the ``attr`` parameter or buffer of ``module`` for the next forward.
+
+    ``setattr`` refuses a plain tensor in a parameter's place, so the tensor goes into the
+    module's parameter (or buffer) dict, as :func:`torch.func.functional_call` does for all
+    tensors at once; a streamed run binds one layer at a time and restores the host tensors.
+    """
+    slots = module._parameters if attr in module._parameters else module._buffers
+    slots[attr] = tensor
 
 
 def _to_device(inputs: Any, device: torch.device) -> Any:

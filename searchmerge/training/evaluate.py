@@ -51,6 +51,7 @@ __all__ = [
     "ModelOutcome",
     "ObserveFn",
     "ReportFn",
+    "StopPolicy",
     "evaluate_plan",
     "merged_key",
 ]
@@ -155,6 +156,61 @@ class Evaluation:
         )
 
 
+@dataclass(frozen=True)
+class StopPolicy:
+    """When the retraining of a plan stops, and why: one decision after each check.
+
+    The reasons, in the order they are considered:
+
+    - ``success``: every model passed (confirmed on the test split where marginal), with
+      early exit; without it (full retraining) only a pass at the last check counts;
+    - ``budget``: the last check, passed or not (a failed confirmation there decides);
+    - ``pruned``: the caller (an Optuna pruner) said stop, at a check the plan failed;
+    - ``hopeless``: with early exit, some model's learning curve cannot reach its target.
+
+    Args:
+        early_exit: Stop on success and on hopeless failure.
+        last_check: The last check of the budget (0 when nothing trains).
+        report: Told ``(check, worst ratio)`` at every check; returns True to stop.
+        hopeless: Whether the curves at a check are hopeless.
+        watched: Someone follows every check (an observer), so none is skipped.
+
+    Example:
+        >>> policy = StopPolicy(early_exit=True, last_check=4)
+        >>> policy.decide(1, 0.8, passed=False), policy.decide(2, 0.96, passed=True)
+        (None, 'success')
+        >>> StopPolicy(early_exit=False, last_check=4).checks_at(2)  # full retraining: judged at the end
+        False
+    """
+
+    early_exit: bool
+    last_check: int
+    report: ReportFn | None = None
+    hopeless: Callable[[int], bool] = field(default=lambda _check: False)
+    watched: bool = False
+
+    def is_last(self, check: int) -> bool:
+        return check >= self.last_check
+
+    def checks_at(self, check: int) -> bool:
+        """Whether ``check`` is scored: every one unless full retraining, unwatched, needs only the last."""
+        return self.early_exit or self.report is not None or self.watched or self.is_last(check)
+
+    def decide(self, check: int, worst_ratio: float, passed: bool) -> str | None:
+        """The reason to stop after ``check``, or ``None`` to train on."""
+        last = self.is_last(check)
+        if passed and (self.early_exit or last):
+            return "success"
+        if last:
+            return "budget"
+        # The caller sees every check; it may stop only a plan that fails at it.
+        if self.report is not None and self.report(check, worst_ratio) and not passed:
+            return "pruned"
+        if self.early_exit and self.hopeless(check):
+            return "hopeless"
+        return None
+
+
 class Evaluator:
     """Scores sharing plans of one prepared workload.
 
@@ -208,91 +264,45 @@ class Evaluator:
         merged models (to record learning curves, as ``benchmarks/calibrate_evaluator.py`` does).
         """
         started = time.perf_counter()
-        plan.checked([g.name for g in self.analysis.groups])
-        settings, names = self.settings, list(self.prepared.models)
-        unknown = sorted(set(frozen) - set(names))
-        if unknown:
-            raise SearchmergeError(f"cannot freeze model(s) {unknown}: not in the workload {names}")
-        originals = start_from if start_from is not None else self.prepared.models
-        merged = merge_models(originals, self.analysis.groups, plan, init=settings.init)  # type: ignore[arg-type]
-        unique = unique_tensor_bytes(model_tensors(merged.values()))
+        run = _Retraining(self, plan, seed=seed, start_from=start_from, frozen=frozen)
+        policy = StopPolicy(early_exit=self.settings.early_exit, last_check=run.last_check, report=report,
+                            hopeless=lambda check: run.scores.hopeless(check, run.last_check),
+                            watched=observe is not None)
+        reason, ratios, test_ratios = self._retrain(run, policy, observe)
+        return self._judged(run, reason, ratios, test_ratios, time.perf_counter() - started), run.merged
 
-        torch.manual_seed(seed)
-        kinds, workers = self.prepared.kinds, self.prepared.settings.workers
-        train = {n: subsample(self.prepared.data[n], "train", settings.fraction, seed=seed) for n in names}
-        touched = {model for group in self.analysis.groups if group.name in plan.shared for model in group.models}
-        touched -= set(frozen)  # a frozen model keeps its batch-norm statistics too
-        untouched = [n for n in names if n not in touched and n not in frozen]
-        kept_norms = _frozen_norms(merged, frozen)
-        # Scored before the move to the device: an untouched model is compared with its original there.
-        scores = _Scoreboard(self, merged, train, touched, set(frozen) | set(untouched), kept_norms)
-        for model in merged.values():
-            model.to(self.device)
-        # A model the plan shares nothing with keeps its weights and is scored once; only on new
-        # data, where it may miss its target, is it fine-tuned (alone: it shares nothing).
-        missing = scores.missing(untouched)
-        learners = [n for n in names if n in touched or n in missing]
-        streams = {
-            n: batches(train[n], kinds[n], settings.batch_size, seed=seed + i, workers=workers)
-            for i, n in enumerate(names)
-            if n in learners
-        }
-        parameters = _trainable_parameters(merged, learners, frozen)
-        optimizer = torch.optim.Adam(parameters, lr=settings.lr) if parameters else None
-
-        epoch_steps = max((steps_per_epoch(train[n], settings.batch_size) for n in learners), default=1)
-        check_every = max(1, epoch_steps // settings.checks_per_epoch)
-        total_checks = max(1, math.ceil(settings.max_epochs * epoch_steps / check_every))
-        schedule = (
-            torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, total_checks * check_every)
-            if optimizer is not None
-            else None
-        )
-        worst_curve: list[float] = []
-        steps = 0
-        outcome: tuple[str, dict[str, float], dict[str, float]] | None = None
-
-        # Full retraining (no early exit, no pruner) needs no check before the last one.
-        watching = settings.early_exit or report is not None or observe is not None
-        for check in range(total_checks + 1):
-            if check > 0 and optimizer is not None:
-                _start_training(merged, learners, kept_norms)
-                for _ in range(check_every):
-                    optimizer.zero_grad(set_to_none=True)
-                    loss = sum(kinds[n].loss(merged[n], kinds[n].to_device(next(streams[n]), self.device)) for n in learners)
-                    loss.backward()  # type: ignore[union-attr]
-                    optimizer.step()
-                    schedule.step()  # type: ignore[union-attr]
-                    steps += 1
-            last = check == total_checks or optimizer is None
-            if not (watching or last):
+    def _retrain(
+        self, run: _Retraining, policy: StopPolicy, observe: ObserveFn | None
+    ) -> tuple[str, dict[str, float], dict[str, float]]:
+        """Train between checks until the policy stops; the stop reason and the ratios it was decided on."""
+        for check in range(run.last_check + 1):
+            if check > 0:
+                run.train(run.check_every)
+            if not policy.checks_at(check):
                 continue
-            ratios = scores.score(check, everyone=last or not settings.early_exit)
-            worst_curve.append(min(ratios.values()))
+            ratios = run.scores.score(check, everyone=policy.is_last(check) or not policy.early_exit)
+            run.curve.append(min(ratios.values()))
             if observe is not None:
-                observe(check, ratios, merged)
-            if self.progress is not None:
-                worst = min(ratios, key=ratios.__getitem__)
-                self.progress(f"check {check}/{total_checks} after {steps} steps: worst accuracy ratio"
-                              f" {ratios[worst]:.3f} ({worst}), target {self.target}")
-            passed, test_ratios = self._confirm(merged, ratios)
-            if passed and (settings.early_exit or last):
-                outcome = ("success", ratios, test_ratios)
-                break
-            if last:
-                outcome = ("budget", ratios, test_ratios)  # a failed confirmation is kept: it decides
-                break
-            # The caller (an Optuna pruner) sees every check; it may stop only a plan that fails at it.
-            if report is not None and report(check, min(ratios.values())) and not passed:
-                outcome = ("pruned", ratios, test_ratios)
-                break
-            if settings.early_exit and scores.hopeless(check, total_checks):
-                outcome = ("hopeless", ratios, {})
-                break
-        assert outcome is not None
-        reason, ratios, test_ratios = outcome
+                observe(check, ratios, run.merged)
+            self._say_check(check, run, ratios)
+            passed, test_ratios = self._confirm(run.merged, ratios)
+            reason = policy.decide(check, min(ratios.values()), passed)
+            if reason is not None:
+                return reason, ratios, test_ratios  # a failed confirmation is kept: it decides
+        raise AssertionError("the last check always decides")
 
-        for model in merged.values():
+    def _say_check(self, check: int, run: _Retraining, ratios: Mapping[str, float]) -> None:
+        if self.progress is not None:
+            worst = min(ratios, key=ratios.__getitem__)
+            self.progress(f"check {check}/{run.last_check} after {run.steps} steps: worst accuracy ratio"
+                          f" {ratios[worst]:.3f} ({worst}), target {self.target}")
+
+    def _judged(
+        self, run: _Retraining, reason: str, ratios: Mapping[str, float], test_ratios: Mapping[str, float],
+        seconds: float,
+    ) -> Evaluation:
+        """The evaluation of a finished run (its merged models back on the CPU)."""
+        for model in run.merged.values():
             model.to("cpu").eval()
         baselines = self.prepared.baselines
         models = tuple(
@@ -303,25 +313,22 @@ class Evaluator:
                 ratio=ratios[n],
                 meets_target=ratios[n] >= self.target and test_ratios.get(n, self.target) >= self.target,
                 test_ratio=test_ratios.get(n),
-                check=scores.measured_at(n),
-                retrained=n in learners,
+                check=run.scores.measured_at(n),
+                retrained=n in run.learners,
             )
-            for n in names
+            for n in run.merged
         )
-        samples = steps * settings.batch_size * len(learners)
-        cost = Cost(steps=steps, samples=samples, seconds=time.perf_counter() - started, checks=len(worst_curve))
-        curve = tuple(worst_curve)
-        evaluation = Evaluation(
-            plan=plan,
+        samples = run.steps * self.settings.batch_size * len(run.learners)
+        return Evaluation(
+            plan=run.plan,
             stop_reason=reason,
             target=self.target,
             models=models,
-            unique_bytes=unique,
-            saved_bytes=self.analysis.total_bytes - unique,
-            cost=cost,
-            curve=curve,
+            unique_bytes=run.unique_bytes,
+            saved_bytes=self.analysis.total_bytes - run.unique_bytes,
+            cost=Cost(steps=run.steps, samples=samples, seconds=seconds, checks=len(run.curve)),
+            curve=tuple(run.curve),
         )
-        return evaluation, merged
 
     def score(self, model: nn.Module, name: str, split: str) -> float:
         """The metric of ``model`` (merged from ``name``) on that model's ``split``, by its task kind."""
@@ -411,6 +418,84 @@ def evaluate_plan(
     key = merged_key(prepared, plan, target=evaluator.target, settings=settings, seed=seed)
     checkpoint = study.store.put(key, merged_state(merged), {"evaluation": evaluation.to_dict()})
     return evaluation, checkpoint
+
+
+class _Retraining:
+    """One plan's merged models and what retrains them: learners, data streams, optimiser, schedule.
+
+    Only the models whose weights the plan moves learn (and, on new data, an untouched
+    model that misses its target there); frozen models and any tensor they share stay.
+    """
+
+    def __init__(
+        self,
+        evaluator: Evaluator,
+        plan: SharingPlan,
+        *,
+        seed: int,
+        start_from: Mapping[str, nn.Module] | None,
+        frozen: Collection[str],
+    ) -> None:
+        settings, prepared = evaluator.settings, evaluator.prepared
+        names = list(prepared.models)
+        plan.checked([g.name for g in evaluator.analysis.groups])
+        unknown = sorted(set(frozen) - set(names))
+        if unknown:
+            raise SearchmergeError(f"cannot freeze model(s) {unknown}: not in the workload {names}")
+        self.plan, self.settings, self.kinds, self.device = plan, settings, prepared.kinds, evaluator.device
+        originals = start_from if start_from is not None else prepared.models
+        self.merged = merge_models(originals, evaluator.analysis.groups, plan, init=settings.init)  # type: ignore[arg-type]
+        self.unique_bytes = unique_tensor_bytes(model_tensors(self.merged.values()))
+
+        torch.manual_seed(seed)
+        train = {n: subsample(prepared.data[n], "train", settings.fraction, seed=seed) for n in names}
+        touched = {model for group in evaluator.analysis.groups if group.name in plan.shared for model in group.models}
+        touched -= set(frozen)  # a frozen model keeps its batch-norm statistics too
+        untouched = [n for n in names if n not in touched and n not in frozen]
+        self.kept_norms = _frozen_norms(self.merged, frozen)
+        # Scored before the move to the device: an untouched model is compared with its original there.
+        self.scores = _Scoreboard(evaluator, self.merged, train, touched, set(frozen) | set(untouched), self.kept_norms)
+        for model in self.merged.values():
+            model.to(self.device)
+        # A model the plan shares nothing with keeps its weights and is scored once; only on new
+        # data, where it may miss its target, is it fine-tuned (alone: it shares nothing).
+        missing = self.scores.missing(untouched)
+        self.learners = [n for n in names if n in touched or n in missing]
+        self.streams = {
+            n: batches(train[n], self.kinds[n], settings.batch_size, seed=seed + i, workers=prepared.settings.workers)
+            for i, n in enumerate(names)
+            if n in self.learners
+        }
+        parameters = _trainable_parameters(self.merged, self.learners, frozen)
+        self.optimizer = torch.optim.Adam(parameters, lr=settings.lr) if parameters else None
+        if self.optimizer is None:
+            self.learners = []  # nothing they own may move
+
+        epoch_steps = max((steps_per_epoch(train[n], settings.batch_size) for n in self.learners), default=1)
+        self.check_every = max(1, epoch_steps // settings.checks_per_epoch)
+        total_checks = max(1, math.ceil(settings.max_epochs * epoch_steps / self.check_every))
+        self.last_check = total_checks if self.optimizer is not None else 0
+        self.schedule = (
+            torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, total_checks * self.check_every)
+            if self.optimizer is not None
+            else None
+        )
+        self.steps = 0
+        self.curve: list[float] = []  # the worst ratio at each check scored
+
+    def train(self, steps: int) -> None:
+        """``steps`` joint steps: each learner's loss on its own batch, summed."""
+        assert self.optimizer is not None and self.schedule is not None
+        _start_training(self.merged, self.learners, self.kept_norms)
+        kinds, device = self.kinds, self.device
+        for _ in range(steps):
+            self.optimizer.zero_grad(set_to_none=True)
+            loss = sum(kinds[n].loss(self.merged[n], kinds[n].to_device(next(self.streams[n]), device))
+                       for n in self.learners)
+            loss.backward()  # type: ignore[union-attr]
+            self.optimizer.step()
+            self.schedule.step()
+            self.steps += 1
 
 
 class _Scoreboard:

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from searchmerge.analysis import analyze
-from searchmerge.config.workload import load_study_file
+from searchmerge.config.study import load_study_file
 
 STUDY = Path(__file__).resolve().parents[1] / "studies" / "paper-scale.yaml"
 PUBLISHED_MIB = {"resnet50": 98.0, "resnet152": 232.0, "vgg16": 528.0}

@@ -39,7 +39,8 @@ from searchmerge.analysis.memory import (
     model_tensors,
     unique_tensor_bytes,
 )
-from searchmerge.config.workload import Workload, load_study_file
+from searchmerge.config.study import load_study_file
+from searchmerge.config.workload import Workload
 from searchmerge.core.space import SearchSpace, SharingPlan
 from searchmerge.training.deployment import export_deployment, load_deployment
 from searchmerge.training.merge import merge_models

@@ -47,7 +47,8 @@ from searchmerge.analysis.memory import (
 )
 from searchmerge.cli.edgebox import memory_levels
 from searchmerge.config.deploy import DeploySettings, format_bytes
-from searchmerge.config.workload import Workload, from_models, load_study_file
+from searchmerge.config.study import load_study_file
+from searchmerge.config.workload import Workload, from_models
 from searchmerge.core.space import SharingPlan
 from searchmerge.runtime.measure import measure_profile
 from searchmerge.runtime.profile import Profile

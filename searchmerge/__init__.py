@@ -43,7 +43,7 @@ _EXPORTS = {
     # workloads
     "ModelSpec": "searchmerge.config.workload",
     "Workload": "searchmerge.config.workload",
-    "load_study_file": "searchmerge.config.workload",
+    "load_study_file": "searchmerge.config.study",
 }
 
 __all__ = ["SearchmergeError", "__version__", *_EXPORTS]

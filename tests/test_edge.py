@@ -58,7 +58,8 @@ def test_a_switch_copies_only_the_tensors_that_changed(prepared_tiny: Path, tmp_
     deployment = load_deployment(first)
     with torch.no_grad():
         deployment.models["a"].fc.weight.add_(1.0)  # one private tensor changes
-    second = export_deployment(tmp_path / "v2", deployment.workload, deployment.models, plan=deployment.plan)
+    second = export_deployment(tmp_path / "v2", deployment.workload, deployment.models, plan=deployment.plan,
+                               settings=deployment.settings)
 
     old = ServingVersion.prepare(version_info(1, first), first, gpu_memory="1GiB", device="simulated")
     assert old.bytes_copied == old.bytes_total  # a first load copies everything

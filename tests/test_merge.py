@@ -311,6 +311,27 @@ def test_an_unmerged_deployment_keeps_every_tensor(
     assert all(torch.equal(loaded[name], expected[name]) for name in expected)
 
 
+def test_a_deployment_keeps_the_study_settings_but_not_its_storage(
+    tmp_path: Path, workload: Workload, models: dict[str, nn.Module]
+) -> None:
+    from searchmerge.config.settings import StudySettings
+
+    settings = StudySettings.from_document({"seed": 5, "storage": "postgresql://user:secret@db/s",
+                                            "drift": {"dusk": {"brightness": -0.1}}})
+    directory = export_deployment(tmp_path, workload, models, settings=settings)
+    assert load_deployment(directory).settings == settings
+    manifest = json.loads((directory / MANIFEST_FILE).read_text())
+    assert "storage" not in manifest["workload"]["settings"]
+    # An older manifest kept the study file's sections as written, storage included: they read the same way.
+    manifest["workload"]["settings"] = {"seed": 5, "storage": "sqlite:///s.db", "drift": {"dusk": {"brightness": -0.1}}}
+    (directory / MANIFEST_FILE).write_text(json.dumps(manifest))
+    assert load_deployment(directory).settings == settings
+    manifest["workload"]["settings"] = {"seed": "five"}
+    (directory / MANIFEST_FILE).write_text(json.dumps(manifest))
+    with pytest.raises(SearchmergeError, match="its settings: seed must be an integer, got 'five'"):
+        load_deployment(directory)
+
+
 @pytest.mark.parametrize("damage", ["flip", "truncate", "delete"])
 def test_a_damaged_weights_file_is_refused(
     tmp_path: Path, workload: Workload, merged: dict[str, nn.Module], damage: str

@@ -26,11 +26,11 @@ def _is_study_file(argument: str) -> bool:
 
 def load_workload_argument(arguments: Sequence[str]):  # type: ignore[no-untyped-def]
     """A study file, or a list of architecture names / factory paths."""
-    from searchmerge.config.workload import from_models, load_study_file
+    from searchmerge.config.study import read_study_file
+    from searchmerge.config.workload import from_models
 
     if len(arguments) == 1 and _is_study_file(arguments[0]):
-        workload, _ = load_study_file(arguments[0])
-        return workload
+        return read_study_file(arguments[0]).workload
     study_files = [a for a in arguments if _is_study_file(a)]
     if study_files:
         raise SearchmergeError(f"give either one study file or model names, not both ({study_files[0]!r})")
@@ -247,14 +247,14 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
     from searchmerge.storage.store import CheckpointStore
 
-    storage = args.storage
-    if storage is None:
-        from searchmerge.config.study import default_storage
-        from searchmerge.config.workload import load_study_file
+    if args.study:  # the file's storage: unless --storage overrides it, as for every command
+        from searchmerge.config.study import read_study_file
 
-        storage = default_storage(load_study_file(args.study)[0].name) if args.study else None
-    if storage is None:
+        storage = read_study_file(args.study, storage=args.storage).storage
+    elif args.storage is None:
         raise SearchmergeError("give a study file or --storage URL")
+    else:
+        storage = args.storage
     # The trials' artifacts (per-model tables, deployment manifests) live beside the checkpoint blobs.
     is_sqlite_file = storage.startswith("sqlite:///") and storage != "sqlite:///:memory:"
     artifacts = CheckpointStore.for_storage(storage, args.blob_dir).artifacts if is_sqlite_file or args.blob_dir else None

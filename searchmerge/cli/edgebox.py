@@ -23,8 +23,8 @@ from typing import Any
 
 from searchmerge.cli.report import format_table, megabytes, percent
 from searchmerge.config.deploy import DeploySettings, format_bytes, parse_bytes
-from searchmerge.config.settings import StudySettings
-from searchmerge.config.workload import Workload, load_study_file
+from searchmerge.config.study import read_study_file
+from searchmerge.config.workload import Workload
 from searchmerge.core.errors import SearchmergeError
 from searchmerge.core.space import SharingPlan
 from searchmerge.runtime.profile import Profile, plan_fingerprint, workload_fingerprint
@@ -63,8 +63,7 @@ def deploy_settings(path: str | os.PathLike[str], **given: Any) -> DeploySetting
     Raises:
         SearchmergeError: For a bad value, or no GPU memory budget anywhere.
     """
-    _, document = load_study_file(path)
-    section = StudySettings.from_document(document).deploy
+    section = read_study_file(path).settings.deploy
     values = {key: value for key, value in given.items() if value is not None}
     if section is not None:
         return replace(section, **values)
@@ -102,7 +101,7 @@ def profile_study(
     from searchmerge.runtime.measure import measure_profile
 
     source = _Source(str(path), storage, blob_dir, study_name)
-    workload, _ = load_study_file(path)
+    workload = read_study_file(path).workload
     link = None if link_bytes_per_s is None else float(parse_bytes(link_bytes_per_s, "link bandwidth"))
     say = progress or (lambda _line: None)
     say(f"building the {len(workload.models)} models of {workload.name!r} and finding their shareable groups ...")
@@ -170,7 +169,7 @@ def simulate_study(
         names = [p.name for p in profile.plans]
     else:
         profile = profile if isinstance(profile, Profile) else Profile.load(profile)
-        workload, _ = load_study_file(path)
+        workload = read_study_file(path).workload
         names = _canonical(plans) if plans else [p.name for p in profile.plans]
         source = _Source(str(path), storage, blob_dir, study_name)
         for name in names:
@@ -289,12 +288,11 @@ def _fingerprints(source: _Source, workload: Workload, names: Sequence[str], say
 
 def _best_plan(source: _Source, *, required: bool, say: Progress) -> SharingPlan | None:
     """The best feasible plan of the study's search, or ``None`` when there is none and it was not asked for."""
-    from searchmerge.config.study import default_storage, open_study_file
+    from searchmerge.config.study import open_study_file
     from searchmerge.search.merge_search import searchmerge_studies
     from searchmerge.search.selection import select_search
 
-    workload, document = load_study_file(source.path)
-    url = source.storage or str(document.get("storage") or default_storage(workload.name))
+    url = read_study_file(source.path, storage=source.storage).storage
     if not _may_exist(url):  # no storage yet: nothing to read, and nothing created by looking
         if required:
             raise SearchmergeError(f"{url} does not exist: 'best' needs a search (searchmerge search {source.path})")

@@ -74,7 +74,9 @@ def format_bytes(size: float) -> str:
 
 
 def positive(value: Any, what: str) -> float:
-    """``value`` as a positive number, or a one-line error naming ``what``."""
+    """``value`` as a positive number, or a one-line error naming ``what`` (``true`` is not a number)."""
+    if isinstance(value, bool):
+        raise SearchmergeError(f"{what} must be a positive number, got {value!r}")
     try:
         number = float(value)
     except (TypeError, ValueError):

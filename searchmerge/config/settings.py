@@ -1,7 +1,10 @@
-"""The settings of a study file beyond its models: target, data, training, evaluator.
+"""The settings of a study file beyond its models: target, data, training, evaluator, drift, deploy.
 
-Parsed and validated once from the YAML document, so that a bad value is reported
-with its name before any training starts.
+Parsed and validated once from the YAML document, by the schema of
+:mod:`searchmerge.config.schema` (each setting's type and range is declared on its field),
+so that a bad value is reported with its path before any training starts; nothing past
+:mod:`searchmerge.config` sees the document. :meth:`StudySettings.to_document` writes the
+settings back (a deployment's manifest keeps them for the edge).
 """
 
 from __future__ import annotations
@@ -11,22 +14,33 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from searchmerge.config import schema
 from searchmerge.config.deploy import DeploySettings
-from searchmerge.core.errors import SearchmergeError
+from searchmerge.config.drift import DriftScenario, drift_scenarios
 from searchmerge.core.keys import check_keys
 
 #: The keys of a study file's top-level ``data:`` section (each model's own is ``models[].data``).
 DATA_KEYS = ("image_size", "channels", "workers", "cache")
+#: The top-level keys of a study file that :class:`StudySettings` reads (the others are
+#: ``name``, ``models`` and ``storage``: see :mod:`searchmerge.config.study`).
+SETTINGS_KEYS = (
+    "seed", "target", "data", "pretrain", "finetune", "evaluator", "drift_evaluator", "drift", "deploy", "video",
+)
+#: Top-level keys that belong to the study file as a whole; :meth:`StudySettings.from_document` skips them.
+STUDY_FILE_KEYS = ("name", "models", "storage")
 
 
 @dataclass(frozen=True)
 class TrainSettings:
     """Plain supervised training of one model (pretraining and fine-tuning the originals)."""
 
-    epochs: int = 8
-    lr: float = 0.003
-    batch_size: int = 64
-    weight_decay: float = 5e-4
+    epochs: int = schema.setting(8, at_least=1)
+    lr: float = schema.setting(0.003, above=0)
+    batch_size: int = schema.setting(64, at_least=1)
+    weight_decay: float = schema.setting(5e-4, at_least=0)
+
+    def __post_init__(self) -> None:
+        schema.validate(self, "training")
 
 
 @dataclass(frozen=True)
@@ -54,41 +68,33 @@ class EvaluatorSettings:
             on the test split before it counts.
     """
 
-    fraction: float = 0.5
-    max_epochs: int = 8
-    checks_per_epoch: int = 1
-    lr: float = 0.002
-    batch_size: int = 64
-    init: str = "average"
+    fraction: float = schema.setting(0.5, above=0, at_most=1)
+    max_epochs: int = schema.setting(8, at_least=1)
+    checks_per_epoch: int = schema.setting(1, at_least=1)
+    lr: float = schema.setting(0.002, above=0)
+    batch_size: int = schema.setting(64, at_least=1)
+    init: str = schema.setting("average", choices=("first", "average"))
     recalibrate: bool = True
     early_exit: bool = True
-    min_checks: int = 2
-    optimism: float = 1.5
-    pace_decay: float = 1.0
-    confirm_margin: float = 0.02
+    min_checks: int = schema.setting(2, at_least=0)
+    optimism: float = schema.setting(1.5, above=0)
+    pace_decay: float = schema.setting(1.0, above=0, at_most=1)
+    confirm_margin: float = schema.setting(0.02, at_least=0)
 
     def __post_init__(self) -> None:
-        if not 0 < self.fraction <= 1:
-            raise SearchmergeError(f"evaluator.fraction must be in (0, 1], got {self.fraction}")
-        if not 0 < self.pace_decay <= 1:
-            raise SearchmergeError(f"evaluator.pace_decay must be in (0, 1], got {self.pace_decay}")
-        if self.init not in ("first", "average"):
-            raise SearchmergeError(f"evaluator.init must be 'first' or 'average', got {self.init!r}")
-        for name in ("max_epochs", "checks_per_epoch", "batch_size"):
-            if getattr(self, name) < 1:
-                raise SearchmergeError(f"evaluator.{name} must be at least 1, got {getattr(self, name)}")
+        schema.validate(self, "evaluator")
 
 
 @dataclass(frozen=True)
 class StudySettings:
     """Everything a study file sets besides its models."""
 
-    target: float = 0.95
-    seed: int = 0
-    image_size: int = 32
-    channels: int = 3
+    target: float = schema.setting(0.95, above=0, at_most=1, hint="a share of each model's original accuracy")
+    seed: int = schema.setting(0, at_least=0)
+    image_size: int = schema.setting(32, at_least=1)
+    channels: int = schema.setting(3, at_least=1)
     #: Processes that read and decode data for each ``DataLoader`` (0: the calling process).
-    workers: int = 0
+    workers: int = schema.setting(0, at_least=0)
     #: Keep decoded, resized images in a cache folder next to the study's store.
     cache: bool = True
     pretrain_task: str = "digit"
@@ -104,41 +110,60 @@ class StudySettings:
     #: The footage of ``format: video`` models (the ``video:`` section: source, labels, split, ...),
     #: checked by that source when it reads the footage.
     video: Mapping[str, Any] = field(default_factory=dict)
+    #: The study file's own drift scenarios (``drift:``), by name; every workload also has the
+    #: built-in ones (:func:`searchmerge.search.scenarios.scenarios`).
+    drift: Mapping[str, DriftScenario] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        check_target(self.target)
+        schema.validate(self, "")
 
     @classmethod
     def from_document(cls, document: Mapping[str, Any]) -> StudySettings:
-        """Read the settings of a study file's YAML document (missing keys keep their defaults)."""
-        data = document.get("data") or {}
-        if not isinstance(data, Mapping):
-            raise SearchmergeError(f"data must be a mapping of data settings, got {data!r}")
-        check_keys("data", data, DATA_KEYS)
-        workers = data.get("workers", cls.workers)
-        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
-            raise SearchmergeError(f"data.workers must be an integer >= 0, got {workers!r}")
-        pretrain = dict(document.get("pretrain") or {})
-        task = pretrain.pop("task", cls.pretrain_task)
-        evaluator = document.get("evaluator") or {}
-        drift = document.get("drift_evaluator") or {}
-        if not isinstance(drift, Mapping):
-            raise SearchmergeError(f"drift_evaluator must be a mapping of evaluator settings, got {drift!r}")
+        """Read the settings of a study file's YAML document (missing keys keep their defaults).
+
+        ``name``, ``models`` and ``storage`` are the study file's (:mod:`searchmerge.config.study`)
+        and are skipped; any other unknown key, a value of the wrong type or out of range is
+        refused with its path.
+        """
+        own = {k: v for k, v in schema.mapping(document, "a study file").items() if k not in STUDY_FILE_KEYS}
+        check_keys("study file", own, SETTINGS_KEYS)
+        top = schema.values(cls, {k: own[k] for k in ("target", "seed") if k in own}, "")
+        data = schema.values(cls, schema.mapping(own.get("data"), "data", "data settings"), "data", fields=DATA_KEYS)
+        pretrain = schema.mapping(own.get("pretrain"), "pretrain", "training settings")
+        check_keys("pretrain", pretrain, ["task", *(f.name for f in dataclasses.fields(TrainSettings))])
+        task = schema.typed("pretrain.task", pretrain.pop("task"), str) if "task" in pretrain else "digit"
+        evaluator = schema.mapping(own.get("evaluator"), "evaluator", "evaluator settings")
+        drift = schema.mapping(own.get("drift_evaluator"), "drift_evaluator", "evaluator settings")
         return cls(
-            target=_number(document.get("target", cls.target), "target"),
-            seed=int(document.get("seed", cls.seed)),
-            image_size=int(data.get("image_size", cls.image_size)),
-            channels=int(data.get("channels", cls.channels)),
-            workers=workers,
-            cache=bool(data.get("cache", cls.cache)),
-            pretrain_task=str(task),
-            pretrain=_section(TrainSettings, pretrain, "pretrain"),
-            finetune=_section(TrainSettings, document.get("finetune") or {}, "finetune"),
-            evaluator=_section(EvaluatorSettings, evaluator, "evaluator"),
-            drift_evaluator=_section(EvaluatorSettings, {**evaluator, **drift}, "drift_evaluator"),
-            deploy=DeploySettings.from_document(document.get("deploy")),
-            video=_mapping(document.get("video") or {}, "video"),
+            **top,
+            **data,
+            pretrain_task=task,
+            pretrain=schema.parse(TrainSettings, pretrain, "pretrain"),
+            finetune=schema.parse(TrainSettings, own.get("finetune"), "finetune"),
+            evaluator=schema.parse(EvaluatorSettings, evaluator, "evaluator"),
+            drift_evaluator=schema.parse(EvaluatorSettings, {**evaluator, **drift}, "drift_evaluator"),
+            deploy=DeploySettings.from_document(own.get("deploy")),
+            video=schema.mapping(own.get("video"), "video"),
+            drift=drift_scenarios(own.get("drift")),
         )
+
+    def to_document(self) -> dict[str, Any]:
+        """These settings as a study file's sections: :meth:`from_document` reads them back equal."""
+        document: dict[str, Any] = {
+            "target": self.target,
+            "seed": self.seed,
+            "data": {"image_size": self.image_size, "channels": self.channels, "workers": self.workers,
+                     "cache": self.cache},
+            "pretrain": {"task": self.pretrain_task, **dataclasses.asdict(self.pretrain)},
+            "finetune": dataclasses.asdict(self.finetune),
+            "evaluator": dataclasses.asdict(self.evaluator),
+            "drift_evaluator": dataclasses.asdict(self.drift_evaluator),
+            "video": dict(self.video),
+            "drift": {name: scenario.to_document() for name, scenario in self.drift.items()},
+        }
+        if self.deploy is not None:
+            document["deploy"] = self.deploy.to_dict()
+        return document
 
     def with_target(self, target: float | None) -> StudySettings:
         return self if target is None else dataclasses.replace(self, target=target)
@@ -153,35 +178,5 @@ class StudySettings:
 
 
 def check_target(target: float) -> float:
-    """An accuracy target is a share of the original accuracy, in (0, 1]."""
-    if not isinstance(target, (int, float)) or not 0 < target <= 1:
-        raise SearchmergeError(f"target must be in (0, 1] (a share of each model's original accuracy), got {target}")
-    return float(target)
-
-
-def _number(value: Any, name: str) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise SearchmergeError(f"{name} must be a number, got {value!r}") from None
-
-
-def _mapping(value: Any, name: str) -> dict[str, Any]:
-    if not isinstance(value, Mapping):
-        raise SearchmergeError(f"{name} must be a mapping, got {value!r}")
-    return dict(value)
-
-
-def _section(kind: type, values: Mapping[str, Any], name: str) -> Any:
-    values = _mapping(values, name)
-    known = {f.name: f.type for f in dataclasses.fields(kind)}
-    check_keys(name, values, known)
-    defaults = kind()
-    converted = {}
-    for key, value in values.items():
-        default = getattr(defaults, key)
-        try:
-            converted[key] = type(default)(value) if not isinstance(default, bool) else bool(value)
-        except (TypeError, ValueError):
-            raise SearchmergeError(f"{name}.{key} must be a {type(default).__name__}, got {value!r}") from None
-    return kind(**converted)
+    """An accuracy target is a share of the original accuracy, in (0, 1] (the study file's rule)."""
+    return float(schema.values(StudySettings, {"target": target}, "")["target"])

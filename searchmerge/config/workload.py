@@ -3,8 +3,9 @@
 A model is given by a torchvision architecture name (built with ``weights=None``
 because nothing can be downloaded at run time), by an import path
 ``package.module:factory``, or directly as an ``nn.Module`` from Python. A
-workload is written in a YAML study file or assembled in Python; either way it is
-validated here, once, so that later stages can trust it.
+workload is written in a YAML study file (read by :mod:`searchmerge.config.study`, whose
+``models:`` list :func:`workload_from_document` checks) or assembled in Python; either way
+it is validated here, once, so that later stages can trust it.
 """
 
 from __future__ import annotations
@@ -15,19 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from searchmerge.core.errors import SearchmergeError
 from searchmerge.core.imports import import_callable
 from searchmerge.core.keys import check_keys, did_you_mean
 
 DEFAULT_INPUT_SHAPE: tuple[int, ...] = (3, 224, 224)
 
-#: The top-level keys of a study file (docs/study-files.md); any other is refused as a typo.
-STUDY_KEYS = (
-    "name", "models", "seed", "target", "storage", "data", "pretrain", "finetune", "evaluator", "drift_evaluator",
-    "drift", "deploy", "video",
-)
 #: The keys of one model's entry; ``task``, ``camera`` and ``data`` are kept in ``ModelSpec.options``.
 MODEL_KEYS = ("name", "arch", "factory", "kwargs", "weights", "input_shape", "task", "camera", "data")
 
@@ -83,11 +77,11 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class Workload:
-    """A validated list of at least two uniquely named models."""
+    """A validated list of at least two uniquely named models (a study's settings are its own:
+    :class:`~searchmerge.config.settings.StudySettings`)."""
 
     models: tuple[ModelSpec, ...]
     name: str = "workload"
-    settings: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if len(self.models) < 2:
@@ -141,32 +135,21 @@ def from_models(models: Iterable[str] | Mapping[str, Any] | Workload, *, name: s
     return Workload(models=tuple(specs), name=name)
 
 
-def load_study_file(path: str | Path) -> tuple[Workload, dict[str, Any]]:
-    """Read a YAML study file: its workload, and the whole document for later stages.
+def workload_from_document(path: Path, document: Mapping[str, Any]) -> Workload:
+    """The workload of a study file's document: its ``models`` list and its ``name``.
 
-    The file has a ``models`` list; each entry has ``name`` and ``arch`` (or
-    ``factory``), and optionally ``kwargs``, ``weights``, ``input_shape`` and any
-    per-model settings that later stages use (kept in ``ModelSpec.options``).
-    Relative weights paths are resolved against the study file's folder.
+    Each entry has ``name`` and ``arch`` (or ``factory``), and optionally ``kwargs``,
+    ``weights``, ``input_shape`` and the per-model settings that later stages use (kept in
+    ``ModelSpec.options``). Relative weights paths are resolved against the study file's folder.
     """
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise SearchmergeError(f"cannot read study file {str(path)!r}: {exc.strerror or exc}") from None
-    try:
-        document = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise SearchmergeError(f"study file {str(path)!r} is not valid YAML{where}") from None
-    if not isinstance(document, dict) or not isinstance(document.get("models"), list):
+    models = document.get("models")
+    if not isinstance(models, list):
         raise SearchmergeError(f"study file {str(path)!r} must be a mapping with a 'models' list")
-    check_keys(f"study file {str(path)!r}", document, STUDY_KEYS)
-    specs = [_spec_from_entry(path, index, entry) for index, entry in enumerate(document["models"])]
-    name = str(document.get("name") or path.stem)
-    settings = {k: v for k, v in document.items() if k not in ("models", "name")}
-    return Workload(models=tuple(specs), name=name, settings=settings), document
+    specs = [_spec_from_entry(path, index, entry) for index, entry in enumerate(models)]
+    name = document.get("name") or path.stem
+    if not isinstance(name, str):
+        raise SearchmergeError(f"study file {str(path)!r}: name must be text, got {name!r}")
+    return Workload(models=tuple(specs), name=name)
 
 
 def _spec_from_entry(path: Path, index: int, entry: Any) -> ModelSpec:

@@ -512,7 +512,8 @@ class MergeSearch:
         merged = self.merged_models(chosen)
         metadata = {"study": self.study_name, "trial": chosen.number, "checkpoint": chosen.checkpoint,
                     "feasible": chosen.feasible}
-        return export_deployment(directory, self.prepared.workload, merged, plan=chosen.plan, metadata=metadata)
+        return export_deployment(directory, self.prepared.workload, merged, plan=chosen.plan, metadata=metadata,
+                                 settings=self.study_file.settings)
 
     def export_best(self, directory: str | Path) -> Path:
         """Write the best feasible plan's merged deployment (weights and manifest) to ``directory``."""

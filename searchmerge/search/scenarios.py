@@ -33,11 +33,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
 
-from searchmerge.config.data_request import DataRequest
+from searchmerge.config.drift import DriftScenario
 from searchmerge.config.settings import StudySettings
 from searchmerge.config.study import StudyFile
 from searchmerge.config.workload import Workload
@@ -57,56 +54,10 @@ __all__ = [
     "drifted_data",
     "drifted_workload",
     "get_scenario",
+    "known_scenarios",
     "scenario_data",
     "scenarios",
-    "workload_scenarios",
 ]
-
-@dataclass(frozen=True)
-class DriftScenario:
-    """What changes for the models of a workload: their cameras, or their data.
-
-    Attributes:
-        name: The scenario's name (``--data NAME``).
-        changes: Camera changes applied to every model (``{"brightness": -0.2}``).
-        models: Per model, extra camera changes (applied after ``changes``) or ``{"data":
-            {...}}``, another data source for it; with ``only_listed`` the other models keep
-            their data.
-        only_listed: Whether only the models in ``models`` drift.
-        description: One line for people.
-    """
-
-    name: str
-    changes: Mapping[str, float] = field(default_factory=dict)
-    models: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
-    only_listed: bool = False
-    description: str = ""
-
-    def changes_for(self, model: str) -> tuple[Mapping[str, float], ...]:
-        """The camera changes ``model`` sees, in the order they apply (none when its data is replaced)."""
-        own = self.models.get(model, {})
-        if (self.only_listed and model not in self.models) or "data" in own:
-            return ()
-        return tuple(changes for changes in (self.changes, own) if changes)
-
-    def request_for(self, request: DataRequest) -> DataRequest:
-        """A model's data request as it is in this scenario."""
-        own = self.models.get(request.model, {})
-        if "data" in own:
-            return request.replaced(own["data"])
-        for changes in self.changes_for(request.model):
-            request = request.drifted(changes)
-        return request
-
-    def check_models(self, names: list[str]) -> None:
-        """Refuse per-model changes for models the workload does not have."""
-        unknown = sorted(set(self.models) - set(names))
-        if unknown:
-            raise SearchmergeError(
-                f"drift scenario {self.name!r} names model(s) {', '.join(unknown)} that the workload does not have"
-                f" (models: {', '.join(names)})"
-            )
-
 
 #: Scenarios every workload has; a study file's ``drift:`` section may add or replace them.
 BUILTIN_SCENARIOS: dict[str, DriftScenario] = {
@@ -141,65 +92,19 @@ def scenarios(study: StudyFile) -> dict[str, DriftScenario]:
             models: {gate-digit: {rotation_deg: 20, shift_px: 2}}
           gate-night:
             models: {gate-people: {data: {format: imagefolder, root: data/gate-night}}}
+
+    The section is read with the study file (:func:`searchmerge.config.drift.drift_scenarios`).
     """
-    return workload_scenarios(study.workload, where=f"study file {str(study.path)!r}")
+    return known_scenarios(study.settings)
 
 
-def workload_scenarios(workload: Workload, *, where: str = "the workload") -> dict[str, DriftScenario]:
-    """The built-in scenarios and those of a workload's ``drift:`` section (see :func:`scenarios`).
+def known_scenarios(settings: StudySettings) -> dict[str, DriftScenario]:
+    """The built-in scenarios and the study's own, which add to or replace them (see :func:`scenarios`).
 
-    A deployment's manifest keeps the workload's settings, so an edge without the study
+    A deployment's manifest keeps the study's settings, so an edge without the study
     file finds the same scenarios.
     """
-    found = dict(BUILTIN_SCENARIOS)
-    section = workload.settings.get("drift") or {}
-    if not isinstance(section, Mapping):
-        raise SearchmergeError(f"{where}: 'drift' must map scenario names to camera changes")
-    for name, entry in section.items():
-        found[str(name)] = _scenario_from_entry(str(name), entry)
-    return found
-
-
-def _scenario_from_entry(name: str, entry: Any) -> DriftScenario:
-    where = f"drift scenario {name!r}"
-    if not isinstance(entry, Mapping):
-        raise SearchmergeError(f"{where} must be a mapping of camera changes, got {entry!r}")
-    description = str(entry.get("description", ""))
-    if "models" not in entry and "changes" not in entry:
-        changes = {k: v for k, v in entry.items() if k != "description"}
-        return DriftScenario(name, _checked_changes(where, changes), description=description)
-    unknown = sorted(set(entry) - {"models", "changes", "description"})
-    if unknown:
-        raise SearchmergeError(f"{where}: unknown key(s) {unknown}; use 'changes' and 'models' (or only camera fields)")
-    models = entry.get("models") or {}
-    if not isinstance(models, Mapping):
-        raise SearchmergeError(f"{where}: 'models' must map model names to camera changes")
-    return DriftScenario(
-        name,
-        _checked_changes(where, entry.get("changes") or {}),
-        {str(m): _model_entry(f"{where}, model {m!r}", c) for m, c in models.items()},
-        only_listed="changes" not in entry,
-        description=description,
-    )
-
-
-def _model_entry(where: str, entry: Any) -> dict[str, Any]:
-    """One model's part of a scenario: camera changes, or ``{data: {...}}`` (checked when the data is read)."""
-    if isinstance(entry, Mapping) and "data" in entry:
-        if set(entry) != {"data"} or not isinstance(entry["data"], Mapping):
-            raise SearchmergeError(f"{where}: give either camera changes or only 'data: {{format: ..., ...}}'")
-        return {"data": dict(entry["data"])}
-    return _checked_changes(where, entry)
-
-
-def _checked_changes(where: str, changes: Any) -> dict[str, float]:
-    """Numbers by name; which names a camera has, its data source checks when it applies them."""
-    if not isinstance(changes, Mapping):
-        raise SearchmergeError(f"{where}: camera changes must be a mapping, got {changes!r}")
-    for key, value in changes.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise SearchmergeError(f"{where}: drift change {key!r} must be a number, got {value!r}")
-    return {str(k): float(v) for k, v in changes.items()}
+    return {**BUILTIN_SCENARIOS, **settings.drift}
 
 
 def get_scenario(study: StudyFile, name: str) -> DriftScenario:

@@ -15,7 +15,7 @@ from typing import Any
 from searchmerge.config.settings import StudySettings
 from searchmerge.config.workload import Workload
 from searchmerge.core.errors import SearchmergeError
-from searchmerge.search.scenarios import scenario_data, workload_scenarios
+from searchmerge.search.scenarios import known_scenarios, scenario_data
 from searchmerge.service.protocol import Sample
 
 __all__ = ["Footage"]
@@ -31,7 +31,7 @@ class Footage:
     def __init__(self, workload: Workload, settings: StudySettings) -> None:
         self.workload = workload
         self.settings = settings
-        self.scenarios = workload_scenarios(workload)
+        self.scenarios = known_scenarios(settings)
         self._data: dict[str | None, dict[str, Any]] = {}
         self._lock = threading.Lock()
 

@@ -10,7 +10,8 @@ undoing the memory the merge saved. A deployment directory therefore holds:
 * ``manifest.json``: a small, readable description: format version, the model
   specs needed to rebuild the architectures, the sharing plan, the map from each
   model's ``state_dict`` key to its tensor in the weights file, the weights file's
-  size and SHA-256, and the caller's metadata.
+  size and SHA-256, the study's settings (the edge's footage and drift scenarios come
+  from them) and the caller's metadata.
 
 Loading rebuilds each model from its spec, fills it from the weights file and
 ties again every slot that maps to the same tensor, so the loaded models use the
@@ -39,6 +40,7 @@ import safetensors.torch
 import torch
 from torch import nn
 
+from searchmerge.config.settings import StudySettings
 from searchmerge.config.workload import ModelSpec, Workload
 from searchmerge.core.errors import SearchmergeError
 from searchmerge.core.space import SharingPlan
@@ -71,12 +73,14 @@ class Deployment:
         models: The models by name, in workload order, with shared tensors tied.
         plan: The sharing plan that was exported, or ``None`` if none was given.
         metadata: The caller's metadata, as exported.
+        settings: The study's settings, as exported (the defaults when none were given).
     """
 
     workload: Workload
     models: dict[str, nn.Module]
     plan: SharingPlan | None
     metadata: dict[str, Any] = field(default_factory=dict)
+    settings: StudySettings = field(default_factory=StudySettings)
 
 
 def export_deployment(
@@ -86,6 +90,7 @@ def export_deployment(
     *,
     plan: SharingPlan | None = None,
     metadata: dict[str, Any] | None = None,
+    settings: StudySettings | None = None,
 ) -> Path:
     """Write merged models to ``directory`` so that they load back with their ties.
 
@@ -99,6 +104,8 @@ def export_deployment(
         plan: The sharing plan the models were merged with, kept for reference.
         metadata: Anything JSON-serialisable to keep with the deployment (trial
             number, accuracies, ...).
+        settings: The study's settings, kept for the edge (its footage and drift
+            scenarios); the study's storage is not written.
 
     Returns:
         The deployment directory.
@@ -115,7 +122,8 @@ def export_deployment(
     manifest = {
         "format": FORMAT,
         "version": FORMAT_VERSION,
-        "workload": {"name": workload.name, "settings": dict(workload.settings), "models": specs},
+        "workload": {"name": workload.name, "settings": {} if settings is None else settings.to_document(),
+                     "models": specs},
         "plan": None if plan is None else sorted(plan.shared),
         "weights": {"file": WEIGHTS_FILE, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()},
         "tensors": tensor_map,
@@ -151,6 +159,7 @@ def load_deployment(directory: str | os.PathLike[str], *, device: str | torch.de
     manifest = _read_manifest(directory / MANIFEST_FILE)
     tensors = _read_weights(directory / WEIGHTS_FILE, manifest["weights"], device)
     workload = _workload_from_json(manifest["workload"])
+    settings = _settings_from_json(directory / MANIFEST_FILE, manifest["workload"])
     shared: dict[tuple[str, bool], torch.Tensor] = {}
     models: dict[str, nn.Module] = {}
     for spec in workload.models:
@@ -158,7 +167,8 @@ def load_deployment(directory: str | os.PathLike[str], *, device: str | torch.de
         _fill_model(spec.name, model, manifest["tensors"].get(spec.name, {}), tensors, shared)
         models[spec.name] = model.eval()
     plan = None if manifest["plan"] is None else SharingPlan.of(manifest["plan"])
-    return Deployment(workload=workload, models=models, plan=plan, metadata=dict(manifest["metadata"]))
+    return Deployment(workload=workload, models=models, plan=plan, metadata=dict(manifest["metadata"]),
+                      settings=settings)
 
 
 # --- export -----------------------------------------------------------------
@@ -310,7 +320,16 @@ def _workload_from_json(document: Mapping[str, Any]) -> Workload:
         )
         for entry in document["models"]
     )
-    return Workload(models=specs, name=document.get("name", "workload"), settings=document.get("settings", {}))
+    return Workload(models=specs, name=document.get("name", "workload"))
+
+
+def _settings_from_json(path: Path, document: Mapping[str, Any]) -> StudySettings:
+    """The study's settings a manifest keeps, read by the study file's schema (an older manifest's
+    copy of the file's sections, ``storage:`` included, reads the same way)."""
+    try:
+        return StudySettings.from_document(document.get("settings") or {})
+    except SearchmergeError as exc:
+        raise SearchmergeError(f"deployment manifest {str(path)!r}: its settings: {exc}") from None
 
 
 def _fill_model(

@@ -30,7 +30,6 @@ from typing import Any, TextIO
 
 import torch
 
-from searchmerge.config.settings import StudySettings
 from searchmerge.core.errors import SearchmergeError
 from searchmerge.core.progress import Progress
 from searchmerge.service.edge.client import (
@@ -213,7 +212,7 @@ class EdgeAgent:
 
     def _make_streams(self, version: ServingVersion) -> list[_StreamState]:
         workload = version.deployment.workload
-        footage = Footage(workload, StudySettings.from_document(workload.settings))
+        footage = Footage(workload, version.deployment.settings)
         specs = self.settings.streams or tuple(f"{name}=digits" for name in workload.names)
         streams: list[_StreamState] = []
         for spec in specs:

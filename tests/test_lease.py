@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 import uuid
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -25,20 +26,42 @@ def test_a_lease_is_held_by_one_holder_at_a_time(tmp_path: Path) -> None:
         with engine.connect() as conn:
             holder = conn.execute(sa.text(f"SELECT holder FROM {LEASE_TABLE} WHERE name = 'work'")).scalar()
         assert holder and holder.startswith(f"{os.uname().nodename}:{os.getpid()}:")
-        # A second holder in this process (another worker) can only wait: the claim is renewed, never expires.
-        waiter = subprocess.Popen(
-            [sys.executable, "-c", f"from searchmerge.storage.lease import hold_lease\n"
-                                   f"with hold_lease({url!r}, 'work', seconds=1, poll=0.1, say=print): print('held')"],
-            cwd=REPO, stdout=subprocess.PIPE, text=True,
-        )
-        time.sleep(3)  # three claim lifetimes: a dead holder would have lost it by now
-        assert waiter.poll() is None, "the waiter took a lease that its holder still renews"
+        # A second worker can only wait while the lease is held (renewal is tested below).
+        code = ("from searchmerge.storage.lease import hold_lease\n"
+                f"with hold_lease({url!r}, 'work', poll=0.1, say=print): print('held')")
+        waiter = subprocess.Popen([sys.executable, "-u", "-c", code], cwd=REPO, stdout=subprocess.PIPE, text=True)
+        assert waiter.stdout is not None
+        assert "waiting for" in waiter.stdout.readline()  # it tried, found the lease held, and waits
+        assert waiter.poll() is None, "the waiter took a lease that is held"
     out, _ = waiter.communicate()
-    assert "waiting for" in out and out.strip().endswith("held")
+    assert out.strip() == "held"
     with engine.connect() as conn:
         assert conn.execute(sa.text(f"SELECT COUNT(*) FROM {LEASE_TABLE}")).scalar() == 0
     engine.dispose()
 
+
+
+def _expiry(engine: sa.Engine, name: str) -> datetime:
+    with engine.connect() as conn:
+        value = conn.execute(sa.text(f"SELECT expires_at FROM {LEASE_TABLE} WHERE name = :name"), {"name": name}).scalar()
+    return datetime.fromisoformat(str(value))
+
+
+def test_a_held_lease_is_renewed_past_its_first_expiry(tmp_path: Path) -> None:
+    """The holder pushes its claim's expiry forward while it works, so only a dead holder's claim expires.
+
+    A claim of 0.6 s is renewed every 0.2 s; the test waits (up to a minute, however loaded the
+    machine) until the stored expiry moves past the first one. Without renewal it never does.
+    """
+    url = f"sqlite:///{tmp_path / 'lease.db'}"
+    engine = sa.create_engine(url)
+    with hold_lease(url, "work", seconds=0.6):
+        first = _expiry(engine, "work")
+        deadline = time.monotonic() + 60
+        while _expiry(engine, "work") == first and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _expiry(engine, "work") > first, "the holder never renewed its claim"
+    engine.dispose()
 
 def _prepare_command(study: Path, storage: str, blobs: Path, lease_seconds: float) -> list[str]:
     code = (

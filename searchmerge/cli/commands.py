@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from searchmerge.cli.progress import TerminalProgress
 from searchmerge.core.errors import SearchmergeError
 
 #: Exit status of ``drift-check`` when a model of the deployed plan misses its target
@@ -64,8 +65,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
-def _say(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
+#: Progress lines to stderr; on a terminal, counted work (prepare's training, search's trials) draws a bar too.
+_say = TerminalProgress()
 
 
 def _open_study(args: argparse.Namespace):  # type: ignore[no-untyped-def]

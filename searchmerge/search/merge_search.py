@@ -41,7 +41,7 @@ from sqlalchemy import exc as sa_exc
 from searchmerge.config.settings import EvaluatorSettings
 from searchmerge.config.study import StudyFile
 from searchmerge.core.errors import SearchmergeError
-from searchmerge.core.progress import Progress
+from searchmerge.core.progress import Counter, Progress, counted
 from searchmerge.core.space import GroupInfo, SearchSpace, SharingPlan
 from searchmerge.runtime.objective import DeployObjective
 from searchmerge.search.scenarios import drifted_workload, get_scenario
@@ -322,9 +322,16 @@ class MergeSearch:
         if n_trials < 1:
             raise SearchmergeError(f"n-trials must be at least 1, got {n_trials}")
         self._n_trials = n_trials
+        done = len(self.finished_trials())
+        with counted(self.say if announce else None, n_trials, f"search {self.study_name}", done=min(done, n_trials),
+                     unit="trial") as trials:
+            self._run(n_trials, announce, trials)
+
+    def _run(self, n_trials: int, announce: bool, trials: Counter) -> None:
         while True:
             _fail_abandoned(self.optuna_study, max(self._grace_period, self._abandoned_after_s))
             done = len(self.finished_trials())
+            trials.reach(done)  # this worker's trials and those of others on the same storage
             running = len(self.optuna_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
             if done >= n_trials:
                 if announce:

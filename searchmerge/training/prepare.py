@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 import shlex
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -28,7 +29,7 @@ from searchmerge.config.settings import StudySettings
 from searchmerge.config.study import StudyFile
 from searchmerge.config.workload import DEFAULT_INPUT_SHAPE, Workload
 from searchmerge.core.errors import SearchmergeError
-from searchmerge.core.progress import Progress
+from searchmerge.core.progress import Counter, Progress, counted
 from searchmerge.data.checks import MIN_EXAMPLES, check_workload_data
 from searchmerge.data.loading import in_order
 from searchmerge.data.sources import SourceContext, TaskData
@@ -42,7 +43,7 @@ from searchmerge.storage.store import (
     CheckpointStore,
 )
 from searchmerge.training.recipe import arch_key, fine_tune, pretrain
-from searchmerge.training.train import default_device, score
+from searchmerge.training.train import default_device, score, steps_per_epoch
 
 __all__ = [
     "Baseline",
@@ -292,6 +293,10 @@ def _cache_kept_only_on_success(cache_dir: Path | None) -> Iterator[None]:
         raise
 
 
+#: Samples per batch when prepare reads a training split once.
+_READ_BATCH = 64
+
+
 @dataclass(frozen=True)
 class _Originals:
     """Makes the missing originals: as given, or by the recipe; then measures their baselines."""
@@ -307,17 +312,27 @@ class _Originals:
         """Each missing model's (val, test) metric, after the recipe trained it where it must."""
         device = default_device()
         recipe = [n for n in missing if self.requests[n].makes_originals and not self.workload.spec(n).weights]
-        pretrained = pretrain(self.workload, self.settings, self.requests, recipe, self.context, device, self.say)
+        planned = sum(self.settings.finetune.epochs * steps_per_epoch(self.data[n].train, self.settings.finetune.batch_size)  # type: ignore[arg-type]
+                      if n in recipe else math.ceil(len(self.data[n].train) / _READ_BATCH) for n in missing)  # type: ignore[arg-type]
+        with counted(self.say, planned, "prepare") as steps:  # pretraining adds its steps once its data is open
+            return self._make(models, missing, recipe, device, steps)
+
+    def _make(
+        self, models: Mapping[str, nn.Module], missing: list[str], recipe: list[str], device: torch.device,
+        steps: Counter,
+    ) -> dict[str, tuple[float, float]]:
+        pretrained = pretrain(self.workload, self.settings, self.requests, recipe, self.context, device, self.say,
+                              steps=steps)
         measured = {}
         for name in missing:
             start = time.perf_counter()
             request, data = self.requests[name], self.data[name]
             if name in recipe:
                 fine_tune(models[name], pretrained[arch_key(self.workload.spec(name))], data, request, self.settings,
-                          device)
+                          device, step=steps.advance)
                 done = f"fine-tuned {name} on {request.task}"
             else:
-                self._read_training_split(name)
+                self._read_training_split(name, steps)
                 done = f"{name} as given ({data.description})"
             model = models[name].to(device)
             val, test = (score(model, split, request.adapter, device=device, workers=self.settings.workers)
@@ -334,12 +349,12 @@ class _Originals:
                      f" ({time.perf_counter() - start:.1f} s)")
         return measured
 
-    def _read_training_split(self, name: str) -> None:
+    def _read_training_split(self, name: str, steps: Counter) -> None:
         """Read every training sample once: a sample that does not decode is found now, not mid-search,
         and the image cache is filled for the first evaluation."""
         adapter = self.requests[name].adapter
-        for _ in in_order(self.data[name].train, adapter, 64, workers=self.settings.workers):
-            pass
+        for _ in in_order(self.data[name].train, adapter, _READ_BATCH, workers=self.settings.workers):
+            steps.advance()
 
 
 def prepare_study(study: StudyFile, *, force: bool = False, progress: Progress | None = None) -> PreparedWorkload:

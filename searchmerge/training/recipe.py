@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import nn
@@ -19,9 +19,9 @@ from torch import nn
 from searchmerge.config.data_request import DataRequest, check_fits
 from searchmerge.config.settings import StudySettings
 from searchmerge.config.workload import ModelSpec, Workload
-from searchmerge.core.progress import Progress
+from searchmerge.core.progress import Counter, Progress
 from searchmerge.data.sources import SourceContext, TaskData
-from searchmerge.training.train import score, train_model
+from searchmerge.training.train import score, steps_per_epoch, train_model
 
 __all__ = ["fine_tune", "pretrain"]
 
@@ -40,8 +40,12 @@ def pretrain(
     context: SourceContext,
     device: torch.device,
     say: Progress,
+    steps: Counter | None = None,
 ) -> dict[str, dict[str, torch.Tensor]]:
-    """Pretrain each architecture of ``names`` once on its source's ``pretrain.task`` (training images only)."""
+    """Pretrain each architecture of ``names`` once on its source's ``pretrain.task`` (training images only).
+
+    ``steps`` counts the training steps: each architecture's are added once its data is opened.
+    """
     weights: dict[str, dict[str, torch.Tensor]] = {}
     for name in names:
         spec = workload.spec(name)
@@ -57,8 +61,10 @@ def pretrain(
             name=f"{name}-source", arch=spec.arch, kwargs={**spec.kwargs, "num_classes": source.num_classes}
         ).build()
         check_fits(f"{name} (pretraining)", model, source, request.adapter)
+        if steps is not None:
+            steps.grow(settings.pretrain.epochs * steps_per_epoch(source.train, settings.pretrain.batch_size))  # type: ignore[arg-type]
         train_model(model, source.train, request.adapter, settings.pretrain, seed=settings.seed, device=device,
-                    workers=settings.workers)
+                    workers=settings.workers, step=steps.advance if steps is not None else None)
         metric = score(model, source.val, request.adapter, device=device, workers=settings.workers)
         weights[key] = {k: v.detach().to("cpu") for k, v in model.state_dict().items()}
         say(f"pretrained {spec.arch} {dict(spec.kwargs)} on {source.description}: val {metric:.3f}"
@@ -68,11 +74,14 @@ def pretrain(
 
 def fine_tune(
     model: nn.Module, pretrained: Mapping[str, torch.Tensor], data: TaskData, request: DataRequest,
-    settings: StudySettings, device: torch.device,
+    settings: StudySettings, device: torch.device, step: Callable[[int], None] | None = None,
 ) -> None:
-    """Start from the pretrained weights wherever the shapes agree (the head may differ), then train."""
+    """Start from the pretrained weights wherever the shapes agree (the head may differ), then train.
+
+    ``step`` is called with 1 after each training step.
+    """
     own = model.state_dict()
     fitting = {k: v for k, v in pretrained.items() if k in own and own[k].shape == v.shape}
     model.load_state_dict(fitting, strict=False)
     train_model(model, data.train, request.adapter, settings.finetune, seed=settings.seed, device=device,
-                workers=settings.workers)
+                workers=settings.workers, step=step)

@@ -9,7 +9,7 @@ classifiers and detectors, and no dataset has to fit in memory.
 from __future__ import annotations
 
 import os
-from collections.abc import Collection, Iterator, Sized
+from collections.abc import Callable, Collection, Iterator, Sized
 from contextlib import contextmanager
 from typing import Any
 
@@ -144,9 +144,12 @@ def batch_norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
 @repeatable_kernels()
 def train_model(
     model: nn.Module, dataset: Dataset[Any], kind: TaskKind, settings: TrainSettings, *, seed: int,
-    device: torch.device, workers: int = 0,
+    device: torch.device, workers: int = 0, step: Callable[[int], None] | None = None,
 ) -> None:
-    """Supervised training of one model for ``settings.epochs`` epochs (AdamW, cosine schedule)."""
+    """Supervised training of one model for ``settings.epochs`` epochs (AdamW, cosine schedule).
+
+    ``step`` is called with 1 after each training step (a progress bar's ``advance``).
+    """
     torch.manual_seed(seed)
     model.to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
@@ -159,6 +162,8 @@ def train_model(
         kind.loss(model, batch).backward()
         optimizer.step()
         schedule.step()
+        if step is not None:
+            step(1)
     model.eval()
 
 

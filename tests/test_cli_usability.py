@@ -92,15 +92,25 @@ def test_plots_mark_stopped_plans_the_best_plan_no_sharing_and_name_studies(tmp_
     research = _search("wl-greedy-night", "greedy", [_trial(0, "COMPLETE", True, 1_000_000, 0.95)])
 
     accuracy = accuracy_figure([parent, research])
-    axes = accuracy.axes[0]
+    axes, night = accuracy.axes[:2]  # one panel per study
+    assert (axes.get_title(), night.get_title()) == ("wl-greedy", "wl-greedy-night")
     _, labels = axes.get_legend_handles_labels()
-    assert "wl-greedy: pruned plans, ratio stopped at" in labels
-    assert "wl-greedy: best feasible plan" in labels and "wl-greedy-night: best feasible plan" in labels
-    assert "no sharing (10.0 MB)" in labels
-    hollow = next(c for c, label in zip(axes.collections, labels) if label.endswith("ratio stopped at"))
+    assert labels[:5] == ["feasible plan", "infeasible plan", "pruned: ratio when stopped", "best feasible plan",
+                          "no sharing (10.0 MB)"]
+    assert "target 0.9" in labels and any(text.get_text() == "target 0.9" for text in axes.texts)
+    assert axes.get_ylabel() == "worst accuracy ratio (merged / original)"
+    marks = dict(zip(labels, axes.collections))
+    assert marks["feasible plan"].get_offsets().tolist() == [[8.0, 0.93]]
+    assert marks["infeasible plan"].get_offsets().tolist() == [[4.0, 0.7]]
+    assert marks["feasible plan"].get_facecolors().tolist() != marks["infeasible plan"].get_facecolors().tolist()
+    shapes = [marks[name].get_paths()[0].vertices.tolist() for name in ("feasible plan", "infeasible plan")]
+    assert shapes[0] != shapes[1]  # the markers differ too
+    hollow = marks["pruned: ratio when stopped"]
     assert hollow.get_offsets().tolist() == [[6.0, 0.41]] and hollow.get_facecolors().size == 0
-    star = next(c for c, label in zip(axes.collections, labels) if label == "wl-greedy: best feasible plan")
-    assert star.get_offsets().tolist() == [[8.0, 0.93]]
+    assert marks["best feasible plan"].get_offsets().tolist() == [[8.0, 0.93]]
+    legend = accuracy.legends[0]  # one legend for the figure, beside the panels
+    panels_right = max(ax.get_position().x1 for ax in accuracy.axes if ax.get_visible())
+    assert legend.get_bbox_to_anchor().x0 >= panels_right * accuracy.bbox.width - 1
 
     savings = savings_figure([parent, research])
     axes = savings.axes[0]

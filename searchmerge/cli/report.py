@@ -232,7 +232,7 @@ def savings_figure(searches: Sequence[Any]) -> Any:
     """Best feasible saving after each trial, one line per search, with the max-sharing bound."""
     from matplotlib.ticker import MaxNLocator
 
-    fig, ax = _pyplot().subplots(figsize=(6, 4))
+    fig, ax = _pyplot().subplots(figsize=(8.5, 4))
     for search in searches:
         curve = best_so_far(search.history())
         ax.step(range(1, len(curve) + 1), [c / MB for c in curve], where="post", marker="o", markersize=3,
@@ -245,37 +245,76 @@ def savings_figure(searches: Sequence[Any]) -> Any:
     return fig
 
 
-def accuracy_figure(searches: Sequence[Any]) -> Any:
-    """Worst accuracy ratio against merged memory, per trial.
+#: How the accuracy plot draws a plan: colour and marker both tell feasible from infeasible
+#: (blue and orange stay apart for colour-blind readers and in greyscale, by their markers).
+FEASIBLE_STYLE = {"color": "tab:blue", "marker": "o"}
+INFEASIBLE_STYLE = {"color": "tab:orange", "marker": "X"}
+#: Accuracy plot's y axis: what a ratio is.
+RATIO_LABEL = "worst accuracy ratio (merged / original)"
 
-    A plan whose retraining was stopped early (pruned: it could not reach the target) is
-    drawn hollow, at the ratio it had when it was stopped, which is not a final one. Each
-    search's best feasible plan is a star; the dashed line is the workload with no sharing.
+
+def accuracy_figure(searches: Sequence[Any]) -> Any:
+    """Worst accuracy ratio against merged memory, per trial; one panel per search.
+
+    Feasible plans are blue circles, infeasible ones orange crosses; a plan whose retraining
+    was stopped early (pruned: it could not reach the target) is a hollow orange triangle, at
+    the ratio it had when it was stopped, which is not a final one. Each search's best feasible
+    plan is a star; the dotted line is the target, labelled with its value, and the dashed line
+    the workload with no sharing. The legend stands outside the data, to the right.
     """
+    from matplotlib.ticker import MaxNLocator
+
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    no_sharing = 0
-    for index, search in enumerate(searches):
-        color, label, trials = colors[index % len(colors)], search_label(search), search.history()
+    count = max(1, len(searches))
+    columns = min(count, 3)
+    rows = -(-count // columns)
+    fig, grid = plt.subplots(rows, columns, figsize=(4.2 * columns + 2.4, 3.8 * rows), sharex=True, sharey=True,
+                             squeeze=False)
+    axes = list(grid.flat)
+    target = float(searches[0].study_file.settings.target) if searches else None
+    no_sharing = max([0, *(t.unique_bytes + t.saved_bytes for s in searches for t in s.history())])
+    for ax, search in zip(axes, searches):
+        trials = search.history()
         finished = [t for t in trials if t.state != "PRUNED"]
-        stopped = [t for t in trials if t.state == "PRUNED"]
-        if finished:
-            ax.scatter([t.unique_bytes / MB for t in finished], [t.worst_ratio for t in finished], color=color,
-                       marker="o", alpha=0.7, label=f"{label}: retrained plans")
-        if stopped:
-            ax.scatter([t.unique_bytes / MB for t in stopped], [t.worst_ratio for t in stopped], facecolors="none",
-                       edgecolors=color, marker="o", label=f"{label}: pruned plans, ratio stopped at")
+        groups = (
+            ([t for t in finished if t.feasible], dict(FEASIBLE_STYLE, alpha=0.8), "feasible plan"),
+            ([t for t in finished if not t.feasible], dict(INFEASIBLE_STYLE, alpha=0.8), "infeasible plan"),
+            ([t for t in trials if t.state == "PRUNED"],
+             {"facecolors": "none", "edgecolors": INFEASIBLE_STYLE["color"], "marker": "v"},
+             "pruned: ratio when stopped"),
+        )
+        for plans, style, name in groups:
+            if plans:
+                ax.scatter([t.unique_bytes / MB for t in plans], [t.worst_ratio for t in plans], label=name, **style)
         best = search.best()
         if best is not None:
-            ax.scatter([best.unique_bytes / MB], [best.worst_ratio], color=color, marker="*", s=220,
-                       edgecolors="black", zorder=3, label=f"{label}: best feasible plan")
-        no_sharing = max([no_sharing, *(t.unique_bytes + t.saved_bytes for t in trials)])
-    if no_sharing:
-        ax.axvline(no_sharing / MB, color="grey", linestyle="--", label=f"no sharing ({megabytes(no_sharing)})")
-    if searches:
-        ax.axhline(searches[0].study_file.settings.target, color="red", linestyle=":", label="target")
-    _label(fig, ax, ("merged workload memory (MB)", "worst accuracy ratio", "Accuracy vs memory"))
+            ax.scatter([best.unique_bytes / MB], [best.worst_ratio], color="gold", marker="*", s=240,
+                       edgecolors="black", zorder=3, label="best feasible plan")
+        if no_sharing:
+            ax.axvline(no_sharing / MB, color="grey", linestyle="--", label=f"no sharing ({megabytes(no_sharing)})")
+        if target is not None:
+            ax.axhline(target, color="red", linestyle=":", label=f"target {target:g}")
+            ax.annotate(f"target {target:g}", xy=(1.0, target), xycoords=("axes fraction", "data"), xytext=(-4, 3),
+                        textcoords="offset points", ha="right", va="bottom", color="red", fontsize="small",
+                        bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 1})
+        ax.set_title(search_label(search), fontsize="medium")
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=5))  # tick labels of a tiny workload (0.0175 MB) stay apart
+        ax.grid(True, alpha=0.3)
+    for ax in axes[len(searches):]:
+        ax.set_visible(False)
+    for ax in grid[-1]:
+        ax.set_xlabel("merged workload memory (MB)")
+    for ax in grid[:, 0]:
+        ax.set_ylabel(RATIO_LABEL)
+    legend: dict[str, Any] = {}
+    for ax in axes[: len(searches)]:
+        for handle, name in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(name, handle)  # one entry per kind of mark, over every panel
+    fig.suptitle("Accuracy vs memory: every evaluated plan")
+    right = 1 - 2.4 / fig.get_figwidth()  # the legend's column, beside the panels
+    fig.legend(legend.values(), legend.keys(), loc="center left", bbox_to_anchor=(right, 0.5), fontsize="small",
+               frameon=False)
+    fig.tight_layout(rect=(0, 0, right, 1))
     return fig
 
 
@@ -294,5 +333,6 @@ def _label(fig: Any, ax: Any, labels: tuple[str, str, str]) -> None:
     ax.set_xlabel(labels[0])
     ax.set_ylabel(labels[1])
     ax.set_title(labels[2])
-    ax.legend(fontsize="small")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)  # outside the data
+    ax.grid(True, alpha=0.3)
     fig.tight_layout()

@@ -40,6 +40,7 @@ PARENT = "tiny-digits-greedy"
 DRIFT_SECTION = """
 drift:
   dusk: {brightness: -0.02}
+  blackout: {brightness: -2}
   b-moved:
     models: {b: {rotation_deg: 20, shift_px: 1}}
 """
@@ -82,7 +83,7 @@ def test_drift_rule_scenarios_and_bad_definitions(parent: StudyFile) -> None:
     moved = known["b-moved"]
     assert camera_for(moved, "a") == camera  # only the listed camera moved
     assert camera_for(moved, "b").rotation_deg == 20.0
-    with pytest.raises(SearchmergeError, match="unknown drift scenario 'fog'; known scenarios: b-moved, dusk, moved"):
+    with pytest.raises(SearchmergeError, match="unknown drift scenario 'fog'; known scenarios: b-moved, blackout, dusk, moved"):
         drifted_data(parent, "fog")
     with pytest.raises(SearchmergeError, match="unknown camera condition field"):
         drift_camera(camera, {"exposure": 1.0})
@@ -183,13 +184,14 @@ def test_a_drift_scenario_is_searched_with_the_drift_evaluator(parent: StudyFile
 def test_research_revalidates_backs_off_records_lineage_and_resumes(
     parent: StudyFile, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """On 'blackout' (every pixel 0) no model can keep its target, so the deployed plan fails and is backed off."""
     before = snapshot(parent, PARENT)
     deployed = load_search(parent, study_name=PARENT).best()
-    assert deployed is not None
-    search = research(parent, scenario="night", n_trials=3)
-    assert search.study_name == f"{PARENT}-night"
+    assert deployed is not None and deployed.plan.shared, "the parent's search should deploy a shared group"
+    search = research(parent, scenario="blackout", n_trials=3)
+    assert search.study_name == f"{PARENT}-blackout"
     attrs = search.optuna_study.user_attrs
-    assert attrs["searchmerge:parent_study"] == PARENT and attrs["searchmerge:scenario"] == "night"
+    assert attrs["searchmerge:parent_study"] == PARENT and attrs["searchmerge:scenario"] == "blackout"
     assert attrs["searchmerge:parent_checkpoint"] == deployed.checkpoint
     trials = sorted(search.finished_trials(), key=lambda t: t.number)
     assert len(trials) == 3
@@ -198,27 +200,27 @@ def test_research_revalidates_backs_off_records_lineage_and_resumes(
     assert first.user_attrs[WARM_ATTR] == "deployed"
     assert all(t.user_attrs["parent_study"] == PARENT for t in trials)
     assert all(t.user_attrs["start_checkpoint"] == deployed.checkpoint for t in trials)
-    if first.user_attrs["feasible"]:  # the deployed plan survived retraining: the strategy takes over
-        assert WARM_ATTR not in trials[1].user_attrs
-    else:  # backed off: a smaller plan, without some group a failing model took part in
-        second = search.space.plan_from_params(trials[1].params)
-        failing = set(failing_models(trial_evaluation(search, first)))
-        dropped = deployed.plan.shared - second.shared
-        assert second.shared < deployed.plan.shared and dropped
-        assert all(set(search.space.group(g).models) & failing for g in dropped)
-        assert trials[1].user_attrs[WARM_ATTR] == "backoff"
+    assert not first.user_attrs["feasible"]
+    # Backed off: a smaller plan, without some group a failing model took part in (the
+    # strategy taking over after a plan that holds is tested with a retired model below).
+    second = search.space.plan_from_params(trials[1].params)
+    failing = set(failing_models(trial_evaluation(search, first)))
+    dropped = deployed.plan.shared - second.shared
+    assert second.shared < deployed.plan.shared and dropped
+    assert all(set(search.space.group(g).models) & failing for g in dropped)
+    assert trials[1].user_attrs[WARM_ATTR] == "backoff"
 
     # Resume: the same call does nothing more; a larger N continues the same study.
-    assert len(research(parent, scenario="night", n_trials=3).finished_trials()) == 3
-    assert main(["research", str(parent.path), "--storage", parent.storage, "--data", "night",
+    assert len(research(parent, scenario="blackout", n_trials=3).finished_trials()) == 3
+    assert main(["research", str(parent.path), "--storage", parent.storage, "--data", "blackout",
                  "--n-trials", "4"]) == 0
-    assert len(load_search(parent, study_name=f"{PARENT}-night").finished_trials()) == 4
+    assert len(load_search(parent, study_name=f"{PARENT}-blackout").finished_trials()) == 4
     assert snapshot(parent, PARENT)[0] == before[0]  # the parent's trials are untouched
     assert set(before[1]) <= set(snapshot(parent, PARENT)[1])  # and so are its checkpoint records
 
-    assert main(["report", str(parent.path), "--storage", parent.storage, "--study-name", f"{PARENT}-night",
+    assert main(["report", str(parent.path), "--storage", parent.storage, "--study-name", f"{PARENT}-blackout",
                  "--out", str(parent.path.parent / "report")]) == 0
-    assert f"lineage: re-search of '{PARENT}' on drift scenario 'night'" in capsys.readouterr().out
+    assert f"lineage: re-search of '{PARENT}' on drift scenario 'blackout'" in capsys.readouterr().out
 
 
 def test_adding_a_model_starts_from_the_parent(parent: StudyFile) -> None:
@@ -262,17 +264,19 @@ def test_adding_a_model_starts_from_the_parent(parent: StudyFile) -> None:
 
 
 def test_retiring_a_model_only_scores_the_deployed_plan(parent: StudyFile) -> None:
-    """The remaining models are settled: the deployed plan without the retired model needs no retraining."""
+    """The remaining models are settled: the deployed plan without the retired model needs no retraining,
+    and as it holds, the strategy takes over from the second trial."""
     path = parent.path.parent / "tiny-ab.yaml"
     retired = TINY_STUDY.replace("name: tiny-digits", "name: tiny-ab")
     retired = retired[: retired.index("  - {name: c,")]
     path.write_text(retired)
     study = open_study_file(path, storage=parent.storage)
-    search = research(study, parent_file=parent, n_trials=1)
-    first = search.finished_trials()[0]
+    search = research(study, parent_file=parent, n_trials=2)
+    first, second = sorted(search.finished_trials(), key=lambda t: t.number)
     assert search.warm_start.frozen_for(search.space.plan_from_params(first.params)) == {"a", "b"}  # type: ignore[union-attr]
     assert first.user_attrs["cost_steps"] == 0
     assert first.user_attrs["feasible"]  # the deployed models passed in the parent; on the same data they still do
+    assert first.user_attrs[WARM_ATTR] == "deployed" and WARM_ATTR not in second.user_attrs
 
 
 def test_bad_input_is_refused_and_overwrites_nothing(parent: StudyFile, capsys: pytest.CaptureFixture[str]) -> None:

@@ -7,6 +7,7 @@ import copy
 import dataclasses
 import json
 import random
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -25,7 +26,7 @@ from searchmerge.runtime.measure import layout_of, measure_profile
 from searchmerge.runtime.profile import Profile
 from searchmerge.runtime.residency import Residency
 from searchmerge.runtime.runtime import RuntimeExecutor, SwapRuntime
-from searchmerge.runtime.simulator import simulate
+from searchmerge.runtime.simulator import Step, simulate
 from searchmerge.training.merge import merge_models
 from tests.conftest import TinyNet
 
@@ -272,14 +273,34 @@ def test_a_too_small_budget_is_refused_by_the_simulator(profile: Profile) -> Non
         simulate(profile, "none", DeploySettings(gpu_memory=1000))
 
 
+class _PredictedClock(RuntimeExecutor):
+    """Runs every batch on the real runtime, but advances the scheduler's clock by the
+    profile's prediction instead of the measured time, so which frames are in time does not
+    depend on how loaded the machine running the test is."""
+
+    ran = 0
+
+    def run(self, model: str, batch: int, upcoming: Sequence[str]) -> Step:
+        predicted = self.cost(model, batch)  # before the run changes the residency
+        measured = super().run(model, batch, upcoming)
+        self.ran += 1
+        assert measured == Step(load_s=self.runtime.last_load_s, compute_s=self.runtime.last_compute_s)
+        assert measured.compute_s > 0
+        assert predicted is not None
+        return Step(load_s=0.0, compute_s=predicted)
+
+
 def test_the_scheduler_drives_the_real_runtime(originals, profile: Profile) -> None:  # type: ignore[no-untyped-def]
     """The same scheduler with every batch really run: frames conserved, the budget kept, copies as accounted."""
-    settings = _settings(profile, "none", 1.5, seconds=1, fps=5, sla_ms=5000)
-    runtime = SwapRuntime(originals, gpu_memory=settings.gpu_memory, device="simulated", profile=profile)
-    executor = RuntimeExecutor(runtime, profile, profile.plan("none"), {name: SHAPE for name in originals})
-    result = simulate(profile, "none", settings, executor=executor)
+    steady = dataclasses.replace(profile, models=tuple(  # 10 ms a batch, whatever the fixture measured
+        dataclasses.replace(m, batch_seconds=dict.fromkeys(m.batch_seconds, 0.01)) for m in profile.models))
+    settings = _settings(steady, "none", 1.5, seconds=1, fps=5, sla_ms=5000)
+    runtime = SwapRuntime(originals, gpu_memory=settings.gpu_memory, device="simulated", profile=steady)
+    executor = _PredictedClock(runtime, steady, steady.plan("none"), {name: SHAPE for name in originals})
+    result = simulate(steady, "none", settings, executor=executor)
     assert all(s.processed + s.dropped == s.frames == 5 for s in result.streams)
-    assert result.processed == 15  # a 5 s latency target: nothing is late on a tiny model
+    assert result.processed == 15  # batches of 10 ms and a 5 s latency target: nothing is late
+    assert len(result.runs) >= 3 and executor.ran == len(result.runs)  # every batch really ran
     assert runtime.peak_bytes <= settings.gpu_memory
     assert result.counters["swaps"] >= 3
     layout = runtime.layout

@@ -10,8 +10,7 @@ from PIL import Image
 
 from searchmerge.cli.commands import main
 from searchmerge.data.checks import check_data
-from searchmerge.data.sources import get_source
-from searchmerge.data.sources import frames
+from searchmerge.data.sources import frames, get_source
 from searchmerge.data.sources.base import SourceContext
 from tests import user_data
 

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from searchmerge.cli.progress import TerminalProgress
+from searchmerge.cli.progress import TerminalProgress, log_to_stderr
 from searchmerge.core.errors import SearchmergeError
 
 #: Exit status of ``drift-check`` when a model of the deployed plan misses its target
@@ -272,7 +272,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = ServiceSettings(parent_study=args.study_name, research_trials=args.research_trials, window=args.window,
                                min_samples=args.min_samples, max_upload_bytes=args.max_upload_bytes,
                                heartbeat_interval=args.heartbeat)
-    serve(_open_study(args), settings, host=args.host, port=args.port, progress=_say)
+    log_to_stderr()  # the service logs through logging: time, level, message
+    serve(_open_study(args), settings, host=args.host, port=args.port)
     return 0
 
 
@@ -312,7 +313,8 @@ def cmd_edge(args: argparse.Namespace) -> int:
         predictions=Path(args.predictions) if args.predictions else None,
         metrics_host=args.metrics_host, metrics_port=args.metrics_port, threads=args.threads,
     )
-    agent = EdgeAgent(args.server, token, settings, progress=_say)
+    log_to_stderr()  # the edge logs through logging: time, level, message
+    agent = EdgeAgent(args.server, token, settings)
     try:
         agent.run()
     finally:

@@ -10,6 +10,7 @@ at all, so they stay quiet.
 from __future__ import annotations
 
 import contextlib
+import logging
 import shutil
 import sys
 from collections.abc import Iterator
@@ -17,7 +18,22 @@ from typing import Any, TextIO
 
 from searchmerge.core.progress import Counter
 
-__all__ = ["TerminalProgress"]
+__all__ = ["LOG_FORMAT", "TerminalProgress", "log_to_stderr"]
+
+#: How the long-running commands (``serve``, ``edge``) log: time, level, logger, message.
+LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+
+
+def log_to_stderr(level: int = logging.INFO) -> None:
+    """Send the ``searchmerge`` loggers (the service's, the edge's) to stderr with time and level, once."""
+    logger = logging.getLogger("searchmerge")
+    if not any(getattr(h, "_searchmerge", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        handler._searchmerge = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+        logger.propagate = False
+    logger.setLevel(level)
 
 
 class _Bar:

@@ -114,7 +114,8 @@ def check_data(model: str, data: TaskData, *, target: float, min_examples: int =
     what = "box" if data.kind == "detection" else "example"
 
     def named(label: int) -> str:
-        return f"class {label} ({names[label]})" if label < len(names) and names[label] != str(label) else f"class {label}"
+        known = label < len(names) and names[label] != str(label)
+        return f"class {label} ({names[label]})" if known else f"class {label}"
 
     counts = split_counts(data)
     problems: list[str] = []

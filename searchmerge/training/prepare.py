@@ -312,8 +312,10 @@ class _Originals:
         """Each missing model's (val, test) metric, after the recipe trained it where it must."""
         device = default_device()
         recipe = [n for n in missing if self.requests[n].makes_originals and not self.workload.spec(n).weights]
-        planned = sum(self.settings.finetune.epochs * steps_per_epoch(self.data[n].train, self.settings.finetune.batch_size)  # type: ignore[arg-type]
-                      if n in recipe else math.ceil(len(self.data[n].train) / _READ_BATCH) for n in missing)  # type: ignore[arg-type]
+        tune = self.settings.finetune
+        planned = sum(tune.epochs * steps_per_epoch(self.data[n].train, tune.batch_size)  # type: ignore[arg-type]
+                      if n in recipe else math.ceil(len(self.data[n].train) / _READ_BATCH)  # type: ignore[arg-type]
+                      for n in missing)
         with counted(self.say, planned, "prepare") as steps:  # pretraining adds its steps once its data is open
             return self._make(models, missing, recipe, device, steps)
 

@@ -466,13 +466,12 @@ def _class_labels(query: str, bins: list[int] | None, classes: Sequence[str]) ->
     if query == "detection":
         return ("background", *classes)
     edges = list(bins or ())
-    names = []
-    for low, high in zip(edges, [*edges[1:], None]):
-        if high is None:
-            names.append(f"count {low}+")
-        else:
-            names.append(f"count {low}" if high - low == 1 else f"count {low}-{high - 1}")
-    return tuple(names)
+    names = [f"count {low}" if high - low == 1 else f"count {low}-{high - 1}" for low, high in _pairs(edges)]
+    return (*names, f"count {edges[-1]}+") if edges else ()
+
+
+def _pairs(values: list[int]) -> list[tuple[int, int]]:
+    return [(values[i], values[i + 1]) for i in range(len(values) - 1)]
 
 
 def _frame_seed(seed: int, frame: int) -> int:

@@ -103,7 +103,9 @@ def run_job(
                     f" {study.path} --data {job.scenario} --from-study {job.parent_study} --n-trials N'")
         else:
             version = publish(engine, study, search, best, scenario=job.scenario)
-            say(f"job {job.id}: published version {version.version} (trial {best.number} of {job.study_name!r})")
+            say(f"job {job.id}: published version {version.version} (trial {best.number} of {job.study_name!r}: worst"
+                f" accuracy ratio {best.worst_ratio:.3f} on the re-search's validation data, saves"
+                f" {best.saved_bytes / 1e6:.2f} MB)")
             _update(engine, job.id, state="published", finished_at=now(), version=version.version,
                     message=f"trial {best.number}")
     except SearchmergeError as exc:

@@ -8,7 +8,9 @@ its original's validation accuracy, fails the project's one feasibility rule aga
 the target. A model with fewer than ``min_samples`` samples is not judged yet.
 
 The drift scenario to re-search on is the one the missing models' samples were seen
-in (their provenance); samples of undrifted footage name none.
+in (their provenance). A window that holds any drifted frames names the drift scenario
+most of those were seen in, even while undrifted frames are still the majority of it (the
+first minutes after a drift): only a window of undrifted frames alone names none.
 """
 
 from __future__ import annotations
@@ -41,6 +43,10 @@ class ModelCheck:
     upper: float
     scenario: str | None
     judged: bool
+    #: How many of the samples each drift scenario gave (``None``: undrifted footage).
+    seen: tuple[tuple[str | None, int], ...] = ()
+    #: The two-sided confidence of the interval whose upper end is ``upper``.
+    confidence: float = 0.9
 
     @property
     def accuracy(self) -> float:
@@ -51,10 +57,20 @@ class ModelCheck:
         """Judged, and even the optimistic end of its accuracy misses the target (the one rule)."""
         return self.judged and not is_feasible(constraint_value(self.target, [self.upper / self.baseline]))
 
+    def describe(self) -> str:
+        """One phrase in which every number says what it is, for logs."""
+        seen = ", ".join(f"{count} {'undrifted' if scenario is None else scenario}" for scenario, count in self.seen)
+        ratio = self.accuracy / self.baseline if self.baseline else 0.0
+        upper = self.upper / self.baseline if self.baseline else 0.0
+        return (f"{self.name}: accuracy {self.accuracy:.2f} on {self.samples} samples"
+                f"{f' ({seen})' if seen else ''}, ratio {ratio:.3f} to its baseline accuracy {self.baseline:.2f},"
+                f" at most {upper:.3f} at {self.confidence:.0%} confidence, target ratio {self.target:g}")
+
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "samples": self.samples, "accuracy": self.accuracy, "upper": self.upper,
                 "baseline": self.baseline, "target": self.target, "scenario": self.scenario,
-                "judged": self.judged, "misses": self.misses}
+                "judged": self.judged, "misses": self.misses,
+                "seen": {str(scenario) if scenario is not None else "undrifted": n for scenario, n in self.seen}}
 
 
 @dataclass(frozen=True)
@@ -96,9 +112,11 @@ def check_samples(
         correct = _correct(model, found) if found else 0
         upper = binomtest(correct, len(found)).proportion_ci(confidence, method="wilson").high if found else 1.0
         scenarios = Counter(s.scenario for s in found)
+        drifted = Counter({scenario: n for scenario, n in scenarios.items() if scenario is not None})
         checks.append(ModelCheck(
             name=name, samples=len(found), correct=correct, baseline=baselines[name], target=target, upper=upper,
-            scenario=scenarios.most_common(1)[0][0] if found else None, judged=len(found) >= min_samples,
+            scenario=drifted.most_common(1)[0][0] if drifted else None, judged=len(found) >= min_samples,
+            seen=tuple(scenarios.most_common()), confidence=confidence,
         ))
     return SampleCheck(version, tuple(checks))
 

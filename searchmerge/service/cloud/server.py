@@ -26,12 +26,11 @@ def serve(study: StudyFile, settings: ServiceSettings, *, host: str = "127.0.0.1
     """Run the merging service of ``study`` on ``host:port`` until it is stopped."""
     service = MergingService(study, settings, progress=progress)
     current = service.start()
-    say = progress or (lambda _line: None)
     edges = edge_names(service.engine, service.deployment)
-    say(f"serving deployment {service.deployment!r} version {current.version} on http://{host}:{port}/"
-        f" (API schema at /openapi.json) for {len(edges)} edge(s){': ' + ', '.join(edges) if edges else ''}")
+    service.say(f"serving deployment {service.deployment!r} version {current.version} on http://{host}:{port}/"
+                f" (API schema at /openapi.json) for {len(edges)} edge(s){': ' + ', '.join(edges) if edges else ''}")
     if not edges:
-        say(f"no edge has a token yet: searchmerge edge-token {study.path} NAME")
+        service.say(f"no edge has a token yet: searchmerge edge-token {study.path} NAME", logging.WARNING)
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
     try:
         uvicorn.run(create_app(service), host=host, port=port, log_level="warning")

@@ -100,7 +100,7 @@ class MergingService:
         self.deployment = study.workload.name
         self.engine = open_engine(study.storage)
         self.footage = Footage(study.workload, study.settings)
-        self.say = progress or _log.info
+        self._progress = progress
         self.last_check: SampleCheck | None = None
         self._last_note = ""
         self._baselines: dict[str, float] | None = None
@@ -108,6 +108,13 @@ class MergingService:
         self._samples_arrived = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+
+    def say(self, line: str, level: int = logging.INFO) -> None:
+        """Log ``line`` on the ``searchmerge.service`` logger (with its time and level), and pass it to
+        ``progress`` when the service was given one."""
+        _log.log(level, line)
+        if self._progress is not None:
+            self._progress(line)
 
     # ------------------------------------------------------------------ lifecycle
     def publish_first(self) -> VersionInfo:
@@ -117,7 +124,8 @@ class MergingService:
             search = select_search(self.study, self.settings.parent_study, progress=self.say)
             best = deployed_plan(search)
             current = publish(self.engine, self.study, search, best)
-            self.say(f"published version {current.version}: trial {best.number} of {search.study_name!r}")
+            self.say(f"published version {current.version}: trial {best.number} of {search.study_name!r} (worst"
+                     f" accuracy ratio {best.worst_ratio:.3f}, saves {best.saved_bytes / 1e6:.2f} MB)")
         return current
 
     def start(self) -> VersionInfo:
@@ -162,7 +170,8 @@ class MergingService:
                 if pending:
                     job = run_job(self.engine, self.study, pending[0],
                                   heartbeat_interval=self.settings.heartbeat_interval, progress=self.say)
-                    self.say(f"job {job.id} ({job.study_name!r}): {job.state} {job.message}".rstrip())
+                    self.say(f"job {job.id} ({job.study_name!r}): {job.state} {job.message}".rstrip(),
+                             logging.INFO if job.state == "published" else logging.WARNING)
                     continue
                 if self._samples_arrived.wait(self.settings.check_every):
                     self._samples_arrived.clear()
@@ -183,7 +192,7 @@ class MergingService:
         self.last_check = check
         prune_samples(self.engine, self.deployment, keep=4 * self.settings.window)
         if check.missing:
-            names = ", ".join(f"{m.name} ({m.accuracy:.2f} on {m.samples})" for m in check.missing)
+            names = "; ".join(m.describe() for m in check.missing)
             if check.scenario is None or check.scenario == current.scenario:
                 # Nothing to re-search on, or this version was re-searched on that very data already:
                 # another re-search of the same footage would chase noise (and could chain for ever).
@@ -197,15 +206,15 @@ class MergingService:
             job, created = request_research(self.engine, self.deployment, parent_study=current.source_study,
                                             scenario=check.scenario, n_trials=self.settings.research_trials)
             if created:
-                self.say(f"drift detected on version {current.version}: {names} on {check.scenario!r};"
-                         f" re-search job {job.id} ({job.study_name!r}) started")
+                self.say(f"drift detected on version {current.version} in samples of {check.scenario!r} ({names});"
+                         f" re-search job {job.id} ({job.study_name!r}) started", logging.WARNING)
         return check
 
     def _note(self, line: str, *, detail: str) -> None:
         """Say ``line`` (with ``detail``) once, not at every check that finds the same."""
         if line != self._last_note:
             self._last_note = line
-            self.say(f"{line} ({detail})")
+            self.say(f"{line} ({detail})", logging.WARNING)
 
     def _models(self, version: VersionInfo) -> dict[str, nn.Module]:
         """The version's models as the edges run them (loaded from its published files)."""

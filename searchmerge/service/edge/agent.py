@@ -20,6 +20,7 @@ serving. The agent restarts on the version ``current.json`` names (see
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections import deque
@@ -55,6 +56,7 @@ __all__ = ["EdgeAgent", "EdgeSettings", "retry_delay"]
 
 #: Samples waiting for the service at most; the oldest are discarded past it.
 _QUEUE = 10_000
+_log = logging.getLogger("searchmerge.edge")
 #: Bytes of samples per upload (well under the service's default 1 MiB limit).
 _UPLOAD_BYTES = 256 * 1024
 
@@ -135,7 +137,7 @@ class EdgeAgent:
         self.client = ServiceClient(server, token)
         self.local = LocalVersions(settings.state_dir)
         self.metrics = EdgeMetrics()
-        self.say = progress or (lambda _line: None)
+        self._progress = progress
         self.active: ServingVersion | None = None
         self.streams: list[_StreamState] = []
         self.reachable = False
@@ -150,6 +152,13 @@ class EdgeAgent:
         self._counted = (0, 0)  # the active runtime's swaps and bytes already counted
         self.runtime_swaps = 0
         self.bytes_loaded = 0
+
+    def say(self, line: str, level: int = logging.INFO) -> None:
+        """Log ``line`` on the ``searchmerge.edge`` logger (with its time and level), and pass it to
+        ``progress`` when the agent was given one."""
+        _log.log(level, line)
+        if self._progress is not None:
+            self._progress(line)
 
     # ------------------------------------------------------------------ running
     def stop(self) -> None:
@@ -192,7 +201,7 @@ class EdgeAgent:
                                               device=self.settings.device)
             except SearchmergeError as exc:
                 self.local.discard(info.version)
-                self.say(f"the local version {info.version} does not load ({exc}); asking the service")
+                self.say(f"the local version {info.version} does not load ({exc}); asking the service", logging.WARNING)
         failures = 0
         while not self._stop.is_set():
             try:
@@ -206,7 +215,7 @@ class EdgeAgent:
                 failures += 1
                 self._contact(False)
                 wait = self._backoff(failures)
-                self.say(f"no version to serve yet: {exc}; retrying in {wait:.1f} s")
+                self.say(f"no version to serve yet: {exc}; retrying in {wait:.1f} s", logging.WARNING)
                 self._stop.wait(wait)
         return None
 
@@ -303,8 +312,8 @@ class EdgeAgent:
         if not first:
             self.switches += 1
             self.metrics.switches.inc()
-            self.say(f"switched to version {version.info.version}: {version.bytes_copied} of"
-                     f" {version.bytes_total} bytes copied to the device")
+            self.say(f"switched to version {version.info.version}: {version.bytes_copied / 1e6:.2f} MB of its"
+                     f" {version.bytes_total / 1e6:.2f} MB of weights copied to the device (the rest was unchanged)")
 
     def _count_runtime(self) -> None:
         assert self.active is not None
@@ -329,10 +338,11 @@ class EdgeAgent:
                 wait = self._backoff(failures)
                 self.metrics.server_errors.inc()
                 if failures == 1 or failures % 10 == 0:
-                    self.say(f"{exc}; serving on, retrying in {wait:.1f} s")
+                    self.say(f"{exc}; serving on, retrying in {wait:.1f} s (failure {failures} in a row)",
+                             logging.WARNING)
                 self._contact(False)
             except SearchmergeError as exc:
-                self.say(f"sync: {exc}")
+                self.say(f"sync: {exc}", logging.WARNING)
                 wait = self.settings.poll_seconds
             self._stop.wait(wait)
 
@@ -359,7 +369,8 @@ class EdgeAgent:
             self.local.discard(info.version)
             self.refused += 1
             self.metrics.refused.inc()
-            self.say(f"version {info.version} refused, version {active.info.version} keeps serving: {exc}")
+            self.say(f"version {info.version} refused, version {active.info.version} keeps serving: {exc}",
+                     logging.ERROR)
             return
         self.local.set_current(info)  # names only complete, verified versions
         with self._lock:
@@ -379,7 +390,7 @@ class EdgeAgent:
                 self._samples.extendleft(reversed(batch))  # sent again once the service answers
                 raise
             except SearchmergeError as exc:
-                self.say(f"the service refused {len(batch)} samples: {exc}")
+                self.say(f"the service refused {len(batch)} samples: {exc}", logging.WARNING)
                 continue
             self.metrics.samples_sent.inc(accepted)
 

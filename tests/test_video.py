@@ -218,6 +218,8 @@ def test_a_video_study_is_pretrained_on_the_whole_frame_fine_tuned_per_region_an
     out = capsys.readouterr().err  # progress lines
     assert "pretrained tests.user_data:tiny_classifier" in out and "region [0.0, 0.0, 1.0, 1.0], count" in out
     assert "fine-tuned left" in out and "fine-tuned right" in out
+    # 6 validation frames: one frame moves a ratio by 0.167, more than the 0.1 between baseline and target
+    assert "warning: model 'left': split 'val' has 6 and 'test' has 6 examples: one example of 6 moves" in out
     assert len(CheckpointStore.for_storage(storage).list()) == 2
     assert list((folder / "walk.db.checkpoints.data-cache" / "video").glob("*.npy"))
     assert main(["evaluate", str(folder / "walk.yaml"), "--storage", storage, "--share", "all"]) == 0

@@ -217,9 +217,7 @@ def _prepare(
     torch.manual_seed(settings.seed)  # the heads that pretraining does not give start the same every run
     models = {spec.name: spec.build() for spec in workload.models}  # an unknown arch fails before data is read
     data = {name: request.open(context) for name, request in requests.items()}
-    for check in check_workload_data(data, target=settings.target, min_examples=min_examples).values():
-        for warning in check.warnings:
-            say(f"warning: {warning}")
+    checks = check_workload_data(data, target=settings.target, min_examples=min_examples)  # refuses before training
     kinds = {name: request.adapter for name, request in requests.items()}
     fingerprint = workload_fingerprint(workload, settings)
     data_print = data_fingerprint(data)
@@ -249,6 +247,9 @@ def _prepare(
         with hold_lease(store.url, f"prepare:{fingerprint}:{data_print}", seconds=lease_seconds, say=say):
             missing = reuse_stored(missing) if not force else missing
             if missing:
+                for name in missing:  # said when originals are made, not at every command that reuses them
+                    for warning in checks[name].warnings:
+                        say(f"warning: {warning}")
                 originals = _Originals(workload, settings, requests, data, context, say)
                 measured = originals.make(models, missing)
                 for name in missing:  # stored only once every model is ready: bad input stores nothing

@@ -29,6 +29,7 @@ answered from it, but the times reported are those they took when measured).
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ from pathlib import Path
 
 import optuna
 
+from searchmerge.cli.progress import TerminalProgress
 from searchmerge.cli.report import format_table, megabytes
 from searchmerge.config.study import StudyFile, open_study_file
 from searchmerge.search.merge_search import MergeSearch, open_search
@@ -155,7 +157,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    say = print
+    say = TerminalProgress(sys.stdout)  # a line per step; on a terminal also a bar with an ETA
 
     study = open_study_file(args.study, storage=args.storage, blob_dir=args.blob_dir)
     start = time.perf_counter()

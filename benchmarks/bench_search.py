@@ -17,11 +17,13 @@ the max-sharing saving: every group shared.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 import optuna
 from bench_drift import fresh, outcome
 
+from searchmerge.cli.progress import TerminalProgress
 from searchmerge.cli.report import format_table, megabytes
 from searchmerge.config.study import open_study_file
 from searchmerge.search.merge_search import MergeSearch
@@ -40,14 +42,15 @@ def main() -> None:
     counts = sorted(int(part) for part in args.trials.split(","))
 
     study = open_study_file(args.study, storage=args.storage)
-    prepared = prepare_study(study, progress=print)
+    say = TerminalProgress(sys.stdout)  # a line per step; on a terminal also a bar with an ETA
+    prepared = prepare_study(study, progress=say)
     rows = []
     bound = 0
     for strategy in args.strategies.split(","):
         name = f"bench-search-{strategy}"
         fresh(args.storage, name)
         start = time.perf_counter()
-        search = MergeSearch(study, prepared, strategy=strategy, study_name=name, seed=args.seed, progress=print)
+        search = MergeSearch(study, prepared, strategy=strategy, study_name=name, seed=args.seed, progress=say)
         search.run(counts[-1])
         result = outcome(search, time.perf_counter() - start)
         bound = search.space.max_saved_bytes

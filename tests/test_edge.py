@@ -178,7 +178,7 @@ def test_the_edge_keeps_serving_while_the_service_is_unreachable(served: tuple, 
 STALLING_AGENT = """
 import sys, time
 from pathlib import Path
-from searchmerge.service import client, local, serving
+from searchmerge.service.edge import client, local, serving
 from searchmerge.service.edge.agent import EdgeAgent, EdgeSettings
 
 step = sys.argv[1] if len(sys.argv) > 1 else {step!r}

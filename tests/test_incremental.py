@@ -12,10 +12,13 @@ import torch
 
 from searchmerge.cli.commands import main
 from searchmerge.config.study import StudyFile, open_study_file
+from searchmerge.core.errors import SearchmergeError
 from searchmerge.core.space import SharingPlan
+from searchmerge.search.merge_search import TrialSummary, incremental_start, open_search
 from searchmerge.search.scenarios import drifted_workload
 from searchmerge.training.deployment import export_deployment, load_deployment
-from searchmerge.training.evaluate import Evaluator, evaluate_plan
+from searchmerge.training.evaluate import Evaluator, StartPoint, evaluate_plan, merged_key
+from searchmerge.training.merge import merged_state
 from searchmerge.training.prepare import prepare_study
 from tests.conftest import copy_prepared
 
@@ -96,3 +99,88 @@ def test_evaluate_json_says_which_models_retrained(study: StudyFile, capsys: pyt
     assert main(["evaluate", str(study.path), "--storage", study.storage, "--share", AB_GROUP, "--json"]) == 0
     document = json.loads(capsys.readouterr().out)
     assert {m["name"]: m["retrained"] for m in document["models"]} == {"a": True, "b": True, "c": False}
+
+
+def test_an_extending_plan_retrains_only_the_added_groups_members_from_the_start_weights(
+    study: StudyFile, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    prepared = prepare_study(study)
+    evaluator = Evaluator(prepared, study.settings.evaluator, study.settings.target)
+    base = SharingPlan.of([AB_GROUP])
+    base_evaluation, base_merged = evaluator.evaluate(base)
+    start = StartPoint(plan=base, checkpoint="base", tensors=merged_state(base_merged), evaluation=base_evaluation)
+    plan = SharingPlan.of([AB_GROUP, "fc"])  # adds fc, shared by b and c: a is frozen with the start's weights
+
+    # With a learning rate too small to move a float32 weight nothing moves but batch-norm statistics: the added group holds its
+    # first member's (b's) tensors in the start's weights, and every other weight is the start's.
+    still = Evaluator(prepared, dataclasses.replace(study.settings.evaluator, lr=1e-30, max_epochs=1, early_exit=False),
+                      study.settings.target, analysis=evaluator.analysis)
+    scored = _counting_scores(still, monkeypatch)
+    evaluation, merged = still.evaluate(plan, start=start)
+    assert torch.equal(merged["c"].fc.weight, base_merged["b"].fc.weight)
+    assert merged["c"].fc.weight is merged["b"].fc.weight
+    assert _same(merged["a"], base_merged["a"]) and ("a", "val") not in scored  # its ratio is the start's
+    outcome = {m.name: m for m in evaluation.models}
+    assert {n for n, m in outcome.items() if m.retrained} == {"b", "c"}
+    assert outcome["a"].ratio == next(m.ratio for m in base_evaluation.models if m.name == "a")
+    assert evaluation.cost.samples == evaluation.cost.steps * still.settings.batch_size * 2
+
+    evaluation, merged = evaluator.evaluate(plan, start=start)
+    assert _same(merged["a"], base_merged["a"])  # a's layer3.0.conv1, shared with b, included
+    assert torch.equal(merged["b"].get_submodule(AB_GROUP).weight, base_merged["a"].get_submodule(AB_GROUP).weight)
+    with pytest.raises(SearchmergeError, match="does not extend"):
+        evaluator.evaluate(base, start=start)
+
+
+def _summary(number: int, shared: list[str], saved: int, *, feasible: bool = True,
+             checkpoint: str | None = "x") -> TrialSummary:
+    return TrialSummary(number=number, state="COMPLETE", plan=SharingPlan.of(shared), feasible=feasible,
+                        saved_bytes=saved, unique_bytes=0, worst_ratio=1.0, seconds=0.0, checkpoint=checkpoint,
+                        strategy="tpe")
+
+
+def test_the_start_is_the_largest_stored_feasible_strict_subset() -> None:
+    plan = SharingPlan.of(["g1", "g2", "g3"])
+    trials = [
+        _summary(0, ["g1"], 10),
+        _summary(1, ["g1", "g2"], 30),
+        _summary(2, ["g2", "g3"], 50, feasible=False),  # infeasible
+        _summary(3, ["g1", "g4"], 90),  # not a subset
+        _summary(4, ["g1", "g2", "g3"], 60),  # the plan itself
+        _summary(5, ["g3"], 30),  # ties with trial 1: the earlier wins
+        _summary(6, ["g2", "g3"], 80, checkpoint=None),  # no stored weights
+        _summary(7, [], 0),  # sharing nothing is no start
+    ]
+    assert incremental_start(plan, trials).number == 1  # type: ignore[union-attr]
+    assert incremental_start(SharingPlan.of(["g5"]), trials) is None
+
+
+def test_a_search_starts_each_plan_from_its_largest_stored_feasible_subset(study: StudyFile) -> None:
+    prepared = prepare_study(study)
+    search = open_search(study, prepared=prepared, strategy="tpe", study_name="incremental-tpe", seed=0)
+    base, plan = SharingPlan.of([AB_GROUP]), SharingPlan.of([AB_GROUP, "fc"])
+    for shared in (base, plan):
+        search.optuna_study.enqueue_trial(search.space.params_from_plan(shared))
+    search.run(2)
+    first, second = sorted(search.finished_trials(), key=lambda t: t.number)
+    assert first.user_attrs["feasible"], "the start must be feasible for this test"
+    assert "start_trial" not in first.user_attrs
+    assert second.user_attrs["start_trial"] == 0
+    assert second.user_attrs["start_checkpoint"] == first.user_attrs["checkpoint"]
+    assert second.user_attrs["retrained_models"] == ["b", "c"]
+    record = study.store.record(second.user_attrs["checkpoint"])
+    assert record.metadata["evaluated_with"]["start_checkpoint"] == first.user_attrs["checkpoint"]
+    # The key records where it started: the same plan from the originals has a record of its own.
+    from_originals = merged_key(prepared, plan, target=study.settings.target, settings=search.evaluator_settings,
+                                seed=0)
+    assert study.store.find(from_originals) is None
+    before, after = study.store.load(first.user_attrs["checkpoint"]), study.store.load(record.id)
+    assert all(torch.equal(after[key], value) for key, value in before.items() if key.startswith("a/"))
+
+    scratch = open_search(study, prepared=prepared, strategy="tpe", study_name="scratch-tpe", seed=0,
+                          incremental=False)
+    scratch.optuna_study.enqueue_trial(search.space.params_from_plan(base))
+    scratch.optuna_study.enqueue_trial(search.space.params_from_plan(plan))
+    scratch.run(2)
+    second = max(scratch.finished_trials(), key=lambda t: t.number)
+    assert "start_trial" not in second.user_attrs and study.store.find(from_originals) is not None

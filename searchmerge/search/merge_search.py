@@ -26,7 +26,7 @@ import socket
 import tempfile
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -51,7 +51,7 @@ from searchmerge.search.strategies import (
     trial_feasible,
 )
 from searchmerge.training.deployment import export_deployment
-from searchmerge.training.evaluate import Evaluation, Evaluator, merged_key
+from searchmerge.training.evaluate import Evaluation, Evaluator, StartPoint, merged_key
 from searchmerge.training.merge import load_merged_state, merge_models, merged_state
 from searchmerge.training.prepare import PreparedWorkload, prepare_study
 
@@ -63,6 +63,7 @@ __all__ = [
     "constraint_of",
     "default_study_name",
     "deployed_plan",
+    "incremental_start",
     "load_search",
     "open_search",
     "referenced_checkpoints",
@@ -191,6 +192,10 @@ class MergeSearch:
             parent study and checkpoint in the study and on every trial.
         sampler_options: The strategy's own options (see
             :func:`~searchmerge.search.strategies.strategy_options`), e.g. a surrogate's ``prior``.
+        incremental: Evaluate a plan that extends a stored feasible plan of the study from
+            that plan's merged weights, retraining only the members of the added groups (the
+            start is chosen by :func:`incremental_start`; ``docs/strategies.md`` says what it
+            changes about "feasible"). False retrains every plan from the originals.
 
     Example:
         >>> from searchmerge.training.prepare import prepare_study
@@ -217,6 +222,7 @@ class MergeSearch:
         scenario: str | None = None,
         warm_start: WarmStart | None = None,
         sampler_options: Mapping[str, Any] | None = None,
+        incremental: bool = True,
     ) -> None:
         self.study_file = study
         self.strategy = strategy
@@ -225,6 +231,7 @@ class MergeSearch:
         self.prepared = prepared
         self.scenario = scenario
         self.warm_start = warm_start
+        self.incremental = incremental
         self.evaluator = Evaluator(self.prepared, self.evaluator_settings, study.settings.target, progress=None)
         self.space = SearchSpace([GroupInfo(g.name, g.saved_bytes, g.models) for g in self.evaluator.analysis.groups])
         sampler = make_sampler(strategy, self.space, seed=seed, constraints_func=constraint_of, **(sampler_options or {}))
@@ -352,10 +359,13 @@ class MergeSearch:
         done = len(self.finished_trials())
         self.say(f"trial {trial.number}: {len(plan)} of {len(self.space.names)} groups,"
                  f" {self.space.saved_bytes(plan) / 1e6:.2f} MB to save ({done} finished so far)")
-        evaluation, checkpoint, cached = self._evaluate(plan, trial)
+        start = incremental_start(plan, self.history()) if self.incremental else None
+        evaluation, checkpoint, cached = self._evaluate(plan, trial, start)
         attrs = {**_trial_attributes(evaluation, checkpoint, cached), "worker": self.worker}
         if self.warm_start is not None:
             attrs.update(parent_study=self.warm_start.parent_study, start_checkpoint=self.warm_start.parent_checkpoint)
+        if start is not None:  # incremental: started from that trial's merged weights
+            attrs.update(start_trial=start.number, start_checkpoint=start.checkpoint)
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
         self._attach_artifacts(trial, evaluation, checkpoint)
@@ -415,8 +425,14 @@ class MergeSearch:
             trial.set_user_attr("surplus", True)
             raise _SurplusTrial(f"{len(ahead)} trials already finished or running for a study of {n_trials}")
 
-    def _evaluate(self, plan: SharingPlan, trial: optuna.Trial) -> tuple[Evaluation, str, bool]:
+    def _evaluate(
+        self, plan: SharingPlan, trial: optuna.Trial, start: TrialSummary | None = None
+    ) -> tuple[Evaluation, str, bool]:
         """The plan's evaluation, its checkpoint id, and whether it came from the store.
+
+        ``start``: a stored feasible trial whose plan ``plan`` extends; the evaluation starts
+        from its merged weights and retrains only the members of the added groups (the key
+        records the start's checkpoint and plan, so each start has a record of its own).
 
         Only a complete evaluation is looked up and reused: one an Optuna pruner stopped was
         not judged, so its plan is evaluated again, and its weights are stored under a key of
@@ -424,10 +440,16 @@ class MergeSearch:
         evaluation of the same plan is stored under.
         """
         frozen = self.warm_start.frozen_for(plan) if self.warm_start is not None else frozenset()
+        start_checkpoint = self.warm_start.parent_checkpoint if self.warm_start is not None else None
+        if start is not None:
+            added = plan.shared - start.plan.shared
+            retrained = {model for group in self.evaluator.analysis.groups if group.name in added for model in group.models}
+            frozen = frozenset(frozen | (set(self.prepared.models) - retrained))
+            start_checkpoint = start.checkpoint
         key_of = functools.partial(
             merged_key, self.prepared, plan, target=self.evaluator.target, settings=self.evaluator_settings,
-            seed=self.seed, start_checkpoint=self.warm_start.parent_checkpoint if self.warm_start is not None else None,
-            frozen=frozen,
+            seed=self.seed, start_checkpoint=start_checkpoint, frozen=frozen,
+            start_plan=start.plan if start is not None else None,
         )
         record = self.study_file.store.find(key_of())
         # A store written before pruned evaluations had keys of their own may hold one here: it is no
@@ -441,13 +463,23 @@ class MergeSearch:
 
         start_from = self.warm_start.models if self.warm_start is not None else None
         evaluation, merged = self.evaluator.evaluate(
-            plan, seed=self.seed, report=report, start_from=start_from, frozen=frozen
+            plan, seed=self.seed, report=report, start_from=start_from, frozen=frozen,
+            start=self._start_point(start) if start is not None else None,
         )
-        metadata = {"evaluation": evaluation.to_dict(), "evaluated_with": {**self._identity(), "seed": self.seed}}
+        evaluated_with = {**self._identity(), "seed": self.seed}
+        if start is not None:
+            evaluated_with.update(start_checkpoint=start.checkpoint, start_plan=sorted(start.plan.shared))
+        metadata = {"evaluation": evaluation.to_dict(), "evaluated_with": evaluated_with}
         pruned = evaluation.stop_reason == "pruned"
         key = key_of(pruned_after_steps=evaluation.cost.steps) if pruned else key_of()
         checkpoint = self.study_file.store.put(key, merged_state(merged), metadata)
         return evaluation, checkpoint, False
+
+    def _start_point(self, trial: TrialSummary) -> StartPoint:
+        """A stored trial's merged weights and evaluation, to start an incremental evaluation from."""
+        store, checkpoint = self.study_file.store, str(trial.checkpoint)
+        evaluation = Evaluation.from_dict(trial.plan, store.record(checkpoint).metadata["evaluation"])
+        return StartPoint(plan=trial.plan, checkpoint=checkpoint, tensors=store.load(checkpoint), evaluation=evaluation)
 
     # ----------------------------------------------------------------- reading
     def lineage(self) -> dict[str, Any]:
@@ -525,6 +557,22 @@ class MergeSearch:
     def export_best(self, directory: str | Path) -> Path:
         """Write the best feasible plan's merged deployment (weights and manifest) to ``directory``."""
         return self.export(directory)
+
+
+def incremental_start(plan: SharingPlan, trials: Sequence[TrialSummary]) -> TrialSummary | None:
+    """The stored feasible plan that ``plan`` is evaluated from incrementally, or ``None``.
+
+    The rule, for every strategy: among the finished feasible trials with stored weights
+    whose plan is a strict, non-empty subset of ``plan``, the one that saves the most bytes
+    (ties: the earliest trial). The largest start leaves the fewest groups to add, so the
+    fewest models retrain; for greedy it is the plan accepted so far, so every step after
+    an accepted one builds on it. Sharing nothing is no start: its weights are the originals.
+    """
+    starts = [
+        t for t in trials
+        if t.feasible and t.checkpoint is not None and t.plan.shared and t.plan.shared < plan.shared
+    ]
+    return max(starts, key=lambda t: (t.saved_bytes, -t.number)) if starts else None
 
 
 def deployed_plan(search: MergeSearch) -> TrialSummary:
@@ -647,6 +695,7 @@ def _trial_attributes(evaluation: Any, checkpoint: str, cached: bool) -> dict[st
         "checkpoint": checkpoint,
         "from_store": cached,
         "plan_hash": evaluation.plan.plan_hash,
+        "retrained_models": [m.name for m in evaluation.models if m.retrained],
     }
     for model in evaluation.models:
         attrs[f"accuracy:{model.name}"] = round(model.accuracy, 5)

@@ -12,6 +12,8 @@ so a pass by a hair is confirmed on the test split before it counts.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -51,8 +53,10 @@ __all__ = [
     "ModelOutcome",
     "ObserveFn",
     "ReportFn",
+    "StartPoint",
     "StopPolicy",
     "evaluate_plan",
+    "full_retraining",
     "merged_key",
 ]
 
@@ -211,6 +215,46 @@ class StopPolicy:
         return None
 
 
+@dataclass(frozen=True)
+class StartPoint:
+    """A stored feasible plan whose merged weights a plan extending it starts from.
+
+    Incremental evaluation: when plan P extends a stored feasible plan Q, P starts from Q's
+    merged weights. Only the members of the groups P adds retrain; every other model is
+    frozen with Q's weights (as ``frozen`` freezes a deployed model, tensors it shares
+    included) and keeps the ratios Q's evaluation measured for it, so it is not scored
+    again. Each added group starts from its first member's tensors in Q's weights.
+
+    Attributes:
+        plan: Q, a strict subset of each plan evaluated from it.
+        checkpoint: The id of Q's stored weights (recorded in the key of what starts from them).
+        tensors: Q's merged weights, ``model/tensor`` as :func:`merged_state` writes them.
+        evaluation: Q's evaluation.
+    """
+
+    plan: SharingPlan
+    checkpoint: str
+    tensors: Mapping[str, torch.Tensor]
+    evaluation: Evaluation
+
+    def retrained_by(self, plan: SharingPlan, groups: Sequence[Any]) -> set[str]:
+        """The models ``plan`` retrains when it starts here: the members of the groups it adds."""
+        if not self.plan.shared < plan.shared:
+            raise SearchmergeError(f"plan {sorted(plan.shared)} does not extend the start plan {sorted(self.plan.shared)}")
+        added = plan.shared - self.plan.shared
+        return {model for group in groups if group.name in added for model in group.models}
+
+    def models(self, originals: Mapping[str, nn.Module]) -> dict[str, nn.Module]:
+        """Each model as its own module (nothing tied) with the start's weights."""
+        models = {}
+        for name, original in originals.items():
+            model = copy.deepcopy(original)
+            prefix = f"{name}/"
+            model.load_state_dict({k[len(prefix):]: v for k, v in self.tensors.items() if k.startswith(prefix)})
+            models[name] = model
+        return models
+
+
 class Evaluator:
     """Scores sharing plans of one prepared workload.
 
@@ -250,6 +294,7 @@ class Evaluator:
         start_from: Mapping[str, nn.Module] | None = None,
         frozen: Collection[str] = (),
         observe: ObserveFn | None = None,
+        start: StartPoint | None = None,
     ) -> tuple[Evaluation, dict[str, nn.Module]]:
         """Merge, retrain and judge ``plan``; returns the evaluation and the merged models.
 
@@ -262,9 +307,12 @@ class Evaluator:
 
         ``observe`` is called after every check with the ratios scored so far and the
         merged models (to record learning curves, as ``benchmarks/calibrate_evaluator.py`` does).
+
+        ``start``: evaluate incrementally from a stored feasible plan that ``plan`` extends
+        (see :class:`StartPoint`); its weights replace ``start_from``'s.
         """
         started = time.perf_counter()
-        run = _Retraining(self, plan, seed=seed, start_from=start_from, frozen=frozen)
+        run = _Retraining(self, plan, seed=seed, start_from=start_from, frozen=frozen, start=start)
         policy = StopPolicy(early_exit=self.settings.early_exit, last_check=run.last_check, report=report,
                             hopeless=lambda check: run.scores.hopeless(check, run.last_check),
                             watched=observe is not None)
@@ -285,7 +333,7 @@ class Evaluator:
             if observe is not None:
                 observe(check, ratios, run.merged)
             self._say_check(check, run, ratios)
-            passed, test_ratios = self._confirm(run.merged, ratios)
+            passed, test_ratios = self._confirm(run.merged, ratios, run.scores.known_tests)
             reason = policy.decide(check, min(ratios.values()), passed)
             if reason is not None:
                 return reason, ratios, test_ratios  # a failed confirmation is kept: it decides
@@ -335,13 +383,17 @@ class Evaluator:
         return score(model, getattr(self.prepared.data[name], split), self.prepared.kinds[name], device=self.device,
                      workers=self.prepared.settings.workers)
 
-    def _confirm(self, merged: Mapping[str, nn.Module], ratios: Mapping[str, float]) -> tuple[bool, dict[str, float]]:
+    def _confirm(
+        self, merged: Mapping[str, nn.Module], ratios: Mapping[str, float], known: Mapping[str, float] | None = None
+    ) -> tuple[bool, dict[str, float]]:
         """Whether a pass holds, and the test ratios measured to tell.
 
         Only when every model passes on validation are the marginal passes (within
         ``confirm_margin`` of the target) measured on the test split; the pass holds when
-        each of those meets the target there too.
+        each of those meets the target there too. ``known``: test ratios measured before
+        with the same weights (a frozen model's, from the start plan's evaluation).
         """
+        known = known or {}
         if any(r < self.target for r in ratios.values()):
             return False, {}
         measured: dict[str, float] = {}
@@ -349,7 +401,7 @@ class Evaluator:
             if ratio >= self.target + self.settings.confirm_margin:
                 continue
             baseline = self.prepared.baselines[name].test_accuracy
-            measured[name] = self.score(merged[name], name, "test") / baseline
+            measured[name] = known[name] if name in known else self.score(merged[name], name, "test") / baseline
             if measured[name] < self.target:
                 return False, measured
         return True, measured
@@ -365,12 +417,14 @@ def merged_key(
     start_checkpoint: str | None = None,
     frozen: Collection[str] = (),
     pruned_after_steps: int | None = None,
+    start_plan: SharingPlan | None = None,
 ) -> CheckpointKey:
     """The checkpoint key of a plan's merged weights: everything that determines them.
 
     The originals and data (fingerprints), the plan, and in the variant: the seed, the
     target (early exit stops at a different check for another target), the evaluator's
-    settings, the checkpoint retraining started from (a re-search) and the frozen models.
+    settings, the checkpoint retraining started from (a re-search's parent, or the stored
+    plan an incremental evaluation extends, then named in ``start_plan`` too) and the frozen models.
     The same evaluation asked again finds its record; any other gets a record of its own,
     so a stored record is never replaced and every trial's checkpoint id keeps resolving.
 
@@ -390,9 +444,27 @@ def merged_key(
     }
     if pruned_after_steps is not None:  # absent otherwise, so complete evaluations keep their stored keys
         determined["pruned_after_steps"] = pruned_after_steps
+    if start_plan is not None:  # an incremental evaluation (see StartPoint), likewise
+        determined["start_plan"] = start_plan.plan_hash
     return CheckpointKey(
         prepared.workload_fingerprint, plan.plan_hash, prepared.data_fingerprint, "merged", variant_of(determined)
     )
+
+
+def full_retraining(settings: EvaluatorSettings, *, judged: str = "first-pass") -> EvaluatorSettings:
+    """``settings`` as full retraining: all the training data, never given up as hopeless.
+
+    Judged at the ``first-pass`` (early stopping on validation: the first check where every
+    model meets its target at once, as ``confirm`` does; footage needs it, since models
+    trained on a few hundred early frames drift away from the later validation frames), or
+    at the ``end`` of the budget.
+    """
+    if judged == "end":
+        return dataclasses.replace(settings, fraction=1.0, early_exit=False)
+    if judged != "first-pass":
+        raise SearchmergeError(f"full retraining is judged at the 'end' or the 'first-pass', not {judged!r}")
+    # Success still stops it; a plan is never given up before the budget ends.
+    return dataclasses.replace(settings, fraction=1.0, early_exit=True, min_checks=10**9)
 
 
 def evaluate_plan(
@@ -435,26 +507,34 @@ class _Retraining:
         seed: int,
         start_from: Mapping[str, nn.Module] | None,
         frozen: Collection[str],
+        start: StartPoint | None = None,
     ) -> None:
-        settings, prepared = evaluator.settings, evaluator.prepared
+        settings, prepared, groups = evaluator.settings, evaluator.prepared, evaluator.analysis.groups
         names = list(prepared.models)
-        plan.checked([g.name for g in evaluator.analysis.groups])
+        plan.checked([g.name for g in groups])
         unknown = sorted(set(frozen) - set(names))
         if unknown:
             raise SearchmergeError(f"cannot freeze model(s) {unknown}: not in the workload {names}")
         self.plan, self.settings, self.kinds, self.device = plan, settings, prepared.kinds, evaluator.device
         originals = start_from if start_from is not None else prepared.models
-        self.merged = merge_models(originals, evaluator.analysis.groups, plan, init=settings.init)  # type: ignore[arg-type]
+        init, known = settings.init, {}
+        if start is not None:  # incremental: only the added groups' members retrain, from the start's weights
+            originals = start.models(originals)
+            frozen = set(frozen) | (set(names) - start.retrained_by(plan, groups))
+            known = {m.name: m for m in start.evaluation.models if m.name in frozen}
+            init = "first"
+        self.merged = merge_models(originals, groups, plan, init=init)  # type: ignore[arg-type]
         self.unique_bytes = unique_tensor_bytes(model_tensors(self.merged.values()))
 
         torch.manual_seed(seed)
         train = {n: subsample(prepared.data[n], "train", settings.fraction, seed=seed) for n in names}
-        touched = {model for group in evaluator.analysis.groups if group.name in plan.shared for model in group.models}
+        touched = {model for group in groups if group.name in plan.shared for model in group.models}
         touched -= set(frozen)  # a frozen model keeps its batch-norm statistics too
         untouched = [n for n in names if n not in touched and n not in frozen]
         self.kept_norms = _frozen_norms(self.merged, frozen)
         # Scored before the move to the device: an untouched model is compared with its original there.
-        self.scores = _Scoreboard(evaluator, self.merged, train, touched, set(frozen) | set(untouched), self.kept_norms)
+        self.scores = _Scoreboard(evaluator, self.merged, train, touched, set(frozen) | set(untouched), self.kept_norms,
+                                  known=known)
         for model in self.merged.values():
             model.to(self.device)
         # A model the plan shares nothing with keeps its weights and is scored once; only on new
@@ -514,8 +594,13 @@ class _Scoreboard:
         touched: set[str],
         fixed: Collection[str],
         kept_norms: Collection[nn.Module],
+        *,
+        known: Mapping[str, ModelOutcome] | None = None,
     ) -> None:
-        # ``fixed``: the models whose weights do not move (frozen, or shared nothing with).
+        # ``fixed``: the models whose weights do not move (frozen, or shared nothing with);
+        # ``known``: what an earlier evaluation measured with the weights some of them hold.
+        known = known or {}
+        self.known_tests = {name: m.test_ratio for name, m in known.items() if m.test_ratio is not None}
         self.evaluator, self.merged, self.train, self.touched = evaluator, merged, train, touched
         self.fixed = set(fixed)
         self.target, self.settings, self.kept_norms = evaluator.target, evaluator.settings, kept_norms
@@ -524,7 +609,9 @@ class _Scoreboard:
         # data the baseline was measured on (on a drift scenario's data it must be scored).
         prepared = evaluator.prepared
         self.curves: dict[str, list[tuple[int, float]]] = {
-            name: [(0, 1.0)] if prepared.on_baseline_data and _same_weights(model, prepared.models[name]) else []
+            name: [(0, known[name].ratio)] if name in known
+            else [(0, 1.0)] if prepared.on_baseline_data and _same_weights(model, prepared.models[name])
+            else []
             for name, model in merged.items()
         }
 

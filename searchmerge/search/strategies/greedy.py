@@ -94,6 +94,11 @@ class GreedySampler(PlanSampler):
     With several workers, a proposal that another worker is evaluating now is assumed
     feasible and the search looks one step further, so workers do not duplicate trials.
 
+    A search evaluates every step after an accepted one incrementally: it extends the
+    accepted plan, the largest stored feasible plan it contains, so it starts from that
+    plan's merged weights and only the members of the block's groups retrain
+    (:func:`searchmerge.search.merge_search.incremental_start`).
+
     Args:
         space: The search space.
         block_size: Groups per block; default ``ceil(n_groups / 8)`` (at least 1), so a

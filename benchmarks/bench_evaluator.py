@@ -33,6 +33,7 @@ from searchmerge.config.study import StudyFile, open_study_file
 from searchmerge.core.space import SharingPlan
 from searchmerge.search.merge_search import open_search
 from searchmerge.training.evaluate import Evaluator
+from searchmerge.training.evaluate import full_retraining as full_evaluator
 from searchmerge.training.prepare import PreparedWorkload, prepare_study
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,11 +95,9 @@ def _summary(title: str, t: dict[str, float]) -> None:
 
 
 def full_retraining(settings: StudySettings, judged: str) -> StudySettings:
-    """The study's settings as full retraining: all data, never hopeless, judged at the ``end`` or the ``first-pass``."""
-    if judged == "end":
-        return settings.with_evaluator(fraction=1.0, early_exit=False)
-    # Success still stops it; a plan is never given up before the budget ends.
-    return settings.with_evaluator(fraction=1.0, early_exit=True, min_checks=10**9)
+    """The study's settings as full retraining (the library's, as ``confirm`` uses it), on drifted data as well."""
+    return dataclasses.replace(settings, evaluator=full_evaluator(settings.evaluator, judged=judged),
+                               drift_evaluator=full_evaluator(settings.drift_evaluator, judged=judged))
 
 
 def greedy_savings(study: StudyFile, prepared: PreparedWorkload, trials: int, storage: str, judged: str) -> None:

@@ -17,7 +17,12 @@ from searchmerge.core.space import SharingPlan
 from searchmerge.search.merge_search import TrialSummary, incremental_start, open_search
 from searchmerge.search.scenarios import drifted_workload
 from searchmerge.training.deployment import export_deployment, load_deployment
-from searchmerge.training.evaluate import Evaluator, StartPoint, evaluate_plan, merged_key
+from searchmerge.training.evaluate import (
+    Evaluator,
+    StartPoint,
+    evaluate_plan,
+    merged_key,
+)
 from searchmerge.training.merge import merged_state
 from searchmerge.training.prepare import prepare_study
 from tests.conftest import copy_prepared

@@ -19,6 +19,8 @@ from searchmerge.core.errors import SearchmergeError
 #: Exit status of ``drift-check`` when a model of the deployed plan misses its target
 #: (0: the plan still holds; 2 stays "bad input"), so that a script or cron job can act on it.
 EXIT_DRIFT_MISSES = 3
+#: Exit status of ``confirm`` when full retraining from the originals does not confirm the plan.
+EXIT_NOT_CONFIRMED = 3
 
 
 def _is_study_file(argument: str) -> bool:
@@ -186,16 +188,48 @@ def cmd_research(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_export(args: argparse.Namespace) -> int:
+def cmd_confirm(args: argparse.Namespace) -> int:
+    from searchmerge.search.confirmation import confirm
     from searchmerge.search.selection import select_search
 
     study = _open_study(args)
     search = select_search(study, args.study_name, progress=_say)
     trial = search.trial(args.trial) if args.trial is not None else None
-    directory = search.export(args.out, trial)
+    done = confirm(search, trial, progress=None if args.json else _say)
+    if args.json:
+        print(json.dumps({"study": done.study_name, "trial": done.trial, "confirmed": done.confirmed,
+                          "checkpoint": done.checkpoint, "from_store": done.from_store,
+                          "evaluation": done.evaluation.to_dict()}, indent=2))
+    else:
+        print(done.describe())
+    return 0 if done.confirmed else EXIT_NOT_CONFIRMED
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from searchmerge.search.confirmation import confirm
+    from searchmerge.search.merge_search import CONFIRMED_ATTR
+    from searchmerge.search.selection import select_search
+
+    study = _open_study(args)
+    search = select_search(study, args.study_name, progress=_say)
+    trial = search.trial(args.trial) if args.trial is not None else None
     chosen = trial or search.best()
+    if args.confirm and chosen is not None:
+        done = confirm(search, chosen, progress=_say)
+        _say(done.describe())
+        if not done.confirmed:
+            raise SearchmergeError(
+                f"trial {chosen.number} of {search.study_name!r} failed confirmation by full retraining from the"
+                " originals; nothing exported (export it without --confirm to have it anyway, or pick another --trial)"
+            )
+    directory = search.export(args.out, trial)
+    assert chosen is not None  # export refused a search without a feasible plan
+    confirmed = search.trial_attributes(chosen.number).get(CONFIRMED_ATTR)
+    verdict = {True: "confirmed by full retraining", False: "FAILED confirmation by full retraining",
+               None: f"not confirmed: searchmerge confirm {study.path} --study-name {search.study_name}"
+                     f" --trial {chosen.number}"}[confirmed]
     print(f"exported trial {chosen.number} of {search.study_name!r} ({'feasible' if chosen.feasible else 'INFEASIBLE'},"
-          f" {len(chosen.plan)} shared group(s), saves {chosen.saved_bytes / 1e6:.3f} MB) to {directory}")
+          f" {len(chosen.plan)} shared group(s), saves {chosen.saved_bytes / 1e6:.3f} MB; {verdict}) to {directory}")
     return 0
 
 
@@ -502,7 +536,28 @@ def _add_export(commands: argparse._SubParsersAction) -> None:
                         help="the search (default: the search with the best feasible plan, see docs/cli.md)")
     export.add_argument("--trial", type=int, default=None, metavar="K", help="export trial K instead of the best")
     export.add_argument("--out", required=True, metavar="DIR", help="the deployment folder to write")
+    export.add_argument("--confirm", action="store_true",
+                        help="confirm the plan first (see 'confirm'); a plan that fails is not exported")
     export.set_defaults(handler=cmd_export)
+
+
+def _add_confirm(commands: argparse._SubParsersAction) -> None:
+    confirm = commands.add_parser(
+        "confirm",
+        help="confirm a trial's plan by full retraining from the originals, and record the verdict with the trial",
+        description="Merge the plan of the best feasible trial (or trial K) from the originals and retrain it on all"
+        " the training data, stopping at the first check where every model meets its target (early stopping on"
+        " validation). The verdict is recorded with the trial (user attribute 'confirmed', on the dashboard);"
+        " 'export' and the service's version 1 say it. A search's cheap and incremental verdicts are about the"
+        f" weights its path reached; this judges the plan itself. Exit status: 0 confirmed, {EXIT_NOT_CONFIRMED} not,"
+        " 2 on bad input.",
+    )
+    _add_study_arguments(confirm)
+    confirm.add_argument("--study-name", default=None,
+                         help="the search (default: the search with the best feasible plan, see docs/cli.md)")
+    confirm.add_argument("--trial", type=int, default=None, metavar="K", help="confirm trial K instead of the best")
+    confirm.add_argument("--json", action="store_true", help="print one JSON document")
+    confirm.set_defaults(handler=cmd_confirm)
 
 
 def _add_store(commands: argparse._SubParsersAction) -> None:
@@ -656,7 +711,7 @@ def _add_dashboard(commands: argparse._SubParsersAction) -> None:
 #: The subcommands in the order ``searchmerge --help`` lists them; each function adds one
 #: command (``_add_search`` adds ``search`` and ``worker``) with its flags and handler.
 _COMMANDS = (
-    _add_analyze, _add_prepare, _add_evaluate, _add_search, _add_drift_check, _add_research, _add_export,
+    _add_analyze, _add_prepare, _add_evaluate, _add_search, _add_drift_check, _add_research, _add_confirm, _add_export,
     _add_store, _add_report, _add_profile, _add_simulate, _add_serve, _add_edge_token, _add_rollback,
     _add_edge, _add_dashboard,
 )

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import os
 import socket
 import tempfile
@@ -56,6 +57,7 @@ from searchmerge.training.merge import load_merged_state, merge_models, merged_s
 from searchmerge.training.prepare import PreparedWorkload, prepare_study
 
 __all__ = [
+    "CONFIRMED_ATTR",
     "FINISHED",
     "MergeSearch",
     "TrialSummary",
@@ -76,6 +78,8 @@ OBJECTIVE_NAME = SAVED_BYTES_OBJECTIVE
 DEPLOY_OBJECTIVE_NAME = "frames processed (share, ties by bytes saved)"
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+#: The trial user attribute a confirmation records its verdict in (see :mod:`searchmerge.search.confirmation`).
+CONFIRMED_ATTR = "confirmed"
 _ATTR_PREFIX = "searchmerge:"
 #: A RUNNING trial without parameters and without a heartbeat is abandoned after this long (the
 #: default of ``MergeSearch(abandoned_after_s=...)``).
@@ -550,9 +554,31 @@ class MergeSearch:
             )
         merged = self.merged_models(chosen)
         metadata = {"study": self.study_name, "trial": chosen.number, "checkpoint": chosen.checkpoint,
-                    "feasible": chosen.feasible}
+                    "feasible": chosen.feasible,
+                    # True or False once confirmed by full retraining from the originals; None: never confirmed.
+                    CONFIRMED_ATTR: self.trial_attributes(chosen.number).get(CONFIRMED_ATTR)}
         return export_deployment(directory, self.prepared.workload, merged, plan=chosen.plan, metadata=metadata,
                                  settings=self.study_file.settings)
+
+    def trial_attributes(self, number: int) -> dict[str, Any]:
+        """Trial ``number``'s user attributes as stored now (read afresh: a confirmation may have added some)."""
+        backend, trial_id = self._backend_trial(number)
+        return dict(backend.get_trial(trial_id).user_attrs)
+
+    def annotate_trial(self, number: int, attrs: Mapping[str, Any]) -> None:
+        """Record ``attrs`` as user attributes of trial ``number``, finished or not (the dashboard shows them).
+
+        Optuna refuses to change a finished trial through its API; a confirmation is a
+        verdict about a finished trial's plan, so it is written into the trial's user
+        attributes table directly (the one place searchmerge does so).
+        """
+        backend, trial_id = self._backend_trial(number)
+        _set_user_attrs(backend, trial_id, attrs)
+
+    def _backend_trial(self, number: int) -> tuple[RDBStorage, int]:
+        storage = self.optuna_study._storage
+        backend = getattr(storage, "_backend", storage)  # below Optuna's cache of finished trials
+        return backend, backend.get_trial_id_from_study_id_trial_number(self.optuna_study._study_id, number)
 
     def export_best(self, directory: str | Path) -> Path:
         """Write the best feasible plan's merged deployment (weights and manifest) to ``directory``."""
@@ -677,6 +703,26 @@ def _fail_abandoned(study: optuna.Study, after_s: float) -> None:
         retry = storage.get_heartbeat_stale_trial_callback()
         if retry is not None:
             retry(study, storage.get_trial(trial._trial_id))
+
+
+def _set_user_attrs(storage: RDBStorage, trial_id: int, attrs: Mapping[str, Any]) -> None:
+    """Insert or replace user attributes of a trial in an RDB storage, whatever the trial's state."""
+    from optuna.storages._rdb import models as rdb
+
+    session = storage.scoped_session()
+    try:
+        for key, value in attrs.items():
+            row = session.query(rdb.TrialUserAttributeModel).filter_by(trial_id=trial_id, key=key).one_or_none()
+            if row is None:
+                session.add(rdb.TrialUserAttributeModel(trial_id=trial_id, key=key, value_json=json.dumps(value)))
+            else:
+                row.value_json = json.dumps(value)
+        session.commit()
+    except Exception:
+        session.rollback()
+        raise
+    finally:
+        session.close()
 
 
 def _trial_attributes(evaluation: Any, checkpoint: str, cached: bool) -> dict[str, Any]:

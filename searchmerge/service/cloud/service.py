@@ -21,6 +21,7 @@ from torch import nn
 from searchmerge.config.study import StudyFile
 from searchmerge.core.errors import SearchmergeError
 from searchmerge.core.progress import Progress
+from searchmerge.search.confirmation import confirmation_state
 from searchmerge.search.merge_search import deployed_plan
 from searchmerge.search.selection import select_search
 from searchmerge.service.cloud.db import edges, now, open_engine
@@ -124,8 +125,10 @@ class MergingService:
             search = select_search(self.study, self.settings.parent_study, progress=self.say)
             best = deployed_plan(search)
             current = publish(self.engine, self.study, search, best)
+            confirmed = {True: "confirmed by full retraining", False: "FAILED confirmation by full retraining",
+                         None: "not confirmed"}[confirmation_state(search, best.number)]
             self.say(f"published version {current.version}: trial {best.number} of {search.study_name!r} (worst"
-                     f" accuracy ratio {best.worst_ratio:.3f}, saves {best.saved_bytes / 1e6:.2f} MB)")
+                     f" accuracy ratio {best.worst_ratio:.3f}, saves {best.saved_bytes / 1e6:.2f} MB, {confirmed})")
         return current
 
     def start(self) -> VersionInfo:

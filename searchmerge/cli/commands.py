@@ -211,6 +211,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     from searchmerge.search.selection import select_search
 
     study = _open_study(args)
+    if args.plan is not None:
+        return _export_plan(args, study)
     search = select_search(study, args.study_name, progress=_say)
     trial = search.trial(args.trial) if args.trial is not None else None
     chosen = trial or search.best()
@@ -538,7 +540,28 @@ def _add_export(commands: argparse._SubParsersAction) -> None:
     export.add_argument("--out", required=True, metavar="DIR", help="the deployment folder to write")
     export.add_argument("--confirm", action="store_true",
                         help="confirm the plan first (see 'confirm'); a plan that fails is not exported")
+    export.add_argument("--plan", default=None, metavar="none|all|GROUP,...",
+                        help="instead of a search's trial: the weights 'evaluate --share PLAN' stored (same --seed and"
+                        " --target); none exports the originals")
+    export.add_argument("--seed", type=int, default=0, help="with --plan: the seed it was evaluated with (default: 0)")
+    export.add_argument("--target", type=_target, default=None, help="with --plan: the target it was evaluated with")
     export.set_defaults(handler=cmd_export)
+
+
+def _export_plan(args: argparse.Namespace, study) -> int:  # type: ignore[no-untyped-def]
+    """``export --plan PLAN``: the weights ``evaluate --share PLAN`` stored (same seed and settings)."""
+    from searchmerge.training.evaluate import export_plan
+
+    given = [flag for flag, value in (("--study-name", args.study_name), ("--trial", args.trial),
+                                       ("--confirm", args.confirm or None)) if value is not None]
+    if given:
+        raise SearchmergeError(f"--plan exports a plan evaluated with 'evaluate', not a search's trial: drop {given[0]}")
+    directory, evaluation = export_plan(study, args.plan, args.out, seed=args.seed, progress=_say)
+    what = ("the originals (nothing shared)" if evaluation is None else
+            f"plan {args.plan!r} as 'evaluate' stored it ({'feasible' if evaluation.feasible else 'INFEASIBLE'},"
+            f" {len(evaluation.plan)} shared group(s), saves {evaluation.saved_bytes / 1e6:.3f} MB; not confirmed)")
+    print(f"exported {what} to {directory}")
+    return 0
 
 
 def _add_confirm(commands: argparse._SubParsersAction) -> None:

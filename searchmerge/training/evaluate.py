@@ -18,6 +18,7 @@ import math
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -34,7 +35,8 @@ from searchmerge.core.progress import Progress
 from searchmerge.core.space import SharingPlan
 from searchmerge.data.sources import subsample
 from searchmerge.storage.store import CheckpointKey, variant_of
-from searchmerge.training.merge import merge_models, merged_state
+from searchmerge.training.deployment import export_deployment
+from searchmerge.training.merge import load_merged_state, merge_models, merged_state
 from searchmerge.training.prepare import PreparedWorkload, prepare_study
 from searchmerge.training.train import (
     batch_norms,
@@ -56,6 +58,7 @@ __all__ = [
     "StartPoint",
     "StopPolicy",
     "evaluate_plan",
+    "export_plan",
     "full_retraining",
     "merged_key",
 ]
@@ -490,6 +493,47 @@ def evaluate_plan(
     key = merged_key(prepared, plan, target=evaluator.target, settings=settings, seed=seed)
     checkpoint = study.store.put(key, merged_state(merged), {"evaluation": evaluation.to_dict()})
     return evaluation, checkpoint
+
+
+def export_plan(
+    study: StudyFile,
+    share: str,
+    directory: str | Path,
+    *,
+    seed: int = 0,
+    progress: Progress | None = None,
+) -> tuple[Path, Evaluation | None]:
+    """Export the stored merged weights of a plan evaluated by :func:`evaluate_plan` (``searchmerge evaluate``).
+
+    The weights are those stored under the plan's key for the study's evaluator settings and
+    target and this ``seed``; nothing is retrained. ``none`` exports the originals (no
+    evaluation needed). Returns the deployment folder and the stored evaluation (``None`` for
+    the originals).
+
+    Raises:
+        SearchmergeError: If the plan was never evaluated with these settings and seed (the
+            message names the ``evaluate`` command to run), or names an unknown group.
+    """
+    prepared = prepare_study(study, progress=progress)
+    analysis = analyze(prepared.workload, built=prepared.models)
+    plan = SharingPlan.parse(share, [g.name for g in analysis.groups])
+    metadata: dict[str, Any] = {"plan_given": share, "seed": seed, "target": study.settings.target, "confirmed": None}
+    if not plan.shared:
+        models = {name: copy.deepcopy(model) for name, model in prepared.models.items()}
+        folder = export_deployment(directory, prepared.workload, models, plan=plan, metadata={**metadata, "originals": True})
+        return folder, None
+    key = merged_key(prepared, plan, target=study.settings.target, settings=study.settings.evaluator, seed=seed)
+    record = study.store.find(key)
+    if record is None or record.metadata["evaluation"]["stop_reason"] == "pruned":
+        raise SearchmergeError(
+            f"plan {share!r} was never evaluated with this study's settings, target and seed {seed}; run: searchmerge"
+            f" evaluate {study.path} --share {share} --seed {seed} --target {study.settings.target}"
+        )
+    evaluation = Evaluation.from_dict(plan, record.metadata["evaluation"])
+    merged = merge_models(prepared.models, analysis.groups, plan)
+    load_merged_state(merged, study.store.load(record.id))
+    metadata.update(checkpoint=record.id, feasible=evaluation.feasible)
+    return export_deployment(directory, prepared.workload, merged, plan=plan, metadata=metadata), evaluation
 
 
 class _Retraining:

@@ -66,6 +66,10 @@ class EvaluatorSettings:
             the recent pace linearly over the whole remaining budget.
         confirm_margin: A pass within this margin above the target is confirmed
             on the test split before it counts.
+        loss_weights: Per-model loss weights, as Gemel weighs them: each model's loss is
+            multiplied by ``(target / its latest ratio) ** loss_weights``, capped at
+            ``LOSS_WEIGHT_CAP``, so a model lagging its target pulls the shared weights
+            harder. 0 (the default) weighs every model 1; Gemel uses 0.75.
     """
 
     fraction: float = schema.setting(0.5, above=0, at_most=1)
@@ -80,9 +84,14 @@ class EvaluatorSettings:
     optimism: float = schema.setting(1.5, above=0)
     pace_decay: float = schema.setting(1.0, above=0, at_most=1)
     confirm_margin: float = schema.setting(0.02, at_least=0)
+    loss_weights: float = schema.setting(0.0, at_least=0)
 
     def __post_init__(self) -> None:
         schema.validate(self, "evaluator")
+
+
+#: The largest per-model loss weight (see ``EvaluatorSettings.loss_weights``).
+LOSS_WEIGHT_CAP = 4.0
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,6 @@ Constructing a search trains nothing: it is given the prepared originals
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import os
@@ -52,7 +51,13 @@ from searchmerge.search.strategies import (
     trial_feasible,
 )
 from searchmerge.training.deployment import export_deployment
-from searchmerge.training.evaluate import Evaluation, Evaluator, StartPoint, merged_key
+from searchmerge.training.evaluate import (
+    Evaluation,
+    Evaluator,
+    StartPoint,
+    evaluator_identity,
+    merged_key,
+)
 from searchmerge.training.merge import load_merged_state, merge_models, merged_state
 from searchmerge.training.prepare import PreparedWorkload, prepare_study
 
@@ -275,7 +280,7 @@ class MergeSearch:
             "data_fingerprint": self.prepared.data_fingerprint,
             "space_fingerprint": self.space.fingerprint,
             "target": settings.target,
-            "evaluator": dataclasses.asdict(self.evaluator_settings),
+            "evaluator": evaluator_identity(self.evaluator_settings),
             **({"scenario": self.scenario} if self.scenario is not None else {}),
             **({"deploy": settings.deploy.to_dict()} if settings.deploy is not None else {}),
             **(

@@ -27,7 +27,7 @@ from torch.utils.data import Dataset
 
 from searchmerge.analysis import AnalysisResult, analyze
 from searchmerge.analysis.memory import model_tensors, unique_tensor_bytes
-from searchmerge.config.settings import EvaluatorSettings, check_target
+from searchmerge.config.settings import LOSS_WEIGHT_CAP, EvaluatorSettings, check_target
 from searchmerge.config.study import StudyFile
 from searchmerge.core.errors import SearchmergeError
 from searchmerge.core.feasibility import constraint_value, is_feasible
@@ -58,6 +58,7 @@ __all__ = [
     "StartPoint",
     "StopPolicy",
     "evaluate_plan",
+    "evaluator_identity",
     "export_plan",
     "full_retraining",
     "merged_key",
@@ -318,7 +319,7 @@ class Evaluator:
         run = _Retraining(self, plan, seed=seed, start_from=start_from, frozen=frozen, start=start)
         policy = StopPolicy(early_exit=self.settings.early_exit, last_check=run.last_check, report=report,
                             hopeless=lambda check: run.scores.hopeless(check, run.last_check),
-                            watched=observe is not None)
+                            watched=observe is not None or self.settings.loss_weights > 0)
         reason, ratios, test_ratios = self._retrain(run, policy, observe)
         return self._judged(run, reason, ratios, test_ratios, time.perf_counter() - started), run.merged
 
@@ -410,6 +411,18 @@ class Evaluator:
         return True, measured
 
 
+def evaluator_identity(settings: EvaluatorSettings) -> dict[str, Any]:
+    """The evaluator settings as keys and study identities record them.
+
+    A setting added later is left out while it has the value that behaves as before it
+    existed (``loss_weights`` 0), so records and studies made before it keep their keys.
+    """
+    identity = asdict(settings)
+    if identity["loss_weights"] == 0:
+        del identity["loss_weights"]
+    return identity
+
+
 def merged_key(
     prepared: PreparedWorkload,
     plan: SharingPlan,
@@ -441,7 +454,7 @@ def merged_key(
     determined: dict[str, Any] = {
         "seed": seed,
         "target": target,
-        "evaluator": asdict(settings),
+        "evaluator": evaluator_identity(settings),
         "start_checkpoint": start_checkpoint,
         "frozen": sorted(frozen),
     }
@@ -608,18 +621,33 @@ class _Retraining:
         self.curve: list[float] = []  # the worst ratio at each check scored
 
     def train(self, steps: int) -> None:
-        """``steps`` joint steps: each learner's loss on its own batch, summed."""
+        """``steps`` joint steps: each learner's loss on its own batch, weighted (see :meth:`loss_weights`), summed."""
         assert self.optimizer is not None and self.schedule is not None
         _start_training(self.merged, self.learners, self.kept_norms)
-        kinds, device = self.kinds, self.device
+        kinds, device, weights = self.kinds, self.device, self.loss_weights()
         for _ in range(steps):
             self.optimizer.zero_grad(set_to_none=True)
-            loss = sum(kinds[n].loss(self.merged[n], kinds[n].to_device(next(self.streams[n]), device))
+            loss = sum(weights[n] * kinds[n].loss(self.merged[n], kinds[n].to_device(next(self.streams[n]), device))
                        for n in self.learners)
             loss.backward()  # type: ignore[union-attr]
             self.optimizer.step()
             self.schedule.step()
             self.steps += 1
+
+    def loss_weights(self) -> dict[str, float]:
+        """Each learner's loss weight until the next check: Gemel's ``(target / ratio) ** p``, capped.
+
+        ``p`` is the evaluator's ``loss_weights`` (0: every weight is 1); the ratio is the
+        model's latest measured one (a model not measured yet weighs 1).
+        """
+        power, target = self.settings.loss_weights, self.scores.target
+        weights = {}
+        for name in self.learners:
+            points = self.scores.curves[name]
+            ratio = points[-1][1] if points else target
+            weights[name] = 1.0 if power == 0 else (
+                LOSS_WEIGHT_CAP if ratio <= 0 else min(LOSS_WEIGHT_CAP, (target / ratio) ** power))
+        return weights
 
 
 class _Scoreboard:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from searchmerge.cli.progress import TerminalProgress, log_to_stderr
 from searchmerge.core.errors import SearchmergeError
+from searchmerge.core.redact import redact
 
 #: Exit status of ``drift-check`` when a model of the deployed plan misses its target
 #: (0: the plan still holds; 2 stays "bad input"), so that a script or cron job can act on it.
@@ -337,6 +338,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 def cmd_edge(args: argparse.Namespace) -> int:
     import os
 
+    from searchmerge.config.deploy import parse_bytes
     from searchmerge.service.edge.agent import EdgeAgent, EdgeSettings
 
     token = args.token or os.environ.get("SEARCHMERGE_EDGE_TOKEN")
@@ -348,6 +350,8 @@ def cmd_edge(args: argparse.Namespace) -> int:
         drift_after=args.drift_after, duration=args.duration,
         predictions=Path(args.predictions) if args.predictions else None,
         metrics_host=args.metrics_host, metrics_port=args.metrics_port, threads=args.threads,
+        keep_versions=args.keep_versions, predictions_backups=args.predictions_backups, stale_after=args.stale_after,
+        predictions_max_bytes=parse_bytes(args.predictions_max_size, "--predictions-max-size"),
     )
     log_to_stderr()  # the edge logs through logging: time, level, message
     agent = EdgeAgent(args.server, token, settings)
@@ -717,6 +721,14 @@ def _add_edge(commands: argparse._SubParsersAction) -> None:
     edge.add_argument("--metrics-port", type=int, default=9100, help="/metrics and /healthz (0: any free port)")
     edge.add_argument("--threads", type=int, default=1, help="CPU threads of the models' operators (default: 1,"
                       " fastest for one frame of a small model on a busy CPU)")
+    edge.add_argument("--keep-versions", type=int, default=3, metavar="N", help="versions kept on disk besides the"
+                      " one serving (default: 3)")
+    edge.add_argument("--predictions-max-size", default="100MiB", metavar="SIZE", help="rotate the predictions file"
+                      " past this size (default: 100MiB) ...")
+    edge.add_argument("--predictions-backups", type=int, default=3, metavar="N",
+                      help="... keeping N rotated files (default: 3)")
+    edge.add_argument("--stale-after", type=float, default=120.0, metavar="SECONDS", help="/healthz answers 503 when"
+                      " the service last answered a poll longer ago than this (default: 120)")
     edge.set_defaults(handler=cmd_edge)
 
 
@@ -750,7 +762,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.handler(args))
     except SearchmergeError as exc:
-        print(f"searchmerge: error: {exc}", file=sys.stderr)
+        print(f"searchmerge: error: {redact(str(exc))}", file=sys.stderr)  # no password of a URL, wherever made
         return 2
     except KeyboardInterrupt:
         print("searchmerge: interrupted", file=sys.stderr)

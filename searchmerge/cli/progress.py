@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from typing import Any, TextIO
 
 from searchmerge.core.progress import Counter
+from searchmerge.core.redact import redact
 
 __all__ = ["LOG_FORMAT", "TerminalProgress", "log_to_stderr"]
 
@@ -24,12 +25,19 @@ __all__ = ["LOG_FORMAT", "TerminalProgress", "log_to_stderr"]
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
 
+class _RedactingFormatter(logging.Formatter):
+    """Log lines (tracebacks included) without the password of any URL in them."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
+
+
 def log_to_stderr(level: int = logging.INFO) -> None:
     """Send the ``searchmerge`` loggers (the service's, the edge's) to stderr with time and level, once."""
     logger = logging.getLogger("searchmerge")
     if not any(getattr(h, "_searchmerge", False) for h in logger.handlers):
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        handler.setFormatter(_RedactingFormatter(LOG_FORMAT))
         handler._searchmerge = True  # type: ignore[attr-defined]
         logger.addHandler(handler)
         logger.propagate = False

@@ -31,6 +31,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from searchmerge.core.errors import SearchmergeError
 from searchmerge.core.progress import Progress
+from searchmerge.core.redact import redact, redact_url
 
 __all__ = ["LEASE_TABLE", "hold_lease"]
 
@@ -87,7 +88,8 @@ def hold_lease(
             with engine.begin() as conn:
                 conn.execute(sa.delete(_leases).where(_leases.c.name == name, _leases.c.holder == holder))
     except SQLAlchemyError as exc:
-        raise SearchmergeError(f"cannot hold the lease {name!r} in {url!r}: {str(exc).splitlines()[0]}") from None
+        raise SearchmergeError(f"cannot hold the lease {name!r} in {redact_url(url)!r}:"
+                               f" {redact(str(exc).splitlines()[0])}") from None
     finally:
         engine.dispose()
 

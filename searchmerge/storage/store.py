@@ -60,6 +60,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
 from searchmerge.core.errors import SearchmergeError
+from searchmerge.core.redact import redact, redact_url
 from searchmerge.storage.blobs import (
     ARTIFACTS,
     ArtifactNotFound,
@@ -280,7 +281,7 @@ class CheckpointStore:
         try:
             parsed = make_url(storage_url)
         except ArgumentError as exc:
-            raise SearchmergeError(f"invalid storage URL {storage_url!r}: {exc}") from exc
+            raise SearchmergeError(f"invalid storage URL {_shown_url(storage_url)}: {redact(str(exc))}") from exc
         database = parsed.database
         if parsed.get_backend_name() != "sqlite" or not database or database == ":memory:":
             raise SearchmergeError(
@@ -611,7 +612,4 @@ def _create_table(engine: Engine) -> None:
 
 def _shown_url(url: str) -> str:
     """The URL without its password, for messages."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return repr(url)
+    return repr(redact_url(url))

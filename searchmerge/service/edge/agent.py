@@ -13,33 +13,44 @@ loop carries on, and the sync thread retries with exponential backoff; samples w
 a bounded queue.
 
 A version that fails its checksum, or does not load, is refused: the old one keeps
-serving. The agent restarts on the version ``current.json`` names (see
-:mod:`searchmerge.service.edge.local`), checked again as it loads.
+serving. A refusal is remembered by the version's digests: a version whose verified bytes
+were refused is not downloaded again (until the agent restarts), and one whose download
+did not match is tried again only after a growing wait. The agent restarts on the version
+``current.json`` names (see :mod:`searchmerge.service.edge.local`), checked again as it loads.
+
+The sync thread never dies of an error: whatever one round raises (no answer, a page that
+is not the API's, a body that does not decode, a full disk, a bug) is logged, counted and
+retried with capped exponential backoff and jitter. ``/healthz`` tells the thread's state
+and the age of the last successful poll, and answers 503 once that is older than
+``stale_after`` (or the thread is gone).
 """
 
 from __future__ import annotations
 
-import json
 import logging
+import math
+import random
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import torch
 
 from searchmerge.core.errors import SearchmergeError
 from searchmerge.core.progress import Progress
 from searchmerge.service.edge.client import (
+    BadAnswer,
     ServiceClient,
     ServiceUnreachable,
     TamperedArtifact,
 )
 from searchmerge.service.edge.local import LocalVersions
 from searchmerge.service.edge.metrics import EdgeMetrics, serve_metrics
+from searchmerge.service.edge.predictions import PredictionLog
 from searchmerge.service.edge.serving import ServingVersion
 from searchmerge.service.edge.streams import DigitsStream, FolderStream
 from searchmerge.service.footage import Footage
@@ -61,9 +72,21 @@ _log = logging.getLogger("searchmerge.edge")
 _UPLOAD_BYTES = 256 * 1024
 
 
-def retry_delay(failures: int, *, base: float, cap: float) -> float:
-    """Seconds to wait after ``failures`` calls in a row got no answer: doubling from ``base``, at most ``cap``."""
-    return min(cap, base * 2 ** max(failures - 1, 0))
+#: The share of a backoff taken off at random, so that edges cut off together do not all retry together.
+_JITTER = 0.2
+
+
+def retry_delay(failures: int, *, base: float, cap: float, jitter: float = 0.0,
+                rng: random.Random | None = None) -> float:
+    """Seconds to wait after ``failures`` calls in a row failed: doubling from ``base``, at most ``cap``,
+    less a random share of up to ``jitter`` of it.
+
+    However many failures there were, the exponent stops growing long before a float overflows.
+    """
+    delay = min(cap, base * 2.0 ** min(max(failures - 1, 0), 64))
+    if jitter:
+        delay *= 1.0 - jitter * (rng or random).random()
+    return delay
 
 
 @dataclass(frozen=True)
@@ -88,6 +111,12 @@ class EdgeSettings:
         threads: CPU threads of torch's operators (``None``: torch's default). One frame of a
             small model is latency-bound: on a busy CPU one thread runs it about ten times
             faster than two that wait for each other.
+        keep_versions: Versions kept in ``state_dir/versions`` (the one serving and the one
+            ``current.json`` names are always kept, beyond these).
+        predictions_max_bytes: The predictions file is rotated before it grows past this ...
+        predictions_backups: ... keeping this many rotated files (``.1`` is the newest).
+        stale_after: ``/healthz`` answers 503 once the last successful poll of the service is
+            older than this many seconds.
     """
 
     state_dir: Path
@@ -105,10 +134,18 @@ class EdgeSettings:
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 0
     threads: int | None = None
+    keep_versions: int = 3
+    predictions_max_bytes: int = 100 * 2**20
+    predictions_backups: int = 3
+    stale_after: float = 120.0
 
     def __post_init__(self) -> None:
         if self.fps <= 0 or self.sample_every < 1 or self.poll_seconds <= 0 or self.max_backoff <= 0:
             raise SearchmergeError("fps, poll seconds and backoff must be positive and sample-every at least 1")
+        if self.keep_versions < 1 or self.predictions_max_bytes < 1 or self.predictions_backups < 0:
+            raise SearchmergeError("keep-versions and the predictions' size must be at least 1, backups at least 0")
+        if self.stale_after <= 0:
+            raise SearchmergeError(f"stale-after must be positive, got {self.stale_after}")
         if self.drift_after < 0 or (self.duration is not None and self.duration <= 0):
             raise SearchmergeError("drift-after must be >= 0 and duration > 0")
         if self.threads is not None and self.threads < 1:
@@ -122,6 +159,17 @@ class _StreamState:
     source: DigitsStream | FolderStream
     processed: int = 0
     dropped: int = 0
+
+
+@dataclass
+class _Refusal:
+    """A version refused: why, and whether (and when) it is tried again."""
+
+    version: int
+    reason: str
+    permanent: bool
+    tries: int
+    retry_at: float
 
 
 class EdgeAgent:
@@ -152,6 +200,18 @@ class EdgeAgent:
         self._counted = (0, 0)  # the active runtime's swaps and bytes already counted
         self.runtime_swaps = 0
         self.bytes_loaded = 0
+        # The sync thread's state, for /healthz: what it is doing, its failures in a row and the last one.
+        self.sync_state = "starting"
+        self.sync_failures = 0
+        self.last_error: str | None = None
+        self._last_poll: float | None = None  # time.monotonic() of the last successful poll
+        self._started = time.monotonic()
+        self._sync: threading.Thread | None = None
+        self._said_error: str | None = None
+        self._refusals: dict[tuple[str, str], _Refusal] = {}
+        self._announced: tuple[str, str] | None = None
+        self._predictions_told = -math.inf
+        self.metrics.last_poll_age.set_function(self.poll_age)
 
     def say(self, line: str, level: int = logging.INFO) -> None:
         """Log ``line`` on the ``searchmerge.edge`` logger (with its time and level), and pass it to
@@ -172,19 +232,22 @@ class EdgeAgent:
         if self.active is None:
             return
         self._note_switch(self.active, first=True)
+        self._prune()
         self.streams = self._make_streams(self.active)
         server = serve_metrics(self.metrics, self.health, self.settings.metrics_host, self.settings.metrics_port)
         self.metrics_port = server.server_address[1]
         self.say(f"edge {self.client.edge}: serving version {self.active.info.version} on"
                  f" {len(self.streams)} stream(s); metrics and health on"
                  f" http://{self.settings.metrics_host}:{self.metrics_port}/")
-        sync = threading.Thread(target=self._sync_loop, name="searchmerge-edge-sync", daemon=True)
+        sync = self._sync = threading.Thread(target=self._sync_loop, name="searchmerge-edge-sync", daemon=True)
         sync.start()
         predictions = self.settings.predictions or self.settings.state_dir / "predictions.jsonl"
+        out = PredictionLog(predictions, max_bytes=self.settings.predictions_max_bytes,
+                            backups=self.settings.predictions_backups, on_error=self._predictions_failed)
         try:
-            with open(predictions, "a", buffering=1) as out:
-                self._serve(out)
+            self._serve(out)
         finally:
+            out.close()
             self._stop.set()
             sync.join()
             self._report()  # the last statistics, if the service is there
@@ -197,26 +260,24 @@ class EdgeAgent:
         info = self.local.current()
         if info is not None:
             try:
-                return ServingVersion.prepare(info, self.local.path(info.version), gpu_memory=self.settings.gpu_memory,
-                                              device=self.settings.device)
-            except SearchmergeError as exc:
+                return self._prepare(info, self.local.path(info.version), None)
+            except Exception as exc:  # noqa: BLE001 - whatever the local copy's fault, the service has the version
                 self.local.discard(info.version)
                 self.say(f"the local version {info.version} does not load ({exc}); asking the service", logging.WARNING)
         failures = 0
         while not self._stop.is_set():
             try:
                 info = self.client.current()
-                version = ServingVersion.prepare(info, self.local.install(self.client, info),
-                                                 gpu_memory=self.settings.gpu_memory, device=self.settings.device)
-                self.local.set_current(info)
-                self._contact(True)
-                return version
-            except (ServiceUnreachable, TamperedArtifact) as exc:
+                self._polled()
+                version = self._fetch(info, None)
+                if version is not None:
+                    self.local.set_current(info)
+                    return version
+                failures, wait = 0, self.settings.poll_seconds  # refused: wait for the service to publish another
+            except Exception as exc:  # noqa: BLE001 - nothing serves yet: say why, and try again
                 failures += 1
-                self._contact(False)
-                wait = self._backoff(failures)
-                self.say(f"no version to serve yet: {exc}; retrying in {wait:.1f} s", logging.WARNING)
-                self._stop.wait(wait)
+                wait = self._failed(exc, failures, "no version to serve yet")
+            self._stop.wait(wait)
         return None
 
     def _make_streams(self, version: ServingVersion) -> list[_StreamState]:
@@ -242,7 +303,7 @@ class EdgeAgent:
         return streams
 
     # ------------------------------------------------------------------ serving loop
-    def _serve(self, out: TextIO) -> None:
+    def _serve(self, out: PredictionLog) -> None:
         interval = 1.0 / self.settings.fps
         start = time.monotonic()
         tick = 0
@@ -260,7 +321,7 @@ class EdgeAgent:
                 for stream in self.streams:
                     stream.dropped += late
                     self.metrics.dropped.labels(stream.name).inc(late)
-                    out.write(json.dumps({"t": time.time(), "stream": stream.name, "dropped": late}) + "\n")
+                    out.write({"t": time.time(), "stream": stream.name, "dropped": late})
                 tick += late
             self._take_ready()
             if not drifted and now - start >= self.settings.drift_after:
@@ -274,7 +335,7 @@ class EdgeAgent:
             self._count_runtime()
             tick += 1
 
-    def _run_frame(self, stream: _StreamState, out: TextIO) -> None:
+    def _run_frame(self, stream: _StreamState, out: PredictionLog) -> None:
         version = self.active
         assert version is not None
         frame = stream.source.next()
@@ -282,11 +343,11 @@ class EdgeAgent:
         stream.processed += 1
         self.metrics.processed.labels(stream.name).inc()
         source = frame.source
-        out.write(json.dumps({
+        out.write({
             "t": time.time(), "stream": stream.name, "model": stream.model, "frame": frame.index,
             "scenario": source.scenario if source else None, "version": version.info.version,
             "prediction": prediction, "truth": frame.truth,
-        }) + "\n")
+        })
         if source is not None and stream.processed % self.settings.sample_every == 0:
             if len(self._samples) >= _QUEUE:
                 self._samples.popleft()
@@ -327,54 +388,130 @@ class EdgeAgent:
 
     # ------------------------------------------------------------------ sync thread
     def _sync_loop(self) -> None:
-        failures = 0
-        while not self._stop.is_set():
-            try:
-                self._sync_once()
-                failures = 0
-                wait = self.settings.poll_seconds
-            except ServiceUnreachable as exc:
-                failures += 1
-                wait = self._backoff(failures)
-                self.metrics.server_errors.inc()
-                if failures == 1 or failures % 10 == 0:
-                    self.say(f"{exc}; serving on, retrying in {wait:.1f} s (failure {failures} in a row)",
-                             logging.WARNING)
-                self._contact(False)
-            except SearchmergeError as exc:
-                self.say(f"sync: {exc}", logging.WARNING)
-                wait = self.settings.poll_seconds
-            self._stop.wait(wait)
+        try:
+            while not self._stop.is_set():
+                self._stop.wait(self._sync_round())
+        finally:
+            self.sync_state = "stopped" if self._stop.is_set() else "dead"
+
+    def _sync_round(self) -> float:
+        """One round of the sync thread; the seconds until the next. Never raises."""
+        try:
+            self._sync_once()
+        except Exception as exc:  # noqa: BLE001 - the sync thread must outlive any failure, and say what it was
+            self.sync_failures += 1
+            return self._failed(exc, self.sync_failures, "serving on")
+        self.sync_failures = 0
+        self.sync_state = "ok"
+        self.last_error = self._said_error = None
+        return self.settings.poll_seconds
+
+    def _failed(self, exc: Exception, failures: int, doing: str) -> float:
+        """Count and log a failed round (the first of a run, every tenth, and any new error); the backoff."""
+        wait = self._backoff(failures)
+        expected = isinstance(exc, (SearchmergeError, OSError))
+        described = str(exc) if isinstance(exc, SearchmergeError) else f"{type(exc).__name__}: {exc}"
+        self.sync_state = "retrying"
+        self.last_error = described
+        if isinstance(exc, ServiceUnreachable):
+            self.metrics.server_errors.inc()
+            self._contact(False)
+        else:
+            self.metrics.sync_errors.inc()
+        if failures == 1 or failures % 10 == 0 or described != self._said_error:
+            self.say(f"{doing}: {described}; retrying in {wait:.1f} s (failure {failures} in a row)", logging.WARNING)
+            if not expected:
+                _log.warning("the failure's traceback, for a bug report:", exc_info=exc)
+        self._said_error = described
+        return wait
 
     def _sync_once(self) -> None:
         info = self.client.current()
-        self._contact(True)
+        self._polled()
         active = self.active
         assert active is not None
-        if info.version != active.info.version and not self._stop.is_set():
+        if (info.version, info.manifest_sha256) != (active.info.version, active.info.manifest_sha256) \
+                and not self._stop.is_set():
             self._install(info, active)
         self._upload_samples()
         self._report()
 
     def _install(self, info: VersionInfo, active: ServingVersion) -> None:
         """Download, verify and prepare version ``info`` beside ``active``, then hand it to the serving loop."""
-        self.say(f"version {info.version} published: downloading")
-        try:
-            folder = self.local.install(self.client, info)
-            ready = ServingVersion.prepare(info, folder, gpu_memory=self.settings.gpu_memory,
-                                           device=self.settings.device, previous=active)
-        except ServiceUnreachable:
-            raise
-        except SearchmergeError as exc:  # a checksum mismatch, or weights that do not load
-            self.local.discard(info.version)
-            self.refused += 1
-            self.metrics.refused.inc()
-            self.say(f"version {info.version} refused, version {active.info.version} keeps serving: {exc}",
-                     logging.ERROR)
+        ready = self._fetch(info, active)
+        if ready is None:
             return
         self.local.set_current(info)  # names only complete, verified versions
         with self._lock:
             self._ready = ready
+        self._prune(info.version, active.info.version)
+
+    def _fetch(self, info: VersionInfo, previous: ServingVersion | None) -> ServingVersion | None:
+        """Version ``info`` downloaded, verified and prepared beside ``previous``; ``None`` when it is
+        refused now, or was before (remembered by its digests: see :meth:`_refuse`).
+
+        Raises:
+            ServiceUnreachable, OSError: When the download broke off or the disk is full: not the
+                version's fault, so not a refusal (the round fails and is retried).
+        """
+        key = (info.manifest_sha256, info.weights_sha256)
+        earlier = self._refusals.get(key)
+        if earlier is not None and (earlier.permanent or time.monotonic() < earlier.retry_at):
+            return None
+        keeps = f"version {previous.info.version} keeps serving" if previous is not None else "nothing serves yet"
+        if key != self._announced:  # once per version, not at every retry
+            self._announced = key
+            self.say(f"version {info.version} published: downloading")
+        try:
+            folder = self.local.install(self.client, info)
+        except (TamperedArtifact, BadAnswer) as exc:  # the bytes that came were not the version's
+            self._refuse(info, exc, keeps, permanent=False)
+            return None
+        try:
+            return self._prepare(info, folder, previous)
+        except Exception as exc:  # noqa: BLE001 - verified bytes that are untrusted or do not load: never again
+            self.local.discard(info.version)
+            self._refuse(info, exc, keeps, permanent=True)
+            return None
+
+    def _prepare(self, info: VersionInfo, folder: Path, previous: ServingVersion | None) -> ServingVersion:
+        """Load a downloaded, verified version folder beside ``previous``."""
+        return ServingVersion.prepare(info, folder, gpu_memory=self.settings.gpu_memory, device=self.settings.device,
+                                      previous=previous)
+
+    def _refuse(self, info: VersionInfo, exc: Exception, keeps: str, *, permanent: bool) -> None:
+        """Count a refusal and remember it by the version's digests.
+
+        A version whose verified bytes were refused (untrusted, or they do not load) is not
+        downloaded again while the agent runs; one whose download did not match its digests
+        (corrupted or tampered with on the way) is tried again after a doubling wait.
+        """
+        key = (info.manifest_sha256, info.weights_sha256)
+        earlier = self._refusals.get(key)
+        tries = 1 if earlier is None else earlier.tries + 1
+        if permanent:
+            retry_at, then = math.inf, "it is not downloaded again"
+        else:
+            wait = retry_delay(tries, base=self.settings.poll_seconds, cap=10 * self.settings.max_backoff)
+            retry_at, then = time.monotonic() + wait, f"tried again in {wait:.1f} s"
+        self._refusals[key] = _Refusal(info.version, str(exc), permanent, tries, retry_at)
+        self.refused += 1
+        self.metrics.refused.inc()
+        described = str(exc) if isinstance(exc, SearchmergeError) else f"{type(exc).__name__}: {exc}"
+        self.say(f"version {info.version} refused, {keeps}: {described}; {then}", logging.ERROR)
+
+    def _prune(self, *protect: int) -> None:
+        """Remove old versions from the disk (see :meth:`LocalVersions.prune`)."""
+        active = self.active
+        keep = set(protect) | ({active.info.version} if active is not None else set())
+        try:
+            removed = self.local.prune(self.settings.keep_versions, protect=keep)
+        except OSError as exc:
+            self.say(f"cannot prune old versions: {exc}", logging.WARNING)
+            return
+        if removed:
+            self.say(f"removed old version(s) {', '.join(map(str, removed))} from {self.local.folder}"
+                     f" (keeping the newest {self.settings.keep_versions})")
 
     def _upload_samples(self) -> None:
         while self._samples and not self._stop.is_set():
@@ -386,7 +523,7 @@ class EdgeAgent:
                 size += len(sample.frame.data) + 256
             try:
                 accepted = self.client.send_samples(SampleBatch(samples=batch))
-            except ServiceUnreachable:
+            except (ServiceUnreachable, BadAnswer):
                 self._samples.extendleft(reversed(batch))  # sent again once the service answers
                 raise
             except SearchmergeError as exc:
@@ -402,12 +539,27 @@ class EdgeAgent:
 
     # ------------------------------------------------------------------ state
     def _backoff(self, failures: int) -> float:
-        return retry_delay(failures, base=self.settings.poll_seconds, cap=self.settings.max_backoff)
+        return retry_delay(failures, base=self.settings.poll_seconds, cap=self.settings.max_backoff, jitter=_JITTER)
 
     def _contact(self, reachable: bool) -> None:
         self.reachable = reachable
         if reachable:
             self.last_contact = datetime.now(timezone.utc)
+
+    def _polled(self) -> None:
+        """The service answered a poll with a version document."""
+        self._contact(True)
+        self._last_poll = time.monotonic()
+
+    def poll_age(self) -> float:
+        """Seconds since the last successful poll (since the agent started, before the first)."""
+        return time.monotonic() - (self._last_poll if self._last_poll is not None else self._started)
+
+    def _predictions_failed(self, exc: OSError) -> None:
+        self.metrics.prediction_errors.inc()
+        if time.monotonic() - self._predictions_told >= 60:  # at most once a minute
+            self._predictions_told = time.monotonic()
+            self.say(f"cannot write predictions: {exc}; serving on (retried at the next frame)", logging.WARNING)
 
     def stats(self) -> EdgeStats:
         active = self.active
@@ -419,20 +571,38 @@ class EdgeAgent:
         )
 
     def health(self) -> dict[str, Any]:
-        """The ``/healthz`` document."""
+        """The ``/healthz`` document: ``status`` is ``ok`` (200), or ``starting`` (no version serves yet),
+        ``sync-stopped`` (the sync thread is gone) or ``stale`` (no successful poll for ``stale_after``
+        seconds), all 503."""
         active = self.active
+        age = self.poll_age()
+        sync = self._sync
+        if active is None:
+            status = "starting"
+        elif sync is not None and not sync.is_alive() and not self._stop.is_set():
+            status = "sync-stopped"
+        elif age > self.settings.stale_after:
+            status = "stale"
+        else:
+            status = "ok"
         return {
-            "status": "ok" if active is not None else "starting",
+            "status": status,
             "edge": self.client.edge,
             "version": active.info.version if active else None,
             "weights_sha256": active.info.weights_sha256 if active else None,
             "verified": active is not None,  # a version serves only after its checksums matched
             "server": {"reachable": self.reachable,
                        "last_contact": self.last_contact.isoformat() if self.last_contact else None},
+            "sync": {"state": self.sync_state, "alive": sync is not None and sync.is_alive(),
+                     "last_poll_age_s": round(age, 3), "polled": self._last_poll is not None,
+                     "stale_after_s": self.settings.stale_after, "failures_in_a_row": self.sync_failures,
+                     "last_error": self.last_error},
             "streams": {s.name: {"model": s.model, "processed": s.processed, "dropped": s.dropped}
                         for s in self.streams},
             "switches": self.switches,
             "refused": self.refused,
+            "refusals": [{"version": r.version, "reason": r.reason, "tries": r.tries,
+                          "downloaded_again": not r.permanent} for r in list(self._refusals.values())],
             "last_switch_bytes": active.bytes_copied if active else None,
             "deployment_bytes": active.bytes_total if active else None,
         }

@@ -6,6 +6,10 @@ folder with a version's number is always complete and verified. ``current.json``
 (written atomically) names the version the agent serves, with its checksums, and only
 ever names such a folder. An agent killed at any moment (mid-download, mid-switch)
 therefore restarts on a complete version, and its load checks the weights again.
+
+Old versions are pruned (:meth:`LocalVersions.prune`): the agent keeps the ones it serves
+or names in ``current.json`` and the newest few it installed, so a rollback to a recent
+version needs no download while the disk stays bounded.
 """
 
 from __future__ import annotations
@@ -50,6 +54,24 @@ class LocalVersions:
     def set_current(self, info: VersionInfo) -> None:
         write_atomic(self.root / _CURRENT, info.model_dump_json().encode())
 
+    def installed(self) -> list[int]:
+        """The complete versions held, most recently installed (or used) first."""
+        found = [p for p in self.folder.iterdir() if p.is_dir() and p.name.isdigit()]
+        found.sort(key=lambda p: (p.stat().st_mtime, int(p.name)), reverse=True)
+        return [int(p.name) for p in found]
+
+    def prune(self, keep: int, *, protect: frozenset[int] | set[int] = frozenset()) -> list[int]:
+        """Remove all but the ``keep`` most recently installed versions (never one in ``protect``,
+        nor the one ``current.json`` names); the versions removed."""
+        current = self.current()
+        protected = set(protect) | ({current.version} if current is not None else set())
+        removed = []
+        for number in self.installed()[keep:]:
+            if number not in protected:
+                self.discard(number)
+                removed.append(number)
+        return removed
+
     def discard(self, version: int) -> None:
         """Remove a version's folder (one that failed to load is downloaded again next time)."""
         shutil.rmtree(self.path(version), ignore_errors=True)
@@ -64,6 +86,7 @@ class LocalVersions:
         final = self.path(info.version)
         if final.is_dir():
             if self._matches(final, info):
+                os.utime(final)  # used again: the newest for pruning
                 return final
             shutil.rmtree(final)  # not this version's bytes (a rollback renumbered, or a disk error)
         partial = Path(tempfile.mkdtemp(prefix=f".{info.version}.part-", dir=self.folder))

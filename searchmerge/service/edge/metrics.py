@@ -46,6 +46,13 @@ class EdgeMetrics:
                                          "Samples discarded while the service was unreachable", registry=r)
         self.server_errors = Counter("searchmerge_edge_server_unreachable",
                                      "Calls to the service that got no answer", registry=r)
+        self.sync_errors = Counter("searchmerge_edge_sync_errors",
+                                   "Rounds of the sync thread that failed with an answer it could not use, a local"
+                                   " error (a full disk) or a bug; each is logged and retried", registry=r)
+        self.prediction_errors = Counter("searchmerge_edge_prediction_write_errors",
+                                         "Prediction lines that could not be written (a full disk)", registry=r)
+        self.last_poll_age = Gauge("searchmerge_edge_last_poll_age_seconds",
+                                   "Seconds since the service last answered a poll", registry=r)
 
 
 class _QuietHandler(WSGIRequestHandler):

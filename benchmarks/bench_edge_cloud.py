@@ -42,6 +42,7 @@ from searchmerge.service.cloud.db import open_engine
 from searchmerge.service.cloud.jobs import list_jobs
 from searchmerge.service.cloud.tokens import create_edge_token
 from searchmerge.service.cloud.versions import list_versions
+from searchmerge.service.signing import init_keys
 from searchmerge.training.prepare import prepare_study
 
 
@@ -119,19 +120,20 @@ def main() -> None:
         optuna.delete_study(study_name=child, storage=storage)  # a re-search of an earlier run is not reused
     baselines = {name: b.val_accuracy for name, b in prepare_study(study).baselines.items()}
     token = create_edge_token(storage, study.workload.name, "bench")
+    private, public = init_keys(work / "keys")  # versions signed by the service, checked by the edge
 
     port, metrics = _port(), _port()
     service_log, edge_log = work / "service.log", work / "edge.log"
     service = _process(["serve", str(path), "--storage", storage, "--port", str(port), "--research-trials",
                         str(args.research_trials), "--min-samples", str(args.min_samples), "--window",
-                        str(args.window)], service_log)
+                        str(args.window), "--signing-key", str(private)], service_log)
     edge = None
     try:
         _until(lambda: _json(f"http://127.0.0.1:{port}/healthz"), service, service_log, args.limit)
         edge = _process(["edge", "--server", f"http://127.0.0.1:{port}", "--token", token, "--state-dir",
                          str(work / "edge"), "--fps", str(args.fps), "--sample-every", str(args.sample_every),
                          "--poll", "1", "--drift", args.scenario, "--drift-after", str(args.drift_after),
-                         "--metrics-port", str(metrics)], edge_log)
+                         "--metrics-port", str(metrics), "--trust", str(public)], edge_log)
         health = _until(lambda: (h := _json(f"http://127.0.0.1:{metrics}/healthz")) and h["version"] == 2 and h,
                         edge, edge_log, args.limit)
         time.sleep(args.observe)  # frames of the new version on the drifted streams

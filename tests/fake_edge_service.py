@@ -17,12 +17,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import httpx
 import torch
 
 from searchmerge.config.settings import StudySettings
 from searchmerge.config.workload import ModelSpec, Workload
+from searchmerge.service.edge.agent import EdgeAgent, EdgeSettings
 from searchmerge.service.protocol import VersionInfo
+from searchmerge.service.signing import Signer
 from searchmerge.training.deployment import MANIFEST_FILE, WEIGHTS_FILE, export_deployment
+from tests.edge_cloud_support import wait_for
 
 TOKEN = "gate.0123456789abcdef"
 
@@ -66,14 +70,17 @@ class FakeService:
     samples: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def publish(self, number: int, folder: Path, **fields: Any) -> VersionInfo:
-        """Serve ``folder`` as version ``number`` and make it current (``fields`` override the info's)."""
+    def publish(self, number: int, folder: Path, *, signer: Signer | None = None, **fields: Any) -> VersionInfo:
+        """Serve ``folder`` as version ``number`` and make it current (signed by ``signer``; ``fields``
+        override the info's)."""
         files = {name: (folder / name).read_bytes() for name in (MANIFEST_FILE, WEIGHTS_FILE)}
         values: dict[str, Any] = dict(
             version=number, created_at="2026-01-01T00:00:00Z", source_study="fake", trial=number, scenario=None,
             manifest_sha256=hashlib.sha256(files[MANIFEST_FILE]).hexdigest(), manifest_size=len(files[MANIFEST_FILE]),
             weights_sha256=hashlib.sha256(files[WEIGHTS_FILE]).hexdigest(), weights_size=len(files[WEIGHTS_FILE]),
         )
+        if signer is not None:
+            values.update(signature=signer.sign(number, values["manifest_sha256"]), signed_by=signer.key_id)
         values.update(fields)
         info = VersionInfo(**values)
         with self.lock:
@@ -166,3 +173,30 @@ class FakeServer:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+class Agent:
+    """An edge agent in a thread of the test process, against ``url``; its log lines in ``lines``
+    (unsigned versions allowed unless ``settings`` say otherwise)."""
+
+    def __init__(self, url: str, state: Path, **settings: object) -> None:
+        options: dict[str, object] = dict(state_dir=state, fps=20, sample_every=2, poll_seconds=0.2, max_backoff=0.5,
+                                          metrics_port=0, allow_unsigned=True)
+        options.update(settings)
+        self.lines: list[str] = []
+        settings_ = EdgeSettings(**options)  # type: ignore[arg-type]
+        self.agent = EdgeAgent(url, TOKEN, settings_, progress=self.lines.append)
+        self.thread = threading.Thread(target=self.agent.run, daemon=True)
+        self.thread.start()
+        wait_for(lambda: self.agent.metrics_port, what="the agent to serve")
+
+    def healthz(self) -> tuple[int, dict[str, object]]:
+        response = httpx.get(f"http://127.0.0.1:{self.agent.metrics_port}/healthz", timeout=10)
+        return response.status_code, response.json()
+
+    def said(self, text: str) -> bool:
+        return any(text in line for line in list(self.lines))
+
+    def close(self) -> None:
+        self.agent.stop()
+        self.thread.join()

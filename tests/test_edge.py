@@ -27,6 +27,7 @@ from searchmerge.service.cloud.versions import (
 from searchmerge.service.edge.agent import EdgeAgent, EdgeSettings, retry_delay
 from searchmerge.service.edge.serving import ServingVersion
 from searchmerge.service.protocol import VersionInfo
+from searchmerge.service.signing import PRIVATE_KEY_FILE, PUBLIC_KEY_FILE, Signer, init_keys
 from searchmerge.training.deployment import export_deployment, load_deployment
 from tests.edge_cloud_support import (
     PARENT,
@@ -82,10 +83,12 @@ def test_a_switch_copies_only_the_tensors_that_changed(prepared_tiny: Path, tmp_
 
 @pytest.fixture()
 def served(prepared_tiny: Path, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> Iterator[tuple]:
-    """A study copy, its service process (version 1 published) and an edge token."""
+    """A study copy, its service process (version 1 published, versions signed with the key in
+    ``tmp_path/keys``) and an edge token."""
     study = searched_copy(prepared_tiny, tmp_path_factory, "edge")
     port = free_port()
-    process = start_service(study, port, tmp_path / "service.log")
+    private, _ = init_keys(tmp_path / "keys")
+    process = start_service(study, port, tmp_path / "service.log", "--signing-key", str(private))
     token = create_edge_token(study.storage, study.workload.name, "gate")
     yield study, port, token, process
     stop(process)
@@ -94,9 +97,9 @@ def served(prepared_tiny: Path, tmp_path_factory: pytest.TempPathFactory, tmp_pa
 class AgentThread:
     """An agent running in a thread of the test process (its state read directly)."""
 
-    def __init__(self, port: int, token: str, state: Path) -> None:
+    def __init__(self, port: int, token: str, state: Path, trust: Path) -> None:
         settings = EdgeSettings(state_dir=state, fps=20, sample_every=2, poll_seconds=0.3, max_backoff=1.0,
-                                metrics_port=0)
+                                metrics_port=0, trust=trust)
         self.lines: list[str] = []
         self.agent = EdgeAgent(f"http://127.0.0.1:{port}", token, settings, progress=self.lines.append)
         self.thread = threading.Thread(target=self.agent.run, daemon=True)
@@ -115,19 +118,19 @@ class AgentThread:
         self.thread.join()
 
 
-def second_version(study: StudyFile) -> VersionInfo:
-    """Another feasible trial of the parent search, published as the next version."""
+def second_version(study: StudyFile, keys: Path) -> VersionInfo:
+    """Another feasible trial of the parent search, published (signed with the key in ``keys``) as the next version."""
     search = load_search(study, study_name=PARENT)
     other = next(t for t in search.history() if t.feasible and t.number != search.best().number)
-    return publish(open_engine(study.storage), study, search, other)
+    return publish(open_engine(study.storage), study, search, other, signer=Signer.load(keys / PRIVATE_KEY_FILE))
 
 
 def test_a_tampered_version_is_refused_and_the_old_one_keeps_serving(served: tuple, tmp_path: Path) -> None:
     study, port, token, _ = served
-    agent = AgentThread(port, token, tmp_path / "edge")
+    agent = AgentThread(port, token, tmp_path / "edge", tmp_path / "keys" / PUBLIC_KEY_FILE)
     try:
         assert agent.agent.active.info.version == 1
-        v2 = second_version(study)
+        v2 = second_version(study, tmp_path / "keys")
         blob = Path(artifact_store(study).location) / f"{v2.weights_sha256}.safetensors"
         original = blob.read_bytes()
         blob.write_bytes(original[:-64] + bytes(64))  # same size, other bytes
@@ -150,7 +153,7 @@ def test_a_tampered_version_is_refused_and_the_old_one_keeps_serving(served: tup
 
 def test_the_edge_keeps_serving_while_the_service_is_unreachable(served: tuple, tmp_path: Path) -> None:
     study, port, token, process = served
-    agent = AgentThread(port, token, tmp_path / "edge")
+    agent = AgentThread(port, token, tmp_path / "edge", tmp_path / "keys" / PUBLIC_KEY_FILE)
     try:
         wait_for(lambda: agent.metric("searchmerge_edge_samples_sent_total") > 0, what="samples to reach the service")
         kill(process)
@@ -199,7 +202,8 @@ elif step == "prepare":     # verified and renamed, loaded beside version 1, cur
     serving.ServingVersion.prepare = classmethod(stall("prepare", serving.ServingVersion.prepare.__func__))
 elif step == "current":     # current.json names 2, the serving loop not yet switched
     local.LocalVersions.set_current = stall("current", local.LocalVersions.set_current)
-settings = EdgeSettings(state_dir=Path({state!r}), fps=20, poll_seconds=0.3, metrics_port={metrics})
+settings = EdgeSettings(state_dir=Path({state!r}), fps=20, poll_seconds=0.3, metrics_port={metrics},
+                        trust=Path({trust!r}))
 EdgeAgent({server!r}, {token!r}, settings, progress=print).run()
 """
 
@@ -211,12 +215,12 @@ def test_an_edge_killed_during_a_switch_restarts_on_a_complete_verified_version(
     study, port, token, _ = served
     state, metrics = tmp_path / "edge", free_port()
     code = STALLING_AGENT.format(step=step, state=str(state), metrics=metrics, server=f"http://127.0.0.1:{port}",
-                                 token=token)
+                                 token=token, trust=str(tmp_path / "keys" / PUBLIC_KEY_FILE))
     log = tmp_path / "edge.log"
     edge = python_process(code, log, cwd=tmp_path)
     try:
         wait_for(lambda: (health(metrics) or {}).get("version") == 1, alive=edge, what="version 1", log=log)
-        v2 = second_version(study)
+        v2 = second_version(study, tmp_path / "keys")
         wait_for(lambda: "STALLED" in log.read_text(), alive=edge, what="the switch to stall", log=log)
     finally:
         kill(edge)
@@ -227,7 +231,8 @@ def test_an_edge_killed_during_a_switch_restarts_on_a_complete_verified_version(
 
     log2 = tmp_path / "edge2.log"
     restarted = searchmerge_process(["edge", "--server", f"http://127.0.0.1:{port}", "--token", token, "--state-dir",
-                                     str(state), "--fps", "20", "--poll", "0.3", "--metrics-port", str(metrics)],
+                                     str(state), "--fps", "20", "--poll", "0.3", "--metrics-port", str(metrics),
+                                     "--trust", str(tmp_path / "keys" / PUBLIC_KEY_FILE)],
                                     log2, cwd=tmp_path)
     try:
         first = wait_for(lambda: health(metrics), alive=restarted, what="the restarted edge", log=log2)
@@ -270,14 +275,16 @@ def test_drift_injected_at_the_edge_is_repaired_by_a_new_version_end_to_end(
     samples, re-searches, publishes; the agent switches, and does better on the night footage."""
     study = searched_copy(prepared_tiny, tmp_path_factory, "edge-e2e")
     port, metrics = free_port(), free_port()
+    private, public = init_keys(tmp_path / "keys")  # version 2, published by the re-search job, is signed too
     service = start_service(study, port, tmp_path / "service.log", "--research-trials", "1", "--min-samples", "16",
-                            "--window", "32")
+                            "--window", "32", "--signing-key", str(private))
     token = create_edge_token(study.storage, study.workload.name, "gate")
     state = tmp_path / "edge"
     log = tmp_path / "edge.log"
     edge = searchmerge_process(["edge", "--server", f"http://127.0.0.1:{port}", "--token", token, "--state-dir",
                                 str(state), "--fps", "10", "--sample-every", "1", "--poll", "0.5", "--drift", "night",
-                                "--drift-after", "3", "--metrics-port", str(metrics)], log, cwd=tmp_path)
+                                "--drift-after", "3", "--metrics-port", str(metrics), "--trust", str(public)],
+                               log, cwd=tmp_path)
     try:
         final = wait_for(lambda: (h := health(metrics)) and h["version"] == 2 and h, alive=edge,
                          what="the new version to be served", log=log)

@@ -9,44 +9,16 @@ from __future__ import annotations
 import errno
 import json
 import os
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
-from searchmerge.service.edge.agent import EdgeAgent, EdgeSettings, retry_delay
+from searchmerge.service.edge.agent import retry_delay
 from searchmerge.service.edge.local import LocalVersions
 from searchmerge.service.edge.predictions import PredictionLog
 from tests.edge_cloud_support import wait_for
-from tests.fake_edge_service import TOKEN, FakeServer, FakeService, make_version
-
-
-class Agent:
-    """An edge agent in a thread of the test process, against ``server``; its log lines in ``lines``."""
-
-    def __init__(self, url: str, state: Path, **settings: object) -> None:
-        options: dict[str, object] = dict(state_dir=state, fps=20, sample_every=2, poll_seconds=0.2, max_backoff=0.5,
-                                          metrics_port=0)
-        options.update(settings)
-        self.lines: list[str] = []
-        settings_ = EdgeSettings(**options)  # type: ignore[arg-type]
-        self.agent = EdgeAgent(url, TOKEN, settings_, progress=self.lines.append)
-        self.thread = threading.Thread(target=self.agent.run, daemon=True)
-        self.thread.start()
-        wait_for(lambda: self.agent.metrics_port, what="the agent to serve")
-
-    def healthz(self) -> tuple[int, dict[str, object]]:
-        response = httpx.get(f"http://127.0.0.1:{self.agent.metrics_port}/healthz", timeout=10)
-        return response.status_code, response.json()
-
-    def said(self, text: str) -> bool:
-        return any(text in line for line in list(self.lines))
-
-    def close(self) -> None:
-        self.agent.stop()
-        self.thread.join()
+from tests.fake_edge_service import Agent, FakeServer, FakeService, make_version
 
 
 @pytest.fixture()

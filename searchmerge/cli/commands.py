@@ -306,11 +306,40 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from searchmerge.service.cloud.server import serve
     from searchmerge.service.cloud.service import ServiceSettings
 
+    import os
+
+    signing_key = args.signing_key or os.environ.get("SEARCHMERGE_SIGNING_KEY")
     settings = ServiceSettings(parent_study=args.study_name, research_trials=args.research_trials, window=args.window,
                                min_samples=args.min_samples, max_upload_bytes=args.max_upload_bytes,
-                               heartbeat_interval=args.heartbeat)
+                               heartbeat_interval=args.heartbeat, signing_key=Path(signing_key) if signing_key else None)
     log_to_stderr()  # the service logs through logging: time, level, message
-    serve(_open_study(args), settings, host=args.host, port=args.port)
+    serve(_open_study(args), settings, host=args.host, port=args.port,
+          tls_cert=Path(args.tls_cert) if args.tls_cert else None, tls_key=Path(args.tls_key) if args.tls_key else None)
+    return 0
+
+
+def cmd_keys_init(args: argparse.Namespace) -> int:
+    from searchmerge.service.signing import Signer, init_keys
+
+    private, public = init_keys(Path(args.dir), overwrite=args.overwrite)
+    print(f"made signing key {Signer.load(private).key_id}: {private} (private: give it to 'searchmerge serve"
+          f" --signing-key' only) and {public} (public: give it to every edge as 'searchmerge edge --trust')")
+    return 0
+
+
+def cmd_keys_sign(args: argparse.Namespace) -> int:
+    from searchmerge.service.cloud.db import open_engine
+    from searchmerge.service.cloud.versions import sign_versions
+    from searchmerge.service.signing import Signer
+
+    study = _open_study(args)
+    signer = Signer.load(Path(args.signing_key))
+    signed = sign_versions(open_engine(study.storage), study, signer, numbers=args.version or None)
+    for info in signed:
+        print(f"signed version {info.version} (trial {info.trial} of {info.source_study!r}, manifest"
+              f" {info.manifest_sha256[:16]}...) with key {signer.key_id}")
+    if not signed:
+        print(f"every version was signed by key {signer.key_id} already")
     return 0
 
 
@@ -341,9 +370,7 @@ def cmd_edge(args: argparse.Namespace) -> int:
     from searchmerge.config.deploy import parse_bytes
     from searchmerge.service.edge.agent import EdgeAgent, EdgeSettings
 
-    token = args.token or os.environ.get("SEARCHMERGE_EDGE_TOKEN")
-    if not token:
-        raise SearchmergeError("give the edge's token with --token or SEARCHMERGE_EDGE_TOKEN")
+    token = _edge_token(args)
     settings = EdgeSettings(
         state_dir=Path(args.state_dir), streams=tuple(args.streams or ()), fps=args.fps, sample_every=args.sample_every,
         poll_seconds=args.poll, gpu_memory=args.gpu_memory, device=args.device, drift=args.drift,
@@ -352,6 +379,9 @@ def cmd_edge(args: argparse.Namespace) -> int:
         metrics_host=args.metrics_host, metrics_port=args.metrics_port, threads=args.threads,
         keep_versions=args.keep_versions, predictions_backups=args.predictions_backups, stale_after=args.stale_after,
         predictions_max_bytes=parse_bytes(args.predictions_max_size, "--predictions-max-size"),
+        trust=Path(args.trust) if args.trust else None, allow_unsigned=args.allow_unsigned,
+        allow_factories=tuple(args.allow_factory or ()), ca_file=Path(args.ca_file) if args.ca_file else None,
+        allow_insecure=args.allow_insecure,
     )
     log_to_stderr()  # the edge logs through logging: time, level, message
     agent = EdgeAgent(args.server, token, settings)
@@ -360,6 +390,28 @@ def cmd_edge(args: argparse.Namespace) -> int:
     finally:
         agent.stop()
     return 0
+
+
+def _edge_token(args: argparse.Namespace) -> str:
+    """The edge's token: from --token-file, $SEARCHMERGE_EDGE_TOKEN, or (with a warning) --token."""
+    import os
+
+    if args.token_file:
+        try:
+            token = Path(args.token_file).read_text().strip()
+        except OSError as exc:
+            raise SearchmergeError(f"cannot read the token file {args.token_file!r}: {exc.strerror or exc}") from None
+        if not token:
+            raise SearchmergeError(f"the token file {args.token_file!r} is empty")
+        return token
+    if args.token:
+        _say("warning: --token is visible to every user of this machine (ps, /proc); use --token-file or"
+             " $SEARCHMERGE_EDGE_TOKEN")
+        return str(args.token)
+    token = os.environ.get("SEARCHMERGE_EDGE_TOKEN", "").strip()
+    if not token:
+        raise SearchmergeError("give the edge's token with --token-file FILE or $SEARCHMERGE_EDGE_TOKEN")
+    return token
 
 
 def _add_study_arguments(parser: argparse.ArgumentParser) -> None:
@@ -674,7 +726,31 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--min-samples", type=int, default=32, help="samples a model needs to be judged (default: 32)")
     serve.add_argument("--max-upload-bytes", type=int, default=1 << 20, help="largest request body (default: 1 MiB)")
     serve.add_argument("--heartbeat", type=int, default=10, metavar="SECONDS", help="heartbeat of the re-search's trials")
+    serve.add_argument("--tls-cert", default=None, metavar="PEM", help="serve HTTPS with this certificate (chain) ...")
+    serve.add_argument("--tls-key", default=None, metavar="PEM", help="... and its private key")
+    serve.add_argument("--signing-key", default=None, metavar="KEYFILE", help="sign every version published with"
+                       " this key from 'searchmerge keys init' (default: $SEARCHMERGE_SIGNING_KEY; none: unsigned)")
     serve.set_defaults(handler=cmd_serve)
+
+
+def _add_keys(commands: argparse._SubParsersAction) -> None:
+    keys = commands.add_parser("keys", help="the key that signs published versions (edges run only what it signed)")
+    actions = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    init = actions.add_parser("init", help="make a new Ed25519 key pair",
+                              description="Writes searchmerge-signing.key (private, mode 0600: for 'serve"
+                              " --signing-key') and searchmerge-signing.pub (public: for 'edge --trust').")
+    init.add_argument("--dir", default=".", help="where to write the two files (default: here)")
+    init.add_argument("--overwrite", action="store_true", help="replace an existing key pair (every edge then"
+                      " needs the new public key)")
+    init.set_defaults(handler=cmd_keys_init)
+    sign = actions.add_parser("sign", help="sign the published versions this key has not signed",
+                              description="For versions published before the key was set up, or after a new key:"
+                              " each version's stored manifest is checked against its SHA-256, then signed.")
+    _add_study_arguments(sign)
+    sign.add_argument("--signing-key", required=True, metavar="KEYFILE", help="the private key")
+    sign.add_argument("--version", type=int, action="append", default=None, metavar="N",
+                      help="only version N (repeatable; default: every version)")
+    sign.set_defaults(handler=cmd_keys_sign)
 
 
 def _add_edge_token(commands: argparse._SubParsersAction) -> None:
@@ -702,7 +778,21 @@ def _add_edge(commands: argparse._SubParsersAction) -> None:
         " first; only changed tensors copied). /healthz and /metrics (Prometheus) on --metrics-port.",
     )
     edge.add_argument("--server", required=True, help="the merging service, e.g. http://127.0.0.1:8000")
-    edge.add_argument("--token", default=None, help="the edge's token (default: $SEARCHMERGE_EDGE_TOKEN)")
+    edge.add_argument("--token-file", default=None, metavar="FILE", help="a file holding the edge's token (default:"
+                      " $SEARCHMERGE_EDGE_TOKEN)")
+    edge.add_argument("--token", default=None, help="the token itself: visible to other users in ps; prefer"
+                      " --token-file")
+    edge.add_argument("--trust", default=None, metavar="KEYFILE", help="the service's public key"
+                      " (searchmerge-signing.pub): run only versions it signed")
+    edge.add_argument("--allow-unsigned", action="store_true", help="run versions without checking a signature"
+                      " (needed without --trust)")
+    edge.add_argument("--allow-factory", action="append", default=None, metavar="MODULE:FUNCTION",
+                      help="a model or dataset factory a version may name, besides torchvision's architectures and"
+                      " searchmerge.zoo's (repeatable); nothing else is imported")
+    edge.add_argument("--ca-file", default=None, metavar="PEM", help="the CA that signed the service's TLS"
+                      " certificate (default: the system's store)")
+    edge.add_argument("--allow-insecure", action="store_true", help="allow plain http:// to a service that is not"
+                      " on this machine")
     edge.add_argument("--streams", nargs="+", default=None, metavar="MODEL=SOURCE",
                       help="MODEL=digits (the generator's camera of MODEL) or MODEL=FOLDER of images"
                       " (default: a digits stream per model)")
@@ -747,7 +837,7 @@ def _add_dashboard(commands: argparse._SubParsersAction) -> None:
 #: command (``_add_search`` adds ``search`` and ``worker``) with its flags and handler.
 _COMMANDS = (
     _add_analyze, _add_prepare, _add_evaluate, _add_search, _add_drift_check, _add_research, _add_confirm, _add_export,
-    _add_store, _add_report, _add_profile, _add_simulate, _add_serve, _add_edge_token, _add_rollback,
+    _add_store, _add_report, _add_profile, _add_simulate, _add_serve, _add_keys, _add_edge_token, _add_rollback,
     _add_edge, _add_dashboard,
 )
 

@@ -45,7 +45,8 @@ class _Strict(BaseModel):
 
 
 class VersionInfo(_Strict):
-    """A published deployment: what to download and the checksums to verify it with."""
+    """A published deployment: what to download, the checksums to verify it with, and the
+    signature of the operator's key (see :mod:`searchmerge.service.signing`)."""
 
     version: int
     created_at: datetime
@@ -56,6 +57,9 @@ class VersionInfo(_Strict):
     manifest_size: int
     weights_sha256: str
     weights_size: int
+    signature: str | None = Field(default=None, description="base64 Ed25519 signature of the version's number and"
+                                  " manifest SHA-256; none when the service has no signing key")
+    signed_by: str | None = Field(default=None, description="the signing key's id (16 hex digits)")
 
 
 class Frame(_Strict):

@@ -10,8 +10,10 @@ undoing the memory the merge saved. A deployment directory therefore holds:
 * ``manifest.json``: a small, readable description: format version, the model
   specs needed to rebuild the architectures, the sharing plan, the map from each
   model's ``state_dict`` key to its tensor in the weights file, the weights file's
-  size and SHA-256, the study's settings (the edge's footage and drift scenarios come
-  from them) and the caller's metadata.
+  size and SHA-256, the study's settings an edge needs (:data:`EDGE_SETTINGS`: the seed,
+  target, image size and channels, video section and drift scenarios, from which its
+  footage comes; nothing else, so no storage URL, credential or training setting) and the
+  caller's metadata.
 
 Loading rebuilds each model from its spec, fills it from the weights file and
 ties again every slot that maps to the same tensor, so the loaded models use the
@@ -48,6 +50,7 @@ from searchmerge.storage.atomic import write_atomic
 from searchmerge.storage.identity import tensor_identity
 
 __all__ = [
+    "EDGE_SETTINGS",
     "FORMAT",
     "FORMAT_VERSION",
     "MANIFEST_FILE",
@@ -61,6 +64,12 @@ FORMAT = "searchmerge-deployment"
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "weights.safetensors"
 MANIFEST_FILE = "manifest.json"
+#: The study settings a manifest keeps, by section (``None``: the whole section): what an edge
+#: needs to make its footage and nothing more. A manifest goes to every edge, so this is an
+#: allowlist: a setting added to the study file stays out until it is named here.
+EDGE_SETTINGS: dict[str, tuple[str, ...] | None] = {
+    "seed": None, "target": None, "data": ("image_size", "channels"), "video": None, "drift": None,
+}
 
 
 @dataclass(frozen=True)
@@ -104,8 +113,8 @@ def export_deployment(
         plan: The sharing plan the models were merged with, kept for reference.
         metadata: Anything JSON-serialisable to keep with the deployment (trial
             number, accuracies, ...).
-        settings: The study's settings, kept for the edge (its footage and drift
-            scenarios); the study's storage is not written.
+        settings: The study's settings; only those of :data:`EDGE_SETTINGS` are written (its
+            footage and drift scenarios), never the storage or the training settings.
 
     Returns:
         The deployment directory.
@@ -122,7 +131,7 @@ def export_deployment(
     manifest = {
         "format": FORMAT,
         "version": FORMAT_VERSION,
-        "workload": {"name": workload.name, "settings": {} if settings is None else settings.to_document(),
+        "workload": {"name": workload.name, "settings": {} if settings is None else _edge_settings(settings),
                      "models": specs},
         "plan": None if plan is None else sorted(plan.shared),
         "weights": {"file": WEIGHTS_FILE, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()},
@@ -185,6 +194,17 @@ def _check_models(workload: Workload, models: Mapping[str, nn.Module]) -> None:
     for name in workload.names:
         if not isinstance(models[name], nn.Module):
             raise SearchmergeError(f"model {name!r} is a {type(models[name]).__name__}, not a torch nn.Module")
+
+
+def _edge_settings(settings: StudySettings) -> dict[str, Any]:
+    """The sections and keys of :data:`EDGE_SETTINGS` of the settings' document."""
+    document = settings.to_document()
+    kept: dict[str, Any] = {}
+    for section, keys in EDGE_SETTINGS.items():
+        if section in document:
+            value = document[section]
+            kept[section] = value if keys is None else {k: value[k] for k in keys if k in value}
+    return kept
 
 
 def _spec_to_json(spec: ModelSpec) -> dict[str, Any]:

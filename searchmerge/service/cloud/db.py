@@ -17,6 +17,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from searchmerge.core.errors import SearchmergeError
+from searchmerge.core.redact import redact, redact_url
 
 __all__ = ["edges", "jobs", "now", "open_engine", "samples", "utc", "versions"]
 
@@ -53,6 +54,9 @@ versions = sa.Table(
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     # Set by a rollback: the version stays stored, but is no longer served as current.
     sa.Column("withdrawn_at", sa.DateTime(timezone=True), nullable=True),
+    # The operator key's signature of (number, manifest SHA-256), and the key's id (searchmerge.service.signing).
+    sa.Column("signature", sa.Text, nullable=True),
+    sa.Column("signed_by", sa.String(64), nullable=True),
     # A trial is published once, however often a restarted job tries.
     sa.UniqueConstraint("deployment", "source_study", "trial", name="uq_searchmerge_versions_trial"),
 )
@@ -110,13 +114,39 @@ def open_engine(url: str) -> Engine:
     try:
         engine = sa.create_engine(url)
     except Exception as exc:  # noqa: BLE001 - any failure to open means an unusable URL
-        raise SearchmergeError(f"cannot open the service's database {url!r}: {exc}") from None
+        raise SearchmergeError(f"cannot open the service's database {redact_url(url)!r}: {redact(str(exc))}") from None
     try:
         _metadata.create_all(engine)
     except SQLAlchemyError as exc:
-        if not all(sa.inspect(engine).has_table(table.name) for table in _metadata.sorted_tables):
-            raise SearchmergeError(f"cannot create the service's tables in {url!r}: {str(exc).splitlines()[0]}") from None
+        if not _has_tables(engine):
+            raise SearchmergeError(f"cannot create the service's tables in {redact_url(url)!r}:"
+                                   f" {redact(str(exc).splitlines()[0])}") from None
+    _add_columns(engine, url)
     return engine
+
+
+def _has_tables(engine: Engine) -> bool:
+    try:
+        return all(sa.inspect(engine).has_table(table.name) for table in _metadata.sorted_tables)
+    except SQLAlchemyError:  # the database cannot be reached at all
+        return False
+
+
+def _add_columns(engine: Engine, url: str) -> None:
+    """Add the columns a database made by an older searchmerge lacks (all nullable, so no row changes)."""
+    for table in _metadata.sorted_tables:
+        present = {column["name"] for column in sa.inspect(engine).get_columns(table.name)}
+        for column in table.columns:
+            if column.name in present:
+                continue
+            kind = column.type.compile(dialect=engine.dialect)
+            try:
+                with engine.begin() as conn:
+                    conn.execute(sa.text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))
+            except SQLAlchemyError as exc:  # another service added it at the same moment
+                if column.name not in {c["name"] for c in sa.inspect(engine).get_columns(table.name)}:
+                    raise SearchmergeError(f"cannot add column {column.name} to {table.name} in"
+                                           f" {redact_url(url)!r}: {redact(str(exc).splitlines()[0])}") from None
 
 
 def utc(moment: datetime) -> datetime:

@@ -22,6 +22,7 @@ from searchmerge.search.research import research
 from searchmerge.service.cloud.db import jobs, now, utc
 from searchmerge.service.cloud.versions import publish
 from searchmerge.service.protocol import JobInfo
+from searchmerge.service.signing import Signer
 
 __all__ = ["PENDING", "list_jobs", "request_research", "run_job"]
 
@@ -80,7 +81,8 @@ def _update(engine: Engine, job_id: int, **values: object) -> None:
 
 
 def run_job(
-    engine: Engine, study: StudyFile, job: JobInfo, *, heartbeat_interval: int = 10, progress: Progress | None = None
+    engine: Engine, study: StudyFile, job: JobInfo, *, heartbeat_interval: int = 10, progress: Progress | None = None,
+    signer: Signer | None = None,
 ) -> JobInfo:
     """Run (or resume) a re-search job to its end and publish its best feasible plan.
 
@@ -102,7 +104,7 @@ def run_job(
                     message=f"{job.n_trials} trials found no feasible plan; run more with 'searchmerge research"
                     f" {study.path} --data {job.scenario} --from-study {job.parent_study} --n-trials N'")
         else:
-            version = publish(engine, study, search, best, scenario=job.scenario)
+            version = publish(engine, study, search, best, scenario=job.scenario, signer=signer)
             say(f"job {job.id}: published version {version.version} (trial {best.number} of {job.study_name!r}: worst"
                 f" accuracy ratio {best.worst_ratio:.3f} on the re-search's validation data, saves"
                 f" {best.saved_bytes / 1e6:.2f} MB)")

@@ -45,6 +45,7 @@ from searchmerge.service.protocol import (
     ServiceStatus,
     VersionInfo,
 )
+from searchmerge.service.signing import Signer
 from searchmerge.training.deployment import load_deployment
 from searchmerge.training.prepare import prepare_study
 
@@ -66,11 +67,14 @@ class ServiceSettings:
         max_upload_bytes: The largest request body accepted (larger: 413).
         heartbeat_interval: Of the re-search's trials (a dead service's trial is retried after twice this).
         check_every: Seconds between drift checks while samples arrive.
+        signing_key: The operator's private key (``searchmerge keys init``); every version published
+            is signed with it. ``None``: versions are published unsigned, and only edges started
+            with ``--allow-unsigned`` run them.
     """
 
     def __init__(self, *, parent_study: str | None = None, research_trials: int = 10, window: int = 64,
                  min_samples: int = 32, confidence: float = 0.9, max_upload_bytes: int = 1 << 20,
-                 heartbeat_interval: int = 10, check_every: float = 1.0) -> None:
+                 heartbeat_interval: int = 10, check_every: float = 1.0, signing_key: Path | None = None) -> None:
         if research_trials < 1 or window < 1 or not 1 <= min_samples <= window or max_upload_bytes < 1:
             raise SearchmergeError("research trials, window and upload limit must be positive, and"
                                    f" 1 <= min-samples <= window (got {min_samples} and {window})")
@@ -84,6 +88,7 @@ class ServiceSettings:
         self.max_upload_bytes = max_upload_bytes
         self.heartbeat_interval = heartbeat_interval
         self.check_every = check_every
+        self.signing_key = signing_key
 
 
 class MergingService:
@@ -100,6 +105,7 @@ class MergingService:
         self.settings = settings or ServiceSettings()
         self.deployment = study.workload.name
         self.engine = open_engine(study.storage)
+        self.signer = Signer.load(self.settings.signing_key) if self.settings.signing_key is not None else None
         self.footage = Footage(study.workload, study.settings)
         self._progress = progress
         self.last_check: SampleCheck | None = None
@@ -124,12 +130,23 @@ class MergingService:
         if current is None:
             search = select_search(self.study, self.settings.parent_study, progress=self.say)
             best = deployed_plan(search)
-            current = publish(self.engine, self.study, search, best)
+            current = publish(self.engine, self.study, search, best, signer=self.signer)
             confirmed = {True: "confirmed by full retraining", False: "FAILED confirmation by full retraining",
                          None: "not confirmed"}[confirmation_state(search, best.number)]
             self.say(f"published version {current.version}: trial {best.number} of {search.study_name!r} (worst"
                      f" accuracy ratio {best.worst_ratio:.3f}, saves {best.saved_bytes / 1e6:.2f} MB, {confirmed})")
+        self._check_signed(current)
         return current
+
+    def _check_signed(self, current: VersionInfo) -> None:
+        """Warn when the edges that check signatures would refuse the current version."""
+        if self.signer is None:
+            self.say("no signing key (--signing-key): versions are published unsigned, and edges run them only with"
+                     " --allow-unsigned; make a key with 'searchmerge keys init'", logging.WARNING)
+        elif current.signed_by != self.signer.key_id:
+            self.say(f"version {current.version} is not signed by key {self.signer.key_id}: edges that trust it refuse"
+                     f" the version; sign it with 'searchmerge keys sign {self.study.path} --signing-key KEYFILE'",
+                     logging.WARNING)
 
     def start(self) -> VersionInfo:
         """:meth:`publish_first`, then start the caretaker thread (it resumes pending jobs); the current version."""
@@ -171,8 +188,8 @@ class MergingService:
             try:
                 pending = list_jobs(self.engine, self.deployment, states=PENDING)
                 if pending:
-                    job = run_job(self.engine, self.study, pending[0],
-                                  heartbeat_interval=self.settings.heartbeat_interval, progress=self.say)
+                    job = run_job(self.engine, self.study, pending[0], heartbeat_interval=self.settings.heartbeat_interval,
+                                  progress=self.say, signer=self.signer)
                     self.say(f"job {job.id} ({job.study_name!r}): {job.state} {job.message}".rstrip(),
                              logging.INFO if job.state == "published" else logging.WARNING)
                     continue

@@ -10,6 +10,11 @@ after it published finds its version instead of making a second one.
 
 The current version is the newest that was not withdrawn; a rollback withdraws the
 versions after the one to return to (they stay stored).
+
+With the operator's signing key (:class:`~searchmerge.service.signing.Signer`), each row
+also holds the signature of its number and manifest SHA-256, made as it is inserted; edges
+given the public key refuse a version without a valid one. :func:`sign_versions` signs the
+versions published before the key was set up (``searchmerge keys sign``).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from searchmerge.core.errors import SearchmergeError
 from searchmerge.search.merge_search import MergeSearch, TrialSummary
 from searchmerge.service.cloud.db import now, utc, versions
 from searchmerge.service.protocol import VersionInfo
+from searchmerge.service.signing import Signer
 from searchmerge.storage.blobs import ListableArtifactStore, write_bytes
 from searchmerge.training.deployment import MANIFEST_FILE, WEIGHTS_FILE
 
@@ -39,6 +45,7 @@ __all__ = [
     "publish",
     "read_artifact",
     "rollback",
+    "sign_versions",
     "write_version",
 ]
 
@@ -56,7 +63,8 @@ def _info(row: Row) -> VersionInfo:
     return VersionInfo(
         version=row.number, created_at=utc(row.created_at), source_study=row.source_study, trial=row.trial,
         scenario=row.scenario, manifest_sha256=row.manifest_sha256, manifest_size=row.manifest_size,
-        weights_sha256=row.weights_sha256, weights_size=row.weights_size,
+        weights_sha256=row.weights_sha256, weights_size=row.weights_size, signature=row.signature,
+        signed_by=row.signed_by,
     )
 
 
@@ -95,9 +103,12 @@ def _published(engine: Engine, deployment: str, source_study: str, trial: int) -
 
 
 def publish(
-    engine: Engine, study: StudyFile, search: MergeSearch, trial: TrialSummary, *, scenario: str | None = None
+    engine: Engine, study: StudyFile, search: MergeSearch, trial: TrialSummary, *, scenario: str | None = None,
+    signer: Signer | None = None,
 ) -> VersionInfo:
     """Publish ``trial`` of ``search`` as the next version, or return its version if it has one.
+
+    With ``signer``, the version is signed as it is inserted (its number is known only then).
 
     Raises:
         SearchmergeError: If the trial is not feasible or has no stored weights.
@@ -127,9 +138,11 @@ def publish(
         with engine.connect() as conn:
             number = (conn.execute(sa.select(sa.func.max(versions.c.number))
                                    .where(versions.c.deployment == deployment)).scalar() or 0) + 1
+        signature = signer.sign(number, digests[MANIFEST_FILE]) if signer is not None else None
         try:
             with engine.begin() as conn:
-                conn.execute(sa.insert(versions).values(number=number, **values))
+                conn.execute(sa.insert(versions).values(number=number, signature=signature,
+                                                        signed_by=signer.key_id if signer else None, **values))
         except IntegrityError:
             existing = _published(engine, deployment, search.study_name, trial.number)
             if existing is not None:
@@ -178,6 +191,36 @@ def write_version(engine: Engine, study: StudyFile, number: int, directory: Path
     for name in FILES:
         (directory / name).write_bytes(b"".join(read_artifact(engine, study, number, name)))
     return directory
+
+
+def sign_versions(engine: Engine, study: StudyFile, signer: Signer, *,
+                  numbers: list[int] | None = None) -> list[VersionInfo]:
+    """Sign the versions (all, or ``numbers``) that this key has not signed; the versions signed.
+
+    Each version's manifest is read from the blob store and checked against the SHA-256 its
+    row holds first, so only what was published is signed.
+
+    Raises:
+        SearchmergeError: If a version is unknown or its manifest blob is missing or altered.
+    """
+    deployment = study.workload.name
+    chosen = [v for v in list_versions(engine, deployment) if numbers is None or v.version in numbers]
+    missing = sorted(set(numbers or ()) - {v.version for v in chosen})
+    if missing:
+        raise SearchmergeError(f"deployment {deployment!r} has no version {', '.join(map(str, missing))}")
+    signed = []
+    for info in chosen:
+        if info.signed_by == signer.key_id and info.signature:
+            continue
+        manifest = b"".join(read_artifact(engine, study, info.version, MANIFEST_FILE))
+        if hashlib.sha256(manifest).hexdigest() != info.manifest_sha256:
+            raise SearchmergeError(f"version {info.version}: the stored manifest does not match its SHA-256; not signed")
+        with engine.begin() as conn:
+            conn.execute(sa.update(versions).where(versions.c.deployment == deployment,
+                                                   versions.c.number == info.version)
+                         .values(signature=signer.sign(info.version, info.manifest_sha256), signed_by=signer.key_id))
+        signed.append(_info_of(engine, deployment, info.version))
+    return signed
 
 
 def rollback(engine: Engine, deployment: str, to: int) -> VersionInfo:

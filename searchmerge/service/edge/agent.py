@@ -52,6 +52,7 @@ from searchmerge.service.edge.local import LocalVersions
 from searchmerge.service.edge.metrics import EdgeMetrics, serve_metrics
 from searchmerge.service.edge.predictions import PredictionLog
 from searchmerge.service.edge.serving import ServingVersion
+from searchmerge.service.edge.trust import TrustPolicy
 from searchmerge.service.edge.streams import DigitsStream, FolderStream
 from searchmerge.service.footage import Footage
 from searchmerge.service.protocol import (
@@ -62,6 +63,7 @@ from searchmerge.service.protocol import (
     VersionInfo,
     encode_frame,
 )
+from searchmerge.service.signing import Verifier
 
 __all__ = ["EdgeAgent", "EdgeSettings", "retry_delay"]
 
@@ -117,6 +119,15 @@ class EdgeSettings:
         predictions_backups: ... keeping this many rotated files (``.1`` is the newest).
         stale_after: ``/healthz`` answers 503 once the last successful poll of the service is
             older than this many seconds.
+        trust: The operator's public key (``searchmerge-signing.pub`` from ``searchmerge keys
+            init``): only versions it signed are run.
+        allow_unsigned: Run versions without checking a signature (without ``trust``, the agent
+            refuses to start unless this is set).
+        allow_factories: ``package.module:function`` model or dataset factories a version may
+            name besides torchvision's architectures and :mod:`searchmerge.zoo`'s factories.
+        ca_file: The CA certificate (PEM) the service's TLS certificate is checked against
+            (default: the system's store).
+        allow_insecure: Talk plain ``http://`` to a service that is not on this machine.
     """
 
     state_dir: Path
@@ -138,6 +149,11 @@ class EdgeSettings:
     predictions_max_bytes: int = 100 * 2**20
     predictions_backups: int = 3
     stale_after: float = 120.0
+    trust: Path | None = None
+    allow_unsigned: bool = False
+    allow_factories: tuple[str, ...] = ()
+    ca_file: Path | None = None
+    allow_insecure: bool = False
 
     def __post_init__(self) -> None:
         if self.fps <= 0 or self.sample_every < 1 or self.poll_seconds <= 0 or self.max_backoff <= 0:
@@ -182,10 +198,18 @@ class EdgeAgent:
 
     def __init__(self, server: str, token: str, settings: EdgeSettings, *, progress: Progress | None = None) -> None:
         self.settings = settings
-        self.client = ServiceClient(server, token)
+        self._progress = progress
+        # Refused before anything else (one error line from the CLI): plain http:// to another host,
+        # an unreadable key or CA file, neither --trust nor --allow-unsigned.
+        verifier = Verifier.load(settings.trust) if settings.trust is not None else None
+        self.trust = TrustPolicy(verifier, allow_unsigned=settings.allow_unsigned, factories=settings.allow_factories)
+        self.client = ServiceClient(server, token, ca_file=settings.ca_file, allow_insecure=settings.allow_insecure)
+        if verifier is None:
+            self.say("versions are run without checking a signature (--allow-unsigned)", logging.WARNING)
+        else:
+            self.say(f"running only versions signed by key {verifier.key_id} ({settings.trust})")
         self.local = LocalVersions(settings.state_dir)
         self.metrics = EdgeMetrics()
-        self._progress = progress
         self.active: ServingVersion | None = None
         self.streams: list[_StreamState] = []
         self.reachable = False
@@ -475,7 +499,9 @@ class EdgeAgent:
             return None
 
     def _prepare(self, info: VersionInfo, folder: Path, previous: ServingVersion | None) -> ServingVersion:
-        """Load a downloaded, verified version folder beside ``previous``."""
+        """Load a downloaded, verified version folder beside ``previous``, once the trust policy
+        has checked its signature and the code it names (nothing is imported before)."""
+        self.trust.check(info, folder)
         return ServingVersion.prepare(info, folder, gpu_memory=self.settings.gpu_memory, device=self.settings.device,
                                       previous=previous)
 

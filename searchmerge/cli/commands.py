@@ -240,13 +240,19 @@ def cmd_store_gc(args: argparse.Namespace) -> int:
     from datetime import timedelta
 
     from searchmerge.search.merge_search import referenced_checkpoints
+    from searchmerge.service.cloud.versions import artifact_store, collect_deployment_garbage
 
     study = _open_study(args)
     keep = referenced_checkpoints(study.storage) if args.records else None
-    done = study.store.collect_garbage(keep=keep, min_age=timedelta(hours=args.min_age_hours), dry_run=args.dry_run)
+    min_age = timedelta(hours=args.min_age_hours)
+    done = study.store.collect_garbage(keep=keep, min_age=min_age, dry_run=args.dry_run)
     verb = "would remove" if done.dry_run else "removed"
     print(f"{verb} {len(done.records)} unreferenced record(s) and {len(done.blobs)} unused blob(s)"
           f" ({done.bytes_freed / 1e6:.3f} MB) from {study.store.blob_location}")
+    # The published versions' blobs: those no version names (a publish killed before its row).
+    deployments = collect_deployment_garbage(study, min_age=min_age, dry_run=args.dry_run)
+    print(f"{verb} {len(deployments)} deployment blob(s) that no published version names from"
+          f" {artifact_store(study).location}")
     return 0
 
 

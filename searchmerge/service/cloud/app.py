@@ -9,6 +9,7 @@ validated (422 when it does not fit), so a refused upload stores nothing.
 
 # No ``from __future__ import annotations``: FastAPI reads the routes' annotations at run
 # time, and the local ``Edge`` dependency alias must be an object, not a string.
+import logging
 from typing import Annotated, Literal, TypeVar
 
 from fastapi import Depends, FastAPI, HTTPException, Request, Response
@@ -23,6 +24,7 @@ from searchmerge.core.errors import SearchmergeError
 from searchmerge.service.cloud.service import MergingService
 from searchmerge.service.cloud.tokens import authenticate
 from searchmerge.service.cloud.versions import (
+    CorruptBlob,
     current_version,
     get_version,
     read_artifact,
@@ -83,6 +85,11 @@ def create_app(service: MergingService) -> FastAPI:
             raise HTTPException(404, f"no version {number}")
         digest, size = ((info.manifest_sha256, info.manifest_size) if name == MANIFEST_FILE
                         else (info.weights_sha256, info.weights_size))
+        try:
+            service.artifacts.check(number, name)  # never serve bytes known not to be the version's
+        except CorruptBlob as exc:
+            service.say(str(exc), logging.ERROR)
+            raise HTTPException(503, f"version {number}'s stored {name} is damaged; the operator was told") from None
         chunks = read_artifact(service.engine, service.study, number, name)
         return StreamingResponse(chunks, media_type="application/octet-stream",
                                  headers={"X-Content-SHA256": digest, "Content-Length": str(size)})

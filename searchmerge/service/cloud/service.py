@@ -34,6 +34,7 @@ from searchmerge.service.cloud.samples import (
     store_samples,
 )
 from searchmerge.service.cloud.versions import (
+    ArtifactVerifier,
     current_version,
     list_versions,
     publish,
@@ -106,6 +107,7 @@ class MergingService:
         self.deployment = study.workload.name
         self.engine = open_engine(study.storage)
         self.signer = Signer.load(self.settings.signing_key) if self.settings.signing_key is not None else None
+        self.artifacts = ArtifactVerifier(self.engine, study)  # a version's files are checked before they are served
         self.footage = Footage(study.workload, study.settings)
         self._progress = progress
         self.last_check: SampleCheck | None = None

@@ -15,13 +15,23 @@ With the operator's signing key (:class:`~searchmerge.service.signing.Signer`), 
 also holds the signature of its number and manifest SHA-256, made as it is inserted; edges
 given the public key refuse a version without a valid one. :func:`sign_versions` signs the
 versions published before the key was set up (``searchmerge keys sign``).
+
+Blobs are verified whenever the service reads them: :func:`read_artifact` checks the bytes
+against the SHA-256 and size of the version's row as they stream (and raises
+:class:`CorruptBlob` at the end when they differ), and :class:`ArtifactVerifier` checks a
+whole blob before the API serves it, so the service never hands an edge bytes it knows are
+not the version's. :func:`collect_deployment_garbage` removes the blobs no version names (a
+publish killed between its blobs and its row), for ``searchmerge store gc``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import tempfile
+import threading
+import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -34,15 +44,19 @@ from searchmerge.search.merge_search import MergeSearch, TrialSummary
 from searchmerge.service.cloud.db import now, utc, versions
 from searchmerge.service.protocol import VersionInfo
 from searchmerge.service.signing import Signer
-from searchmerge.storage.blobs import ListableArtifactStore, write_bytes
+from searchmerge.storage.blobs import ArtifactNotFound, ListableArtifactStore, write_bytes
 from searchmerge.training.deployment import MANIFEST_FILE, WEIGHTS_FILE
 
 __all__ = [
+    "ArtifactVerifier",
+    "CorruptBlob",
     "artifact_store",
+    "collect_deployment_garbage",
     "current_version",
     "get_version",
     "list_versions",
     "publish",
+    "publish_files",
     "read_artifact",
     "rollback",
     "sign_versions",
@@ -52,6 +66,10 @@ __all__ = [
 #: The files of a version, by the name the API serves them under.
 FILES = (MANIFEST_FILE, WEIGHTS_FILE)
 _CHUNK = 1 << 20
+
+
+class CorruptBlob(SearchmergeError):
+    """A stored file of a version is not the bytes its row names (SHA-256 or size differ)."""
 
 
 def artifact_store(study: StudyFile) -> ListableArtifactStore:
@@ -122,12 +140,28 @@ def publish(
     with tempfile.TemporaryDirectory(prefix="searchmerge-publish-") as folder:
         search.export(folder, trial)
         files = {name: (Path(folder) / name).read_bytes() for name in FILES}
+    return publish_files(engine, study, files, source_study=search.study_name, trial=trial.number,
+                         checkpoint=trial.checkpoint, scenario=scenario, signer=signer)
+
+
+def publish_files(
+    engine: Engine, study: StudyFile, files: dict[str, bytes], *, source_study: str, trial: int, checkpoint: str,
+    scenario: str | None = None, signer: Signer | None = None,
+) -> VersionInfo:
+    """Publish a deployment's files (``manifest.json`` and ``weights.safetensors``, as bytes) as the
+    next version of trial ``trial`` of ``source_study``, or return that trial's version if it has one."""
+    deployment = study.workload.name
+    existing = _published(engine, deployment, source_study, trial)
+    if existing is not None:
+        return existing
+    if set(files) != set(FILES):
+        raise SearchmergeError(f"a version has the files {', '.join(FILES)}, not {', '.join(sorted(files))}")
     digests = {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}
     store = artifact_store(study)
     for name, data in files.items():
         write_bytes(store, _blob_id(name, digests[name]), data)
     values = dict(
-        deployment=deployment, source_study=search.study_name, trial=trial.number, checkpoint=trial.checkpoint,
+        deployment=deployment, source_study=source_study, trial=trial, checkpoint=checkpoint,
         scenario=scenario, created_at=now(),
         manifest_blob=_blob_id(MANIFEST_FILE, digests[MANIFEST_FILE]), manifest_sha256=digests[MANIFEST_FILE],
         manifest_size=len(files[MANIFEST_FILE]),
@@ -144,7 +178,7 @@ def publish(
                 conn.execute(sa.insert(versions).values(number=number, signature=signature,
                                                         signed_by=signer.key_id if signer else None, **values))
         except IntegrityError:
-            existing = _published(engine, deployment, search.study_name, trial.number)
+            existing = _published(engine, deployment, source_study, trial)
             if existing is not None:
                 return existing  # someone published this very trial first
             continue
@@ -161,28 +195,115 @@ def _blob_id(name: str, digest: str) -> str:
     return f"{digest}{Path(name).suffix}"
 
 
-def _blob_of(engine: Engine, deployment: str, number: int, name: str) -> str:
-    column = versions.c.manifest_blob if name == MANIFEST_FILE else versions.c.weights_blob
+def _stored(engine: Engine, deployment: str, number: int, name: str) -> tuple[str, str, int]:
+    """The blob id, SHA-256 and size of one file of a version."""
+    manifest = name == MANIFEST_FILE
+    columns = ((versions.c.manifest_blob, versions.c.manifest_sha256, versions.c.manifest_size) if manifest
+               else (versions.c.weights_blob, versions.c.weights_sha256, versions.c.weights_size))
     with engine.connect() as conn:
-        blob = conn.execute(sa.select(column).where(versions.c.deployment == deployment,
-                                                    versions.c.number == number)).scalar()
-    if blob is None:
+        row = conn.execute(sa.select(*columns).where(versions.c.deployment == deployment,
+                                                     versions.c.number == number)).first()
+    if row is None:
         raise SearchmergeError(f"deployment {deployment!r} has no version {number}")
-    return str(blob)
+    return str(row[0]), str(row[1]), int(row[2])
 
 
 def read_artifact(engine: Engine, study: StudyFile, number: int, name: str) -> Iterator[bytes]:
-    """The bytes of one file of a version, in chunks, as stored (the edge verifies them)."""
+    """The bytes of one file of a version, in chunks, verified as they are read.
+
+    The chunks are what is stored; once the last was read (or the blob turned out longer than
+    the version's file), they are checked against the version's SHA-256 and size.
+
+    Raises:
+        CorruptBlob: At the end of the iteration, if the bytes were not the version's.
+        SearchmergeError: If the version or the file is unknown (at once).
+    """
     if name not in FILES:
         raise SearchmergeError(f"a version has the files {', '.join(FILES)}, not {name!r}")
-    reader = artifact_store(study).open_reader(_blob_of(engine, study.workload.name, number, name))
+    blob, expected, expected_size = _stored(engine, study.workload.name, number, name)
+    store = artifact_store(study)
+    reader = store.open_reader(blob)
 
     def chunks() -> Iterator[bytes]:
+        digest, size = hashlib.sha256(), 0
         with reader:
             while chunk := reader.read(_CHUNK):
+                size += len(chunk)
+                if size > expected_size:
+                    break
+                digest.update(chunk)
                 yield chunk
+        if size != expected_size or digest.hexdigest() != expected:
+            raise CorruptBlob(f"version {number}: the stored {name} ({store.location}/{blob}) is not the version's"
+                              f" ({'size' if size != expected_size else 'SHA-256'} differs); put the blob back from a"
+                              " backup, or publish again")
 
     return chunks()
+
+
+def verify_artifact(engine: Engine, study: StudyFile, number: int, name: str) -> None:
+    """Read one file of a version whole and check it.
+
+    Raises:
+        CorruptBlob: If its bytes are not the version's.
+    """
+    for _chunk in read_artifact(engine, study, number, name):
+        pass
+
+
+class ArtifactVerifier:
+    """Checks a version's file before the API serves it, at most once per ``recheck`` seconds.
+
+    Blobs are content-addressed and never rewritten, so a file that verified a moment ago is
+    still right unless someone altered the store; it is checked again after ``recheck``
+    seconds, and :func:`read_artifact` checks the bytes it streams in any case.
+    """
+
+    def __init__(self, engine: Engine, study: StudyFile, *, recheck: float = 300.0) -> None:
+        self.engine = engine
+        self.study = study
+        self.recheck = recheck
+        self._checked: dict[tuple[int, str], float] = {}
+        self._lock = threading.Lock()
+
+    def check(self, number: int, name: str) -> None:
+        """Raise :class:`CorruptBlob` if the stored file is not the version's."""
+        key = (number, name)
+        with self._lock:
+            checked = self._checked.get(key)
+        if checked is not None and time.monotonic() - checked < self.recheck:
+            return
+        verify_artifact(self.engine, self.study, number, name)
+        with self._lock:
+            self._checked[key] = time.monotonic()
+
+
+def collect_deployment_garbage(study: StudyFile, *, min_age: timedelta = timedelta(hours=1),
+                               dry_run: bool = False) -> list[str]:
+    """Remove the deployment blobs that no version names (and partial writes), older than ``min_age``.
+
+    A publish writes its blobs before its row, so a publish killed in between leaves blobs that
+    no version names; nothing a live publish is writing is older than ``min_age``. Versions are
+    never deleted, so every blob a version names stays. Returns the ids removed (or that would be).
+    """
+    engine = sa.create_engine(study.storage)
+    try:
+        used: set[str] = set()
+        if sa.inspect(engine).has_table(versions.name):  # no table: no version was ever published here
+            with engine.connect() as conn:
+                for manifest, weights in conn.execute(sa.select(versions.c.manifest_blob, versions.c.weights_blob)):
+                    used.update((str(manifest), str(weights)))
+    finally:
+        engine.dispose()
+    store = artifact_store(study)
+    stale = [info.id for info in store.list() if info.id not in used and info.age_seconds > min_age.total_seconds()]
+    if not dry_run:
+        for blob in stale:
+            try:
+                store.remove(blob)
+            except ArtifactNotFound:
+                continue  # another collector got there first
+    return stale
 
 
 def write_version(engine: Engine, study: StudyFile, number: int, directory: Path) -> Path:
@@ -201,7 +322,8 @@ def sign_versions(engine: Engine, study: StudyFile, signer: Signer, *,
     row holds first, so only what was published is signed.
 
     Raises:
-        SearchmergeError: If a version is unknown or its manifest blob is missing or altered.
+        CorruptBlob: If a version's stored manifest was altered (the versions before it are signed).
+        SearchmergeError: If a version is unknown.
     """
     deployment = study.workload.name
     chosen = [v for v in list_versions(engine, deployment) if numbers is None or v.version in numbers]
@@ -212,9 +334,7 @@ def sign_versions(engine: Engine, study: StudyFile, signer: Signer, *,
     for info in chosen:
         if info.signed_by == signer.key_id and info.signature:
             continue
-        manifest = b"".join(read_artifact(engine, study, info.version, MANIFEST_FILE))
-        if hashlib.sha256(manifest).hexdigest() != info.manifest_sha256:
-            raise SearchmergeError(f"version {info.version}: the stored manifest does not match its SHA-256; not signed")
+        verify_artifact(engine, study, info.version, MANIFEST_FILE)  # CorruptBlob: nothing altered is signed
         with engine.begin() as conn:
             conn.execute(sa.update(versions).where(versions.c.deployment == deployment,
                                                    versions.c.number == info.version)

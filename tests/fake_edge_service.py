@@ -49,6 +49,11 @@ def make_version(folder: Path, seed: int, *, specs: tuple[ModelSpec, ...] = SPEC
     return export_deployment(folder, workload, workload.build(), settings=SETTINGS, metadata={"seed": seed})
 
 
+def files_of(folder: Path) -> dict[str, bytes]:
+    """A deployment folder's files, by name."""
+    return {name: (folder / name).read_bytes() for name in (MANIFEST_FILE, WEIGHTS_FILE)}
+
+
 @dataclass
 class Published:
     info: VersionInfo

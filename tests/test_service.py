@@ -29,6 +29,7 @@ from searchmerge.service.cloud.versions import (
     list_versions,
     publish,
     rollback,
+    unpin,
 )
 from searchmerge.service.footage import Footage
 from searchmerge.service.protocol import DigitsSource, Sample, SampleBatch, encode_frame
@@ -205,6 +206,7 @@ def test_versions_are_published_once_served_with_their_checksum_and_rolled_back(
     rollback(service.engine, service.deployment, 2)
     assert current_version(service.engine, service.deployment) == second
     rollback(service.engine, service.deployment, 1)
+    unpin(service.engine, service.deployment)  # version 2 stays withdrawn: 1 is current, and what comes next
 
 
 def test_a_drift_seen_in_the_samples_starts_one_research_that_publishes_once(
@@ -250,6 +252,7 @@ def test_a_drift_seen_in_the_samples_starts_one_research_that_publishes_once(
     assert missed is not None and missed.version == stale.version and missed.scenario == "night" and missed.missing
     assert len(list_jobs(service.engine, service.deployment)) == 1
     rollback(service.engine, service.deployment, 1)
+    unpin(service.engine, service.deployment)
 
 
 def test_a_service_killed_during_a_research_resumes_it_and_publishes_once(

@@ -33,17 +33,13 @@ from searchmerge.service.cloud.versions import (
 from searchmerge.service.signing import Signer, Verifier, init_keys
 from searchmerge.training.deployment import MANIFEST_FILE, WEIGHTS_FILE
 from tests.conftest import TINY_STUDY
-from tests.fake_edge_service import make_version
+from tests.fake_edge_service import files_of, make_version
 
 
 @pytest.fixture()
 def study(tmp_path: Path) -> StudyFile:
     (tmp_path / "tiny.yaml").write_text(TINY_STUDY)
     return open_study_file(tmp_path / "tiny.yaml", storage=f"sqlite:///{tmp_path / 'tiny.db'}")
-
-
-def files_of(folder: Path) -> dict[str, bytes]:
-    return {name: (folder / name).read_bytes() for name in (MANIFEST_FILE, WEIGHTS_FILE)}
 
 
 def publish(study: StudyFile, tmp_path: Path, seed: int, signer: Signer | None = None) -> int:

@@ -317,7 +317,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     signing_key = args.signing_key or os.environ.get("SEARCHMERGE_SIGNING_KEY")
     settings = ServiceSettings(parent_study=args.study_name, research_trials=args.research_trials, window=args.window,
                                min_samples=args.min_samples, max_upload_bytes=args.max_upload_bytes,
-                               heartbeat_interval=args.heartbeat, signing_key=Path(signing_key) if signing_key else None)
+                               heartbeat_interval=args.heartbeat, job_attempts=args.job_attempts,
+                               signing_key=Path(signing_key) if signing_key else None)
     log_to_stderr()  # the service logs through logging: time, level, message
     serve(_open_study(args), settings, host=args.host, port=args.port,
           tls_cert=Path(args.tls_cert) if args.tls_cert else None, tls_key=Path(args.tls_key) if args.tls_key else None)
@@ -365,14 +366,28 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
     study = _open_study(args)
     version = rollback(open_engine(study.storage), study.workload.name, args.version)
-    print(f"version {version.version} (trial {version.trial} of {version.source_study!r}) is current again;"
-          " the edges switch back at their next poll")
+    print(f"version {version.version} (trial {version.trial} of {version.source_study!r}) is current again and"
+          f" pinned (versions published later wait for 'searchmerge unpin {study.path}'); the edges switch back at"
+          " their next poll")
+    return 0
+
+
+def cmd_unpin(args: argparse.Namespace) -> int:
+    from searchmerge.service.cloud.db import open_engine
+    from searchmerge.service.cloud.versions import pinned_version, unpin
+
+    study = _open_study(args)
+    engine = open_engine(study.storage)
+    pinned = pinned_version(engine, study.workload.name)
+    current = unpin(engine, study.workload.name)
+    if pinned is None:
+        print("no version was pinned")
+    print(f"current version: {current.version if current else 'none'} (the newest not rolled back); the edges switch"
+          " at their next poll")
     return 0
 
 
 def cmd_edge(args: argparse.Namespace) -> int:
-    import os
-
     from searchmerge.config.deploy import parse_bytes
     from searchmerge.service.edge.agent import EdgeAgent, EdgeSettings
 
@@ -732,6 +747,8 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--min-samples", type=int, default=32, help="samples a model needs to be judged (default: 32)")
     serve.add_argument("--max-upload-bytes", type=int, default=1 << 20, help="largest request body (default: 1 MiB)")
     serve.add_argument("--heartbeat", type=int, default=10, metavar="SECONDS", help="heartbeat of the re-search's trials")
+    serve.add_argument("--job-attempts", type=int, default=3, metavar="N", help="starts of a re-search job (a crash"
+                       " counts) before it fails with its last error (default: 3)")
     serve.add_argument("--tls-cert", default=None, metavar="PEM", help="serve HTTPS with this certificate (chain) ...")
     serve.add_argument("--tls-key", default=None, metavar="PEM", help="... and its private key")
     serve.add_argument("--signing-key", default=None, metavar="KEYFILE", help="sign every version published with"
@@ -773,6 +790,13 @@ def _add_rollback(commands: argparse._SubParsersAction) -> None:
     _add_study_arguments(rollback)
     rollback.add_argument("version", type=int, metavar="VERSION", help="the version to return to")
     rollback.set_defaults(handler=cmd_rollback)
+
+
+def _add_unpin(commands: argparse._SubParsersAction) -> None:
+    unpin = commands.add_parser("unpin", help="release a rollback's pin: the newest version not rolled back is"
+                                " current again")
+    _add_study_arguments(unpin)
+    unpin.set_defaults(handler=cmd_unpin)
 
 
 def _add_edge(commands: argparse._SubParsersAction) -> None:
@@ -844,7 +868,7 @@ def _add_dashboard(commands: argparse._SubParsersAction) -> None:
 _COMMANDS = (
     _add_analyze, _add_prepare, _add_evaluate, _add_search, _add_drift_check, _add_research, _add_confirm, _add_export,
     _add_store, _add_report, _add_profile, _add_simulate, _add_serve, _add_keys, _add_edge_token, _add_rollback,
-    _add_edge, _add_dashboard,
+    _add_unpin, _add_edge, _add_dashboard,
 )
 
 

@@ -160,6 +160,8 @@ class JobInfo(_Strict):
     finished_at: datetime | None
     version: int | None
     message: str
+    attempts: int = Field(default=0, description="how often the job was started (a crash counts)")
+    holder: str | None = Field(default=None, description="the process running it (host:pid:id), if any")
 
 
 class ServiceStatus(_Strict):

@@ -18,8 +18,9 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from searchmerge.core.errors import SearchmergeError
 from searchmerge.core.redact import redact, redact_url
+from searchmerge.storage.dbclock import db_later, db_now
 
-__all__ = ["edges", "jobs", "now", "open_engine", "samples", "utc", "versions"]
+__all__ = ["db_later", "db_now", "edges", "jobs", "now", "open_engine", "samples", "utc", "versions"]
 
 _metadata = sa.MetaData()
 
@@ -57,6 +58,8 @@ versions = sa.Table(
     # The operator key's signature of (number, manifest SHA-256), and the key's id (searchmerge.service.signing).
     sa.Column("signature", sa.Text, nullable=True),
     sa.Column("signed_by", sa.String(64), nullable=True),
+    # Set by a rollback: this version stays current, whatever is published after, until unpinned.
+    sa.Column("pinned_at", sa.DateTime(timezone=True), nullable=True),
     # A trial is published once, however often a restarted job tries.
     sa.UniqueConstraint("deployment", "source_study", "trial", name="uq_searchmerge_versions_trial"),
 )
@@ -77,6 +80,10 @@ jobs = sa.Table(
     sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
     sa.Column("version", sa.Integer, nullable=True),
     sa.Column("message", sa.Text, nullable=False, default=""),
+    # Who runs it, until when (the database's clock), and how often it was started (a crash counts).
+    sa.Column("holder", sa.String(255), nullable=True),
+    sa.Column("lease_expires_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("attempts", sa.Integer, nullable=True),
     sa.UniqueConstraint("deployment", "parent_study", "scenario", name="uq_searchmerge_jobs_drift"),
 )
 

@@ -25,7 +25,16 @@ from searchmerge.search.confirmation import confirmation_state
 from searchmerge.search.merge_search import deployed_plan
 from searchmerge.search.selection import select_search
 from searchmerge.service.cloud.db import edges, now, open_engine
-from searchmerge.service.cloud.jobs import PENDING, list_jobs, request_research, run_job
+from searchmerge.service.cloud.jobs import (
+    MAX_ATTEMPTS,
+    PENDING,
+    claim_job,
+    holder_name,
+    lease_seconds,
+    list_jobs,
+    request_research,
+    run_job,
+)
 from searchmerge.service.cloud.monitor import SampleCheck, check_samples
 from searchmerge.service.cloud.samples import (
     Footage,
@@ -35,6 +44,7 @@ from searchmerge.service.cloud.samples import (
 )
 from searchmerge.service.cloud.versions import (
     ArtifactVerifier,
+    pinned_version,
     current_version,
     list_versions,
     publish,
@@ -71,11 +81,13 @@ class ServiceSettings:
         signing_key: The operator's private key (``searchmerge keys init``); every version published
             is signed with it. ``None``: versions are published unsigned, and only edges started
             with ``--allow-unsigned`` run them.
+        job_attempts: Starts of a re-search job (a crash counts) before it is failed with its last error.
     """
 
     def __init__(self, *, parent_study: str | None = None, research_trials: int = 10, window: int = 64,
                  min_samples: int = 32, confidence: float = 0.9, max_upload_bytes: int = 1 << 20,
-                 heartbeat_interval: int = 10, check_every: float = 1.0, signing_key: Path | None = None) -> None:
+                 heartbeat_interval: int = 10, check_every: float = 1.0, signing_key: Path | None = None,
+                 job_attempts: int = MAX_ATTEMPTS) -> None:
         if research_trials < 1 or window < 1 or not 1 <= min_samples <= window or max_upload_bytes < 1:
             raise SearchmergeError("research trials, window and upload limit must be positive, and"
                                    f" 1 <= min-samples <= window (got {min_samples} and {window})")
@@ -90,6 +102,9 @@ class ServiceSettings:
         self.heartbeat_interval = heartbeat_interval
         self.check_every = check_every
         self.signing_key = signing_key
+        if job_attempts < 1:
+            raise SearchmergeError(f"job attempts must be at least 1, got {job_attempts}")
+        self.job_attempts = job_attempts
 
 
 class MergingService:
@@ -108,6 +123,7 @@ class MergingService:
         self.engine = open_engine(study.storage)
         self.signer = Signer.load(self.settings.signing_key) if self.settings.signing_key is not None else None
         self.artifacts = ArtifactVerifier(self.engine, study)  # a version's files are checked before they are served
+        self.holder = holder_name()  # this service, as the holder of the re-search jobs it claims
         self.footage = Footage(study.workload, study.settings)
         self._progress = progress
         self.last_check: SampleCheck | None = None
@@ -155,7 +171,10 @@ class MergingService:
         current = self.publish_first()
         pending = list_jobs(self.engine, self.deployment, states=PENDING)
         if pending:
-            self.say(f"{len(pending)} re-search job(s) pending: resuming")
+            held = [job for job in pending if job.holder is not None]
+            self.say(f"{len(pending)} re-search job(s) pending: resuming"
+                     + (f" (held by {', '.join(sorted({j.holder for j in held if j.holder}))} until their lease ends)"
+                        if held else ""))
         self._thread = threading.Thread(target=self._caretake, name="searchmerge-caretaker", daemon=True)
         self._thread.start()
         return current
@@ -188,12 +207,18 @@ class MergingService:
     def _caretake(self) -> None:
         while not self._stop.is_set():
             try:
-                pending = list_jobs(self.engine, self.deployment, states=PENDING)
-                if pending:
-                    job = run_job(self.engine, self.study, pending[0], heartbeat_interval=self.settings.heartbeat_interval,
-                                  progress=self.say, signer=self.signer)
+                claimed = claim_job(self.engine, self.deployment, self.holder, max_attempts=self.settings.job_attempts,
+                                    lease_seconds=lease_seconds(self.settings.heartbeat_interval))
+                if claimed is not None:  # a job nobody else runs (or whose holder died) is this service's now
+                    job = run_job(self.engine, self.study, claimed, heartbeat_interval=self.settings.heartbeat_interval,
+                                  progress=self.say, signer=self.signer, holder=self.holder,
+                                  max_attempts=self.settings.job_attempts)
                     self.say(f"job {job.id} ({job.study_name!r}): {job.state} {job.message}".rstrip(),
                              logging.INFO if job.state == "published" else logging.WARNING)
+                    pinned = pinned_version(self.engine, self.deployment)
+                    if job.state == "published" and pinned is not None and pinned != job.version:
+                        self.say(f"version {pinned} is pinned by a rollback: edges stay on it, not on version"
+                                 f" {job.version}, until 'searchmerge unpin {self.study.path}'", logging.WARNING)
                     continue
                 if self._samples_arrived.wait(self.settings.check_every):
                     self._samples_arrived.clear()

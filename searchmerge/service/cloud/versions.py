@@ -8,8 +8,10 @@ between leaves at worst unused blobs, and a version that exists is complete. A t
 published once: the database's unique constraint decides, so a job that is restarted
 after it published finds its version instead of making a second one.
 
-The current version is the newest that was not withdrawn; a rollback withdraws the
-versions after the one to return to (they stay stored).
+The current version is the pinned one if there is one, else the newest that was not
+withdrawn. A rollback withdraws the versions after the one to return to (they stay stored)
+and pins it: a re-search that publishes afterwards does not undo the rollback, and its
+version becomes current only when the operator unpins (:func:`unpin`, ``searchmerge unpin``).
 
 With the operator's signing key (:class:`~searchmerge.service.signing.Signer`), each row
 also holds the signature of its number and manifest SHA-256, made as it is inserted; edges
@@ -55,11 +57,13 @@ __all__ = [
     "current_version",
     "get_version",
     "list_versions",
+    "pinned_version",
     "publish",
     "publish_files",
     "read_artifact",
     "rollback",
     "sign_versions",
+    "unpin",
     "write_version",
 ]
 
@@ -95,13 +99,24 @@ def list_versions(engine: Engine, deployment: str) -> list[VersionInfo]:
 
 
 def current_version(engine: Engine, deployment: str) -> VersionInfo | None:
-    """The version edges should run: the newest one not withdrawn (``None`` before the first)."""
+    """The version edges should run: the pinned one, else the newest one not withdrawn (``None`` before the first)."""
     with engine.connect() as conn:
         row = conn.execute(
+            sa.select(versions).where(versions.c.deployment == deployment, versions.c.pinned_at.is_not(None))
+            .order_by(versions.c.pinned_at.desc()).limit(1)
+        ).first() or conn.execute(
             sa.select(versions).where(versions.c.deployment == deployment, versions.c.withdrawn_at.is_(None))
             .order_by(versions.c.number.desc()).limit(1)
         ).first()
     return None if row is None else _info(row)
+
+
+def pinned_version(engine: Engine, deployment: str) -> int | None:
+    """The version a rollback pinned, if any."""
+    with engine.connect() as conn:
+        return conn.execute(
+            sa.select(versions.c.number).where(versions.c.deployment == deployment, versions.c.pinned_at.is_not(None))
+        ).scalar()
 
 
 def get_version(engine: Engine, deployment: str, number: int) -> VersionInfo | None:
@@ -344,7 +359,8 @@ def sign_versions(engine: Engine, study: StudyFile, signer: Signer, *,
 
 
 def rollback(engine: Engine, deployment: str, to: int) -> VersionInfo:
-    """Make version ``to`` current again by withdrawing the versions after it (they stay stored).
+    """Make version ``to`` current again and pin it: the versions after it are withdrawn (they stay
+    stored), and versions published later are not current until :func:`unpin`.
 
     Raises:
         SearchmergeError: If the deployment has no version ``to``.
@@ -356,6 +372,15 @@ def rollback(engine: Engine, deployment: str, to: int) -> VersionInfo:
     with engine.begin() as conn:
         conn.execute(sa.update(versions).where(versions.c.deployment == deployment, versions.c.number > to,
                                                versions.c.withdrawn_at.is_(None)).values(withdrawn_at=now()))
+        conn.execute(sa.update(versions).where(versions.c.deployment == deployment, versions.c.number != to)
+                     .values(pinned_at=None))
         conn.execute(sa.update(versions).where(versions.c.deployment == deployment, versions.c.number == to)
-                     .values(withdrawn_at=None))
+                     .values(withdrawn_at=None, pinned_at=now()))
     return target
+
+
+def unpin(engine: Engine, deployment: str) -> VersionInfo | None:
+    """Release a rollback's pin; the current version is then the newest one not withdrawn (returned)."""
+    with engine.begin() as conn:
+        conn.execute(sa.update(versions).where(versions.c.deployment == deployment).values(pinned_at=None))
+    return current_version(engine, deployment)

@@ -29,7 +29,7 @@ from typing import Any
 
 from searchmerge.core.errors import SearchmergeError
 from searchmerge.service.protocol import VersionInfo
-from searchmerge.service.signing import BadSignature, Verifier
+from searchmerge.service.signing import Verifier
 from searchmerge.training.deployment import MANIFEST_FILE
 
 __all__ = ["ZOO_FACTORIES", "TrustPolicy", "UntrustedVersion", "named_code"]

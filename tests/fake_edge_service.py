@@ -68,6 +68,8 @@ class FakeService:
     current: int | None = None
     #: When set, ``GET .../version`` answers (status, headers, body) instead.
     version_answer: tuple[int, dict[str, str], bytes] | None = None
+    #: When set, ``POST .../samples`` answers (status, headers, body) instead (nothing is counted).
+    samples_answer: tuple[int, dict[str, str], bytes] | None = None
     #: Bytes served instead of a file's, by (version, file name).
     tampered: dict[tuple[int, str], bytes] = field(default_factory=dict)
     polls: int = 0
@@ -146,6 +148,10 @@ def _handler(state: FakeService) -> type[BaseHTTPRequestHandler]:
             length = int(self.headers.get("Content-Length", "0"))
             body = self.rfile.read(length)
             if self.path.endswith("/samples"):
+                if state.samples_answer is not None:
+                    status, headers, answer = state.samples_answer
+                    self._answer(status, answer, headers)
+                    return
                 count = len(json.loads(body)["samples"])
                 with state.lock:
                     state.samples += count

@@ -318,6 +318,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = ServiceSettings(parent_study=args.study_name, research_trials=args.research_trials, window=args.window,
                                min_samples=args.min_samples, max_upload_bytes=args.max_upload_bytes,
                                heartbeat_interval=args.heartbeat, job_attempts=args.job_attempts,
+                               samples_per_minute=args.samples_per_minute,
                                signing_key=Path(signing_key) if signing_key else None)
     log_to_stderr()  # the service logs through logging: time, level, message
     serve(_open_study(args), settings, host=args.host, port=args.port,
@@ -747,6 +748,8 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--min-samples", type=int, default=32, help="samples a model needs to be judged (default: 32)")
     serve.add_argument("--max-upload-bytes", type=int, default=1 << 20, help="largest request body (default: 1 MiB)")
     serve.add_argument("--heartbeat", type=int, default=10, metavar="SECONDS", help="heartbeat of the re-search's trials")
+    serve.add_argument("--samples-per-minute", type=int, default=600, metavar="N", help="each edge's quota of samples"
+                       " (past it: 429 with Retry-After; default: 600)")
     serve.add_argument("--job-attempts", type=int, default=3, metavar="N", help="starts of a re-search job (a crash"
                        " counts) before it fails with its last error (default: 3)")
     serve.add_argument("--tls-cert", default=None, metavar="PEM", help="serve HTTPS with this certificate (chain) ...")

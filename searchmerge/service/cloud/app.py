@@ -10,6 +10,7 @@ validated (422 when it does not fit), so a refused upload stores nothing.
 # No ``from __future__ import annotations``: FastAPI reads the routes' annotations at run
 # time, and the local ``Edge`` dependency alias must be an object, not a string.
 import logging
+import math
 from typing import Annotated, Literal, TypeVar
 
 from fastapi import Depends, FastAPI, HTTPException, Request, Response
@@ -21,6 +22,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from searchmerge.core.errors import SearchmergeError
+from searchmerge.service.cloud.quotas import QuotaExceeded
 from searchmerge.service.cloud.service import MergingService
 from searchmerge.service.cloud.tokens import authenticate
 from searchmerge.service.cloud.versions import (
@@ -101,6 +103,8 @@ def create_app(service: MergingService) -> FastAPI:
         batch = _parse(SampleBatch, await _read_body(request, limit))
         try:
             stored = await run_in_threadpool(service.store_samples, edge, batch)
+        except QuotaExceeded as exc:
+            raise HTTPException(429, str(exc), headers={"Retry-After": str(math.ceil(exc.retry_after))}) from None
         except SearchmergeError as exc:
             raise HTTPException(422, str(exc)) from None
         return Accepted(accepted=stored)

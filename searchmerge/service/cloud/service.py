@@ -36,6 +36,7 @@ from searchmerge.service.cloud.jobs import (
     run_job,
 )
 from searchmerge.service.cloud.monitor import SampleCheck, check_samples
+from searchmerge.service.cloud.quotas import SampleQuota
 from searchmerge.service.cloud.samples import (
     Footage,
     prune_samples,
@@ -82,12 +83,14 @@ class ServiceSettings:
             is signed with it. ``None``: versions are published unsigned, and only edges started
             with ``--allow-unsigned`` run them.
         job_attempts: Starts of a re-search job (a crash counts) before it is failed with its last error.
+        samples_per_minute: Each edge's quota of samples (:mod:`~searchmerge.service.cloud.quotas`);
+            an upload past it is refused with 429 and ``Retry-After``.
     """
 
     def __init__(self, *, parent_study: str | None = None, research_trials: int = 10, window: int = 64,
                  min_samples: int = 32, confidence: float = 0.9, max_upload_bytes: int = 1 << 20,
                  heartbeat_interval: int = 10, check_every: float = 1.0, signing_key: Path | None = None,
-                 job_attempts: int = MAX_ATTEMPTS) -> None:
+                 job_attempts: int = MAX_ATTEMPTS, samples_per_minute: int = 600) -> None:
         if research_trials < 1 or window < 1 or not 1 <= min_samples <= window or max_upload_bytes < 1:
             raise SearchmergeError("research trials, window and upload limit must be positive, and"
                                    f" 1 <= min-samples <= window (got {min_samples} and {window})")
@@ -105,6 +108,9 @@ class ServiceSettings:
         if job_attempts < 1:
             raise SearchmergeError(f"job attempts must be at least 1, got {job_attempts}")
         self.job_attempts = job_attempts
+        if samples_per_minute < 1:
+            raise SearchmergeError(f"the sample quota must be at least 1 a minute, got {samples_per_minute}")
+        self.samples_per_minute = samples_per_minute
 
 
 class MergingService:
@@ -124,6 +130,7 @@ class MergingService:
         self.signer = Signer.load(self.settings.signing_key) if self.settings.signing_key is not None else None
         self.artifacts = ArtifactVerifier(self.engine, study)  # a version's files are checked before they are served
         self.holder = holder_name()  # this service, as the holder of the re-search jobs it claims
+        self.quota = SampleQuota(per_minute=self.settings.samples_per_minute)
         self.footage = Footage(study.workload, study.settings)
         self._progress = progress
         self.last_check: SampleCheck | None = None
@@ -186,6 +193,13 @@ class MergingService:
 
     # ------------------------------------------------------------------ requests
     def store_samples(self, edge: str, batch: SampleBatch) -> int:
+        """Label and store an edge's samples, within its quota.
+
+        Raises:
+            QuotaExceeded: If the upload would take the edge past its quota (nothing is stored).
+            SearchmergeError: If a sample cannot be labelled (nothing is stored).
+        """
+        self.quota.take(edge, len(batch.samples))
         stored = store_samples(self.engine, self.deployment, edge, batch, self.footage)
         self._samples_arrived.set()
         return stored

@@ -44,6 +44,7 @@ from searchmerge.core.errors import SearchmergeError
 from searchmerge.core.progress import Progress
 from searchmerge.service.edge.client import (
     BadAnswer,
+    RateLimited,
     ServiceClient,
     ServiceUnreachable,
     TamperedArtifact,
@@ -234,6 +235,7 @@ class EdgeAgent:
         self._said_error: str | None = None
         self._refusals: dict[tuple[str, str], _Refusal] = {}
         self._announced: tuple[str, str] | None = None
+        self._uploads_after = 0.0  # time.monotonic() before which samples wait (the service's quota)
         self._predictions_told = -math.inf
         self.metrics.last_poll_age.set_function(self.poll_age)
 
@@ -457,7 +459,8 @@ class EdgeAgent:
         if (info.version, info.manifest_sha256) != (active.info.version, active.info.manifest_sha256) \
                 and not self._stop.is_set():
             self._install(info, active)
-        self._upload_samples()
+        if time.monotonic() >= self._uploads_after:
+            self._upload_samples()
         self._report()
 
     def _install(self, info: VersionInfo, active: ServingVersion) -> None:
@@ -552,6 +555,13 @@ class EdgeAgent:
             except (ServiceUnreachable, BadAnswer):
                 self._samples.extendleft(reversed(batch))  # sent again once the service answers
                 raise
+            except RateLimited as exc:  # over this edge's quota: the samples wait (the queue stays bounded)
+                self._samples.extendleft(reversed(batch))
+                if self._uploads_after == 0.0 or time.monotonic() - self._uploads_after > 60:
+                    self.say(f"{exc}; {len(self._samples)} samples wait {exc.retry_after:.0f} s", logging.WARNING)
+                self._uploads_after = time.monotonic() + exc.retry_after
+                self.metrics.samples_deferred.inc(len(batch))
+                return
             except SearchmergeError as exc:
                 self.say(f"the service refused {len(batch)} samples: {exc}", logging.WARNING)
                 continue

@@ -29,6 +29,7 @@ from searchmerge.service.protocol import EdgeStats, SampleBatch, VersionInfo
 __all__ = [
     "BadAnswer",
     "InsecureServer",
+    "RateLimited",
     "ServiceClient",
     "ServiceUnreachable",
     "TamperedArtifact",
@@ -47,6 +48,14 @@ class TamperedArtifact(SearchmergeError):
 
 class BadAnswer(SearchmergeError):
     """The service (or something in between) answered with a body that cannot be read."""
+
+
+class RateLimited(SearchmergeError):
+    """The service asks the edge to send fewer samples (429); ``retry_after`` seconds to wait."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class InsecureServer(SearchmergeError):
@@ -196,6 +205,13 @@ def _checked(response: httpx.Response) -> httpx.Response:
     if response.status_code >= 500:
         response.read()
         raise ServiceUnreachable(f"the service answered {response.status_code}")
+    if response.status_code == 429:
+        response.read()
+        try:
+            wait = max(float(response.headers.get("retry-after", "60")), 0.0)
+        except ValueError:
+            wait = 60.0
+        raise RateLimited(f"the service asks this edge to slow down (429: {response.text[:200]})", wait)
     if response.status_code in (401, 403):
         raise SearchmergeError(f"the service refused this edge's token ({response.status_code});"
                                " make a new one with 'searchmerge edge-token'")

@@ -46,6 +46,8 @@ class EdgeMetrics:
                                          "Samples discarded while the service was unreachable", registry=r)
         self.server_errors = Counter("searchmerge_edge_server_unreachable",
                                      "Calls to the service that got no answer", registry=r)
+        self.samples_deferred = Counter("searchmerge_edge_samples_deferred",
+                                        "Samples the service asked to send later (over this edge's quota)", registry=r)
         self.sync_errors = Counter("searchmerge_edge_sync_errors",
                                    "Rounds of the sync thread that failed with an answer it could not use, a local"
                                    " error (a full disk) or a bug; each is logged and retried", registry=r)

@@ -98,7 +98,8 @@ def main() -> None:
     counts = sorted(int(part) for part in args.trials.split(","))
 
     study = open_study_file(args.study, storage=args.storage)
-    say = TerminalProgress(sys.stdout)  # a line per step; on a terminal also a bar with an ETA
+    # A line per step; on a terminal also a bar with an ETA. With --json stdout holds the JSON lines alone.
+    say = TerminalProgress(sys.stderr if args.json else sys.stdout)
     prepared = prepare_study(study, progress=say)
     if args.json:
         for strategy in args.strategies.split(","):

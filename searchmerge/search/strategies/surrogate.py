@@ -146,6 +146,11 @@ class SurrogateSampler(PlanSampler):
 
     An evaluated plan is never proposed again while an untried one exists.
 
+    A search evaluates a proposal that extends a stored feasible plan incrementally, from
+    the largest such plan's merged weights (one rule for every strategy,
+    :func:`searchmerge.search.merge_search.incremental_start`); the surrogate learns from
+    those verdicts like any other.
+
     Args:
         space: The search space.
         n_startup: Trials that follow the greedy order before the surrogate is used.

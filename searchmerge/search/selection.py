@@ -1,6 +1,6 @@
 """Which search a command reads when it is not told: one rule, for every command.
 
-``export``, ``drift-check``, ``serve``, ``research`` (its parent), ``report --export`` and
+``export``, ``confirm``, ``drift-check``, ``serve``, ``research`` (its parent), ``report --export`` and
 the ``best`` plan of ``profile`` and ``simulate`` each read the best plan of one search.
 They used to default to the search named ``WORKLOAD-greedy``, so after a surrogate search
 alone they failed, and beside a better surrogate search they silently read the greedy one.

@@ -265,8 +265,9 @@ class EdgeAgent:
         self.say(f"edge {self.client.edge}: serving version {self.active.info.version} on"
                  f" {len(self.streams)} stream(s); metrics and health on"
                  f" http://{self.settings.metrics_host}:{self.metrics_port}/")
-        sync = self._sync = threading.Thread(target=self._sync_loop, name="searchmerge-edge-sync", daemon=True)
+        sync = threading.Thread(target=self._sync_loop, name="searchmerge-edge-sync", daemon=True)
         sync.start()
+        self._sync = sync  # only once started: /healthz would call a thread not yet started 'sync-stopped'
         predictions = self.settings.predictions or self.settings.state_dir / "predictions.jsonl"
         out = PredictionLog(predictions, max_bytes=self.settings.predictions_max_bytes,
                             backups=self.settings.predictions_backups, on_error=self._predictions_failed)

@@ -17,6 +17,7 @@ from typing import Any
 from searchmerge.config import schema
 from searchmerge.config.deploy import DeploySettings
 from searchmerge.config.drift import DriftScenario, drift_scenarios
+from searchmerge.config.teacher import TeacherSettings
 from searchmerge.core.keys import check_keys
 
 #: The keys of a study file's top-level ``data:`` section (each model's own is ``models[].data``).
@@ -25,6 +26,7 @@ DATA_KEYS = ("image_size", "channels", "workers", "cache")
 #: ``name``, ``models`` and ``storage``: see :mod:`searchmerge.config.study`).
 SETTINGS_KEYS = (
     "seed", "target", "data", "pretrain", "finetune", "evaluator", "drift_evaluator", "drift", "deploy", "video",
+    "teacher",
 )
 #: Top-level keys that belong to the study file as a whole; :meth:`StudySettings.from_document` skips them.
 STUDY_FILE_KEYS = ("name", "models", "storage")
@@ -122,6 +124,8 @@ class StudySettings:
     #: The study file's own drift scenarios (``drift:``), by name; every workload also has the
     #: built-in ones (:func:`searchmerge.search.scenarios.scenarios`).
     drift: Mapping[str, DriftScenario] = field(default_factory=dict)
+    #: The model that labels the study's frames (``teacher:``; :mod:`searchmerge.config.teacher`).
+    teacher: TeacherSettings | None = None
 
     def __post_init__(self) -> None:
         schema.validate(self, "")
@@ -154,6 +158,7 @@ class StudySettings:
             deploy=DeploySettings.from_document(own.get("deploy")),
             video=schema.mapping(own.get("video"), "video"),
             drift=drift_scenarios(own.get("drift")),
+            teacher=TeacherSettings.from_document(own["teacher"]) if own.get("teacher") is not None else None,
         )
 
     def to_document(self) -> dict[str, Any]:
@@ -172,6 +177,8 @@ class StudySettings:
         }
         if self.deploy is not None:
             document["deploy"] = self.deploy.to_dict()
+        if self.teacher is not None:
+            document["teacher"] = self.teacher.to_document()
         return document
 
     def with_target(self, target: float | None) -> StudySettings:

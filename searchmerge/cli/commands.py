@@ -123,6 +123,8 @@ def _search_for(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 def cmd_search(args: argparse.Namespace) -> int:
     from searchmerge.cli.report import format_search
 
+    if getattr(args, "jobs", False):
+        return cmd_job_worker(args)
     search = _search_for(args)
     search.run(args.n_trials)
     print(format_search(search, max_rows=10))
@@ -240,7 +242,10 @@ def cmd_store_gc(args: argparse.Namespace) -> int:
     from datetime import timedelta
 
     from searchmerge.search.merge_search import referenced_checkpoints
-    from searchmerge.service.cloud.versions import artifact_store, collect_deployment_garbage
+    from searchmerge.service.cloud.versions import (
+        artifact_store,
+        collect_deployment_garbage,
+    )
 
     study = _open_study(args)
     keep = referenced_checkpoints(study.storage) if args.records else None
@@ -309,20 +314,36 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    import os
+
     from searchmerge.service.cloud.server import serve
     from searchmerge.service.cloud.service import ServiceSettings
-
-    import os
 
     signing_key = args.signing_key or os.environ.get("SEARCHMERGE_SIGNING_KEY")
     settings = ServiceSettings(parent_study=args.study_name, research_trials=args.research_trials, window=args.window,
                                min_samples=args.min_samples, max_upload_bytes=args.max_upload_bytes,
                                heartbeat_interval=args.heartbeat, job_attempts=args.job_attempts,
                                samples_per_minute=args.samples_per_minute,
+                               drift_min_edges=args.drift_min_edges, drift_edge_share=args.drift_edge_share,
+                               max_jobs_per_hour=args.max_jobs_per_hour, run_jobs=not args.no_jobs,
                                signing_key=Path(signing_key) if signing_key else None)
     log_to_stderr()  # the service logs through logging: time, level, message
     serve(_open_study(args), settings, host=args.host, port=args.port,
           tls_cert=Path(args.tls_cert) if args.tls_cert else None, tls_key=Path(args.tls_key) if args.tls_key else None)
+    return 0
+
+
+def cmd_job_worker(args: argparse.Namespace) -> int:
+    import os
+
+    from searchmerge.service.cloud.worker import run_worker
+    from searchmerge.service.signing import Signer
+
+    signing_key = args.signing_key or os.environ.get("SEARCHMERGE_SIGNING_KEY")
+    signer = Signer.load(Path(signing_key)) if signing_key else None
+    log_to_stderr()  # like serve: time, level, message
+    run_worker(_open_study(args), heartbeat_interval=args.heartbeat, job_attempts=args.job_attempts, signer=signer,
+               poll=args.poll)
     return 0
 
 
@@ -467,6 +488,19 @@ def _add_plan_arguments(parser: argparse.ArgumentParser) -> None:
                         " (default: the search with the best feasible plan, see docs/cli.md)")
 
 
+def _share_or_off(text: str) -> float | None:
+    """A share in (0, 1], or ``off``; checked while parsing."""
+    if text.strip().lower() == "off":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a share in (0, 1] or 'off', got {text!r}") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"a share in (0, 1] or 'off', got {value}")
+    return value
+
+
 def _n_trials(text: str) -> int:
     """Checked while parsing, so that a bad count fails before the originals are prepared."""
     try:
@@ -567,6 +601,25 @@ def _add_search(commands: argparse._SubParsersAction) -> None:
         _add_study_arguments(search)
         _add_run_arguments(search, n_trials=20, study_name="default: WORKLOAD-STRATEGY")
         search.set_defaults(handler=cmd_search)
+        if command == "worker":
+            _add_job_worker_arguments(search)
+
+
+def _add_job_worker_arguments(worker: argparse.ArgumentParser) -> None:
+    """``worker --jobs``: run the merging service's re-search jobs instead of a search's trials."""
+    jobs = worker.add_argument_group(
+        "re-search jobs", "With --jobs the worker claims and runs the re-search jobs that the merging service of the"
+        " study's deployment started, one at a time, until stopped (Ctrl-C or SIGTERM), and publishes their versions."
+        " Workers and services sharing the database (PostgreSQL) and the blob store run each job once; a job whose"
+        " worker died is taken over when its lease (three --heartbeat) expires. --strategy, --n-trials and"
+        " --study-name do not apply.")
+    jobs.add_argument("--jobs", action="store_true", help="run re-search jobs (beside 'serve --no-jobs')")
+    jobs.add_argument("--job-attempts", type=int, default=3, metavar="N", help="starts of a job (a crash counts)"
+                      " before it fails with its last error (default: 3)")
+    jobs.add_argument("--poll", type=float, default=2.0, metavar="SECONDS", help="how often to look for a free job"
+                      " (default: 2)")
+    jobs.add_argument("--signing-key", default=None, metavar="KEYFILE", help="sign the versions published, like"
+                      " serve's (default: $SEARCHMERGE_SIGNING_KEY; none: unsigned)")
 
 
 def _add_drift_check(commands: argparse._SubParsersAction) -> None:
@@ -752,6 +805,14 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
                        " (past it: 429 with Retry-After; default: 600)")
     serve.add_argument("--job-attempts", type=int, default=3, metavar="N", help="starts of a re-search job (a crash"
                        " counts) before it fails with its last error (default: 3)")
+    serve.add_argument("--drift-min-edges", type=int, default=2, metavar="N", help="a drift starts a re-search when"
+                       " the samples of at least N edges show it (default: 2) ...")
+    serve.add_argument("--drift-edge-share", type=_share_or_off, default=0.5, metavar="SHARE|off", help="... or when"
+                       " it is at least this share of one edge's samples (default: 0.5; off: never one edge alone)")
+    serve.add_argument("--max-jobs-per-hour", type=int, default=2, metavar="N", help="re-search jobs the deployment"
+                       " may start in an hour (default: 2)")
+    serve.add_argument("--no-jobs", action="store_true", help="run no re-search job here ('searchmerge worker'"
+                       " processes on the same database and blob store run them)")
     serve.add_argument("--tls-cert", default=None, metavar="PEM", help="serve HTTPS with this certificate (chain) ...")
     serve.add_argument("--tls-key", default=None, metavar="PEM", help="... and its private key")
     serve.add_argument("--signing-key", default=None, metavar="KEYFILE", help="sign every version published with"

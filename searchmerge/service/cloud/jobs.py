@@ -32,6 +32,7 @@ import os
 import socket
 import threading
 import uuid
+from datetime import timedelta
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine, Row
@@ -48,10 +49,13 @@ from searchmerge.service.signing import Signer
 
 __all__ = [
     "MAX_ATTEMPTS",
+    "MAX_JOBS_PER_HOUR",
     "PENDING",
     "JobLost",
     "claim_job",
+    "find_job",
     "holder_name",
+    "jobs_started_within",
     "lease_seconds",
     "list_jobs",
     "request_research",
@@ -62,6 +66,8 @@ __all__ = [
 PENDING = ("queued", "running")
 #: Starts of a job (a crash counts) after which it is failed with its last error.
 MAX_ATTEMPTS = 3
+#: Re-search jobs a deployment may start in an hour (see :func:`jobs_started_within`).
+MAX_JOBS_PER_HOUR = 2
 
 
 class JobLost(Exception):
@@ -119,10 +125,29 @@ def request_research(
 
 
 def _find(engine: Engine, deployment: str, parent_study: str, scenario: str) -> JobInfo:
+    found = find_job(engine, deployment, parent_study=parent_study, scenario=scenario)
+    assert found is not None  # inserted, or found inserted by another service; jobs are never deleted
+    return found
+
+
+def find_job(engine: Engine, deployment: str, *, parent_study: str, scenario: str) -> JobInfo | None:
+    """The job re-searching ``parent_study`` on ``scenario``, if one was started."""
     with engine.connect() as conn:
         row = conn.execute(sa.select(jobs).where(jobs.c.deployment == deployment, jobs.c.parent_study == parent_study,
-                                                 jobs.c.scenario == scenario)).one()
-    return _info(row)
+                                                 jobs.c.scenario == scenario)).first()
+    return None if row is None else _info(row)
+
+
+def jobs_started_within(engine: Engine, deployment: str, seconds: float) -> int:
+    """How many of the deployment's jobs were detected in the last ``seconds``.
+
+    Counted from the database, so every service sharing it applies one limit per deployment;
+    the rows' times are written by the services' clocks, which an hour's window tolerates.
+    """
+    since = now() - timedelta(seconds=seconds)
+    with engine.connect() as conn:
+        return int(conn.execute(sa.select(sa.func.count()).select_from(jobs)
+                                .where(jobs.c.deployment == deployment, jobs.c.detected_at >= since)).scalar() or 0)
 
 
 def _update(engine: Engine, job_id: int, **values: object) -> None:

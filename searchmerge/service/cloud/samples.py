@@ -36,6 +36,8 @@ class LabelledSample:
     label: int
     frame: np.ndarray
     received_at: datetime
+    #: The edge that sent it (the drift check weighs how many edges saw a drift).
+    edge: str = ""
 
 
 def store_samples(engine: Engine, deployment: str, edge: str, batch: SampleBatch, footage: Footage) -> int:
@@ -79,7 +81,7 @@ def recent_samples(
             found[model] = [
                 LabelledSample(row.id, row.model, row.scenario, row.label,
                                np.frombuffer(row.frame, dtype="<f4").reshape(json.loads(row.shape_json)),
-                               row.received_at)
+                               row.received_at, row.edge)
                 for row in reversed(rows)
             ]
     return found

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import threading
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -25,32 +26,38 @@ from searchmerge.search.confirmation import confirmation_state
 from searchmerge.search.merge_search import deployed_plan
 from searchmerge.search.selection import select_search
 from searchmerge.service.cloud.db import edges, now, open_engine
+from searchmerge.service.cloud.evidence import (
+    DRIFT_EDGE_SHARE,
+    DRIFT_MIN_EDGES,
+    check_evidence_rule,
+    weigh_evidence,
+)
 from searchmerge.service.cloud.jobs import (
     MAX_ATTEMPTS,
+    MAX_JOBS_PER_HOUR,
     PENDING,
-    claim_job,
-    holder_name,
-    lease_seconds,
+    find_job,
+    jobs_started_within,
     list_jobs,
     request_research,
-    run_job,
 )
 from searchmerge.service.cloud.monitor import SampleCheck, check_samples
 from searchmerge.service.cloud.quotas import SampleQuota
 from searchmerge.service.cloud.samples import (
     Footage,
+    LabelledSample,
     prune_samples,
     recent_samples,
     store_samples,
 )
 from searchmerge.service.cloud.versions import (
     ArtifactVerifier,
-    pinned_version,
     current_version,
     list_versions,
     publish,
     write_version,
 )
+from searchmerge.service.cloud.worker import JobRunner
 from searchmerge.service.protocol import (
     EdgeStats,
     SampleBatch,
@@ -85,12 +92,21 @@ class ServiceSettings:
         job_attempts: Starts of a re-search job (a crash counts) before it is failed with its last error.
         samples_per_minute: Each edge's quota of samples (:mod:`~searchmerge.service.cloud.quotas`);
             an upload past it is refused with 429 and ``Retry-After``.
+        drift_min_edges, drift_edge_share: The evidence a miss needs before it starts a re-search
+            (:mod:`~searchmerge.service.cloud.evidence`): drifted samples from this many edges, or
+            this share of one edge's samples (``None``: one edge never suffices).
+        max_jobs_per_hour: Re-search jobs the deployment may start in an hour; a drift past it
+            waits (and is logged once).
+        run_jobs: Whether this service runs re-search jobs itself (``False`` when ``searchmerge
+            worker`` processes run them).
     """
 
     def __init__(self, *, parent_study: str | None = None, research_trials: int = 10, window: int = 64,
                  min_samples: int = 32, confidence: float = 0.9, max_upload_bytes: int = 1 << 20,
                  heartbeat_interval: int = 10, check_every: float = 1.0, signing_key: Path | None = None,
-                 job_attempts: int = MAX_ATTEMPTS, samples_per_minute: int = 600) -> None:
+                 job_attempts: int = MAX_ATTEMPTS, samples_per_minute: int = 600,
+                 drift_min_edges: int = DRIFT_MIN_EDGES, drift_edge_share: float | None = DRIFT_EDGE_SHARE,
+                 max_jobs_per_hour: int = MAX_JOBS_PER_HOUR, run_jobs: bool = True) -> None:
         if research_trials < 1 or window < 1 or not 1 <= min_samples <= window or max_upload_bytes < 1:
             raise SearchmergeError("research trials, window and upload limit must be positive, and"
                                    f" 1 <= min-samples <= window (got {min_samples} and {window})")
@@ -111,6 +127,13 @@ class ServiceSettings:
         if samples_per_minute < 1:
             raise SearchmergeError(f"the sample quota must be at least 1 a minute, got {samples_per_minute}")
         self.samples_per_minute = samples_per_minute
+        check_evidence_rule(drift_min_edges, drift_edge_share)
+        self.drift_min_edges = drift_min_edges
+        self.drift_edge_share = drift_edge_share
+        if max_jobs_per_hour < 1:
+            raise SearchmergeError(f"--max-jobs-per-hour must be at least 1, got {max_jobs_per_hour}")
+        self.max_jobs_per_hour = max_jobs_per_hour
+        self.run_jobs = run_jobs
 
 
 class MergingService:
@@ -129,7 +152,8 @@ class MergingService:
         self.engine = open_engine(study.storage)
         self.signer = Signer.load(self.settings.signing_key) if self.settings.signing_key is not None else None
         self.artifacts = ArtifactVerifier(self.engine, study)  # a version's files are checked before they are served
-        self.holder = holder_name()  # this service, as the holder of the re-search jobs it claims
+        self.jobs = JobRunner(study, self.engine, heartbeat_interval=self.settings.heartbeat_interval,
+                              job_attempts=self.settings.job_attempts, signer=self.signer, say=self.say)
         self.quota = SampleQuota(per_minute=self.settings.samples_per_minute)
         self.footage = Footage(study.workload, study.settings)
         self._progress = progress
@@ -221,19 +245,8 @@ class MergingService:
     def _caretake(self) -> None:
         while not self._stop.is_set():
             try:
-                claimed = claim_job(self.engine, self.deployment, self.holder, max_attempts=self.settings.job_attempts,
-                                    lease_seconds=lease_seconds(self.settings.heartbeat_interval))
-                if claimed is not None:  # a job nobody else runs (or whose holder died) is this service's now
-                    job = run_job(self.engine, self.study, claimed, heartbeat_interval=self.settings.heartbeat_interval,
-                                  progress=self.say, signer=self.signer, holder=self.holder,
-                                  max_attempts=self.settings.job_attempts)
-                    self.say(f"job {job.id} ({job.study_name!r}): {job.state} {job.message}".rstrip(),
-                             logging.INFO if job.state == "published" else logging.WARNING)
-                    pinned = pinned_version(self.engine, self.deployment)
-                    if job.state == "published" and pinned is not None and pinned != job.version:
-                        self.say(f"version {pinned} is pinned by a rollback: edges stay on it, not on version"
-                                 f" {job.version}, until 'searchmerge unpin {self.study.path}'", logging.WARNING)
-                    continue
+                if self.settings.run_jobs and self.jobs.run_next() is not None:
+                    continue  # a job nobody else ran (or whose holder died) ran here; look for the next
                 if self._samples_arrived.wait(self.settings.check_every):
                     self._samples_arrived.clear()
                     self.check()
@@ -264,12 +277,36 @@ class MergingService:
                 self._note(f"version {current.version}: {', '.join(m.name for m in check.missing)} miss(es) the"
                            f" target {reason}", detail=names)
                 return check
+            if not self._may_start(current, check, recent, names):
+                return check
             job, created = request_research(self.engine, self.deployment, parent_study=current.source_study,
                                             scenario=check.scenario, n_trials=self.settings.research_trials)
             if created:
                 self.say(f"drift detected on version {current.version} in samples of {check.scenario!r} ({names});"
                          f" re-search job {job.id} ({job.study_name!r}) started", logging.WARNING)
         return check
+
+    def _may_start(self, current: VersionInfo, check: SampleCheck, recent: Mapping[str, Sequence[LabelledSample]],
+                   names: str) -> bool:
+        """Whether the miss of ``check`` may start its re-search: enough edges saw the drift, and the
+        deployment is within its jobs per hour (a job that exists already is always found again)."""
+        assert check.scenario is not None
+        if find_job(self.engine, self.deployment, parent_study=current.source_study, scenario=check.scenario):
+            return True
+        evidence = weigh_evidence(recent, (m.name for m in check.missing), check.scenario,
+                                  min_edges=self.settings.drift_min_edges, edge_share=self.settings.drift_edge_share)
+        if not evidence.enough:
+            self._note(f"version {current.version}: {', '.join(m.name for m in check.missing)} miss(es) the target on"
+                       f" {check.scenario!r}, but too few edges saw it to re-search yet",
+                       detail=f"{evidence.describe()}; {names}")
+            return False
+        started = jobs_started_within(self.engine, self.deployment, 3600)
+        if started >= self.settings.max_jobs_per_hour:
+            self._note(f"version {current.version}: drift on {check.scenario!r}, but deployment {self.deployment!r}"
+                       f" started {self.settings.max_jobs_per_hour} re-search job(s) in the last hour"
+                       " (--max-jobs-per-hour); it starts when the hour allows", detail=names)
+            return False
+        return True
 
     def _note(self, line: str, *, detail: str) -> None:
         """Say ``line`` (with ``detail``) once, not at every check that finds the same."""

@@ -82,18 +82,8 @@ BUILTIN_SCENARIOS: dict[str, DriftScenario] = {
 def scenarios(study: StudyFile) -> dict[str, DriftScenario]:
     """The built-in scenarios and those of the study file's ``drift:`` section.
 
-    A study file's scenario is either changes for every camera, or has a ``models``
-    mapping of per-model changes or data sources (plus optional common ``changes``; with
-    only ``models`` given, the other models do not drift)::
-
-        drift:
-          dusk: {brightness: -0.1, contrast: 0.8}
-          gate-moved:
-            models: {gate-digit: {rotation_deg: 20, shift_px: 2}}
-          gate-night:
-            models: {gate-people: {data: {format: imagefolder, root: data/gate-night}}}
-
-    The section is read with the study file (:func:`searchmerge.config.drift.drift_scenarios`).
+    The section's forms (changes for every camera, or per-model changes and data sources) are
+    described where it is read: :func:`searchmerge.config.drift.drift_scenarios`.
     """
     return known_scenarios(study.settings)
 

@@ -131,6 +131,16 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_label(args: argparse.Namespace) -> int:
+    from searchmerge.training.labelling import label
+
+    run = label(Path(args.source), Path(args.teacher), Path(args.out), stride=args.stride, threshold=args.threshold,
+                progress=_say)
+    print(f"{run.path}: {run.frames} frames labelled, {run.boxes} boxes ({run.labelled} frames now, at"
+          f" {run.frames_per_second:.1f} frames/s)")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from searchmerge.cli.report import format_search, plot_searches
     from searchmerge.search.merge_search import load_search, searchmerge_studies
@@ -916,6 +926,24 @@ def _add_edge(commands: argparse._SubParsersAction) -> None:
     edge.set_defaults(handler=cmd_edge)
 
 
+def _add_label(commands: argparse._SubParsersAction) -> None:
+    label = commands.add_parser(
+        "label",
+        help="label a video or a folder of frames with a teacher detector (COCO-style boxes for a study's video:)",
+        description="Run a study's teacher on every (--stride-th) frame of a video file or a folder of frames and"
+        " write the COCO-style labels file that a study's video: labels reads. An interrupted run resumes where it"
+        " stopped (OUT.partial holds the frames labelled so far).",
+    )
+    label.add_argument("source", metavar="SOURCE", help="a video file (anything PyAV decodes) or a folder of frames")
+    label.add_argument("--teacher", required=True, metavar="STUDY_OR_SPEC",
+                       help="a study file with a teacher: section, or a YAML file holding only that section")
+    label.add_argument("--out", required=True, metavar="BOXES.json", help="the labels file to write")
+    label.add_argument("--stride", type=int, default=1, metavar="N", help="label every N-th frame (default: 1)")
+    label.add_argument("--threshold", type=float, default=None, metavar="T",
+                       help="the lowest score of a kept box (default: the teacher's threshold)")
+    label.set_defaults(handler=cmd_label)
+
+
 def _add_dashboard(commands: argparse._SubParsersAction) -> None:
     dashboard = commands.add_parser("dashboard", help="start optuna-dashboard on the study storage")
     dashboard.add_argument("study", nargs="?", metavar="STUDY.yaml", help="a study file (for its default storage)")
@@ -930,9 +958,9 @@ def _add_dashboard(commands: argparse._SubParsersAction) -> None:
 #: The subcommands in the order ``searchmerge --help`` lists them; each function adds one
 #: command (``_add_search`` adds ``search`` and ``worker``) with its flags and handler.
 _COMMANDS = (
-    _add_analyze, _add_prepare, _add_evaluate, _add_search, _add_drift_check, _add_research, _add_confirm, _add_export,
-    _add_store, _add_report, _add_profile, _add_simulate, _add_serve, _add_keys, _add_edge_token, _add_rollback,
-    _add_unpin, _add_edge, _add_dashboard,
+    _add_analyze, _add_label, _add_prepare, _add_evaluate, _add_search, _add_drift_check, _add_research,
+    _add_confirm, _add_export, _add_store, _add_report, _add_profile, _add_simulate, _add_serve, _add_keys,
+    _add_edge_token, _add_rollback, _add_unpin, _add_edge, _add_dashboard,
 )
 
 

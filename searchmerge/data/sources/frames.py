@@ -30,7 +30,7 @@ from searchmerge.data.sources.images import (
     save_cache_entry,
 )
 
-__all__ = ["Crops", "Footage", "PixelBox"]
+__all__ = ["Crops", "Footage", "PixelBox", "crop_frame"]
 
 #: A crop in pixels of the frame: left, top, right, bottom (right and bottom excluded).
 PixelBox = tuple[int, int, int, int]
@@ -116,7 +116,7 @@ class Footage:
                 except (OSError, ValueError):
                     pass  # a damaged entry is decoded again and rewritten
         wanted = set(indices)
-        pixels = [_crop(frame, box, size) for index, frame in enumerate(self.frames()) if index in wanted]
+        pixels = [crop_frame(frame, box, size) for index, frame in enumerate(self.frames()) if index in wanted]
         if len(pixels) != len(wanted):
             raise SearchmergeError(
                 f"video {str(self.path)!r} decodes to fewer frames than its {self.frame_count}: frame"
@@ -164,7 +164,12 @@ def _read_image(path: Path, height: int, width: int) -> np.ndarray:
     return pixels
 
 
-def _crop(frame: np.ndarray, box: PixelBox, size: tuple[int, int] | None) -> np.ndarray:
+def crop_frame(frame: np.ndarray, box: PixelBox, size: tuple[int, int] | None) -> np.ndarray:
+    """``frame`` (H x W x 3, 8-bit) cropped to ``box`` and resized to ``size`` (height, width): a camera's view.
+
+    The video source's crops and the merging service's samples go through this one function,
+    so a model sees a sampled frame exactly as it saw its training frames.
+    """
     from PIL import Image
 
     left, top, right, bottom = box

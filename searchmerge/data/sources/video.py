@@ -73,10 +73,10 @@ from searchmerge.data.sources.base import (
     file_identity,
 )
 from searchmerge.data.sources.frame_labels import FrameLabels, read_frame_labels
-from searchmerge.data.sources.frames import Crops, Footage, PixelBox
+from searchmerge.data.sources.frames import Crops, Footage, PixelBox, crop_frame
 from searchmerge.data.sources.images import image_size_option
 
-__all__ = ["FOOTAGE_KEYS", "QUERIES", "Look", "RegionFrames", "VideoSource"]
+__all__ = ["FOOTAGE_KEYS", "QUERIES", "Look", "RegionFrames", "RegionQuestion", "VideoSource"]
 
 #: The keys of the top-level ``video:`` section; a model's ``data:`` may override each.
 FOOTAGE_KEYS = ("source", "labels", "split", "stride", "image_size")
@@ -236,7 +236,17 @@ class VideoSource(Source):
         camera = look.changed({k: v for k, v in changes.items() if k not in POSE_CHANGES})
         return {**options, "region": region, "camera": camera}
 
-    def open(self, options: Mapping[str, Any], context: SourceContext, *, task: str) -> TaskData:
+    def question(self, options: Mapping[str, Any], context: SourceContext, *, task: str) -> RegionQuestion:
+        """What a model on ``options`` asks of each frame, read without decoding any frame.
+
+        The merging service labels the frames an edge sends with it (a teacher's boxes in,
+        the model's target and input out), exactly as :meth:`open` labels the footage.
+        """
+        return self._resolve(options, context, task)[0]
+
+    def _resolve(
+        self, options: Mapping[str, Any], context: SourceContext, task: str
+    ) -> tuple[RegionQuestion, Footage, FrameLabels, Mapping[str, Any]]:
         where = "data (video)"
         section = context.defaults.get("video") or {}
         if not isinstance(section, Mapping):
@@ -263,19 +273,34 @@ class VideoSource(Source):
         if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
             raise SearchmergeError(f"{where}: stride must be a positive integer (use every stride-th labelled frame),"
                                    f" got {stride!r}")
-        frames = np.asarray(labels.frames[::stride], dtype=np.int64)
-        rule = _split(merged.get("split", DEFAULT_SPLIT), where)
-        parts = _cut(rule, len(frames), where)
         region = _region(merged.get("region"), where)
         box = _pixels(region, footage, where)
         size = image_size_option(merged.get("image_size"), where)
-        height, width = size or (box[3] - box[1], box[2] - box[0])
-        counted = _Counted(labels, [labels.classes.index(name) for name in wanted], box, footage)
-        found = [counted.inside(int(f)) for f in frames]
         bins = _bins(merged.get("bins"), where)
-        if query == "count" and bins is None:
-            bins = list(range(1 + max(len(boxes) for boxes, _ in found)))
-        targets = [counted.target(boxes, classes, query, bins, (height, width)) for boxes, classes in found]
+        if query == "count" and bins is None:  # every count the footage holds is a class of its own
+            everybody = RegionQuestion(box, (footage.height, footage.width), query, wanted, [0], (1, 1), resize=False)
+            most = max(len(everybody.inside(_pixel_boxes(labels, f, footage), labels.classes_of[f], labels.classes)[0])
+                       for f in labels.frames[::stride])
+            bins = list(range(1 + most))
+        height, width = size or (box[3] - box[1], box[2] - box[0])
+        question = RegionQuestion(box, (footage.height, footage.width), query, wanted, bins, (height, width),
+                                  resize=size is not None)
+        return question, footage, labels, merged
+
+    def open(self, options: Mapping[str, Any], context: SourceContext, *, task: str) -> TaskData:
+        where = "data (video)"
+        question, footage, labels, merged = self._resolve(options, context, task)
+        query, wanted, bins, box = question.query, question.classes, question.bins, question.box
+        region = _region(merged.get("region"), where)
+        height, width = question.size
+        size = question.size if question.resize else None
+        stride = merged.get("stride", 1)
+        frames = np.asarray(labels.frames[::stride], dtype=np.int64)
+        rule = _split(merged.get("split", DEFAULT_SPLIT), where)
+        parts = _cut(rule, len(frames), where)
+        labels_path = context.path(merged["labels"], f"{where}: labels")
+        targets = [question.target(_pixel_boxes(labels, int(f), footage), labels.classes_of[int(f)], labels.classes)
+                   for f in frames]
         look = Look.from_options(merged.get("camera"), where)
         crops = footage.crops(box, size, frames.tolist(), context.cache_dir)
         splits = {
@@ -305,38 +330,62 @@ class VideoSource(Source):
 
 
 @dataclass(frozen=True)
-class _Counted:
-    """The teacher's boxes of some classes, as one region sees them."""
+class RegionQuestion:
+    """What one model asks about its region of each frame, and what it sees of the frame.
 
-    labels: FrameLabels
-    classes: list[int]
+    Attributes:
+        box: The region in pixels of the frame (left, top, right, bottom).
+        frame_size: The frame's (height, width) in pixels.
+        query: ``presence``, ``count`` or ``detection``.
+        classes: The class names the query is about.
+        bins: The lower edges of the count classes (``count``).
+        size: The (height, width) of the model's input.
+        resize: Whether the region's crop is resized to ``size`` (else it is that size already).
+    """
+
     box: PixelBox
-    footage: Footage
+    frame_size: tuple[int, int]
+    query: str
+    classes: tuple[str, ...]
+    bins: list[int] | None
+    size: tuple[int, int]
+    resize: bool = True
 
-    def inside(self, frame: int) -> tuple[np.ndarray, np.ndarray]:
-        """The boxes (frame pixels) whose centre is in the region, and their position in ``classes``."""
-        scale = np.asarray([self.footage.width, self.footage.height] * 2, dtype=np.float32)
-        boxes = self.labels.boxes[frame] * scale
-        found = self.labels.classes_of[frame]
-        keep = np.isin(found, self.classes)
+    def inside(self, boxes: np.ndarray, classes: np.ndarray, names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Of ``boxes`` (frame pixels) of ``classes`` (indices into ``names``), those of the asked classes whose
+        centre is in the region, and their position in :attr:`classes`."""
+        boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+        found = [names[int(c)] for c in np.asarray(classes).reshape(-1)]
+        keep = np.asarray([name in self.classes for name in found], dtype=bool).reshape(-1)
         centre_x, centre_y = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
         left, top, right, bottom = self.box
         keep &= (centre_x >= left) & (centre_x < right) & (centre_y >= top) & (centre_y < bottom)
-        return boxes[keep], np.asarray([self.classes.index(int(c)) for c in found[keep]], dtype=np.int64)
+        positions = [self.classes.index(name) for name, kept in zip(found, keep) if kept]
+        return boxes[keep], np.asarray(positions, dtype=np.int64)
 
-    def target(
-        self, boxes: np.ndarray, classes: np.ndarray, query: str, bins: list[int] | None, size: tuple[int, int]
-    ) -> Any:
-        """The label of a frame whose boxes in the region (from :meth:`inside`) are ``boxes`` of ``classes``."""
-        if query == "presence":
+    def target(self, boxes: np.ndarray, classes: np.ndarray, names: Sequence[str]) -> Any:
+        """The label of a frame whose teacher boxes (frame pixels) are ``boxes`` of ``classes`` (indices into
+        ``names``): a class (presence, count) or a box dict in pixels of the model's input (detection)."""
+        boxes, positions = self.inside(boxes, classes, names)
+        if self.query == "presence":
             return int(len(boxes) > 0)
-        if query == "count":
-            return int(np.searchsorted(np.asarray(bins), len(boxes), side="right") - 1)
+        if self.query == "count":
+            return int(np.searchsorted(np.asarray(self.bins), len(boxes), side="right") - 1)
         left, top, right, bottom = self.box
-        scale = np.asarray([size[1] / (right - left), size[0] / (bottom - top)] * 2, dtype=np.float32)
+        height, width = self.size
+        scale = np.asarray([width / (right - left), height / (bottom - top)] * 2, dtype=np.float32)
         shifted = (boxes - np.asarray([left, top, left, top], dtype=np.float32)) * scale
-        shifted = np.clip(shifted, 0.0, np.asarray([size[1], size[0]] * 2, dtype=np.float32))
-        return {"boxes": torch.from_numpy(shifted).reshape(-1, 4), "labels": torch.from_numpy(classes + 1)}
+        shifted = np.clip(shifted, 0.0, np.asarray([width, height] * 2, dtype=np.float32))
+        return {"boxes": torch.from_numpy(shifted).reshape(-1, 4), "labels": torch.from_numpy(positions + 1)}
+
+    def view(self, frame: np.ndarray) -> np.ndarray:
+        """What the model sees of a whole ``frame`` (H x W x 3, 8-bit): the region's crop at its input size."""
+        return crop_frame(frame, self.box, self.size if self.resize else None)
+
+
+def _pixel_boxes(labels: FrameLabels, frame: int, footage: Footage) -> np.ndarray:
+    """The labelled boxes of ``frame`` in pixels of the footage."""
+    return labels.boxes[frame] * np.asarray([footage.width, footage.height] * 2, dtype=np.float32)
 
 
 def _region(value: Any, where: str) -> tuple[float, float, float, float]:

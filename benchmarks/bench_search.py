@@ -24,7 +24,9 @@ from the originals (``searchmerge confirm``); ``full`` judges every plan by that
 from the originals. One JSON line per run: ``{"study", "strategy", "evaluator", "seed",
 "trials", "best_saved_bytes", "retraining_seconds", "confirmed", ...}``, where
 ``retraining_seconds`` is the search's (``confirmation_seconds`` is said apart) and
-``confirmed`` the verdict of full retraining on the best plan (``null`` when none is feasible).
+``confirmed`` the verdict of full retraining on the best plan (``null`` when none is feasible);
+also ``groups`` (of the space), ``evaluations`` (distinct plans evaluated), and
+``evaluations_to_best`` / ``retraining_seconds_to_best`` up to the best plan's trial.
 """
 
 from __future__ import annotations
@@ -69,6 +71,7 @@ def evaluator_run(study: StudyFile, prepared: PreparedWorkload, strategy: str, e
     search.run(trials)
     result = outcome(search, time.perf_counter() - start)
     best = search.best()
+    to_best = None if best is None else evaluations_until(search, best.number)
     confirmation = confirm(search, best, progress=say) if best is not None else None
     return {
         "study": study.workload.name, "strategy": strategy, "evaluator": evaluator, "seed": args.seed,
@@ -77,7 +80,25 @@ def evaluator_run(study: StudyFile, prepared: PreparedWorkload, strategy: str, e
         "confirmation_seconds": None if confirmation is None else round(confirmation.evaluation.cost.seconds, 1),
         "incremental": incremental, "loss_weights": args.loss_weights, "bound": search.space.max_saved_bytes,
         "best_trial": None if best is None else best.number, "wall_seconds": round(result.wall_seconds, 1),
+        "groups": len(search.space.groups), "evaluations": evaluations_until(search, None)[0],
+        "evaluations_to_best": None if to_best is None else to_best[0],
+        "retraining_seconds_to_best": None if to_best is None else round(to_best[1], 1),
     }
+
+
+def evaluations_until(search: MergeSearch, last: int | None) -> tuple[int, float]:
+    """Plans evaluated (a repeated plan, answered from the store, counts once) and their retraining
+    seconds, over the trials numbered up to ``last`` (every trial when ``None``)."""
+    seen: set[tuple] = set()
+    spent = 0.0
+    for trial in sorted(search.finished_trials(), key=lambda t: t.number):
+        if last is not None and trial.number > last:
+            break
+        plan = tuple(sorted(trial.params.items()))
+        if plan not in seen:
+            spent += float(trial.user_attrs.get("cost_seconds", 0.0))
+        seen.add(plan)
+    return len(seen), spent
 
 
 def main() -> None:

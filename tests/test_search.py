@@ -284,7 +284,7 @@ def test_dashboard_shows_user_attributes_and_constraints(tiny: tuple[Path, str])
             with urllib.request.urlopen(url, timeout=10) as response:
                 table = response.read().decode()
             assert table.startswith("model,accuracy,baseline,ratio") and table.count("\n") == 4  # header + 3 models
-        assert optuna.load_study(study_name="shown", storage=storage).metric_names == ["bytes saved"]
+        assert optuna.load_study(study_name="shown", storage=storage).metric_names == ["bytes saved (B)"]
         study_attrs = {a["key"]: a["value"] for a in detail["user_attrs"]}
         assert "worst accuracy ratio" in study_attrs["searchmerge:intermediate_values"]
     finally:

@@ -30,7 +30,7 @@ def test_a_pruner_stops_only_a_failing_check_and_hopeless_needs_early_exit() -> 
     assert pruned.checks_at(2) and StopPolicy(early_exit=False, last_check=5, report=report).checks_at(2)
     assert pruned.decide(1, 0.5, passed=False) == "pruned"
     assert pruned.decide(2, 0.99, passed=True) == "success"  # a pass is never pruned
-    assert seen == [(1, 0.5)]
+    assert seen == [(1, 0.5), (2, 0.99)]  # the deciding check is reported too: the curve ends at the pass
     hopeless = StopPolicy(early_exit=True, last_check=5, hopeless=lambda check: check >= 2)
     assert hopeless.decide(1, 0.5, passed=False) is None
     assert hopeless.decide(2, 0.5, passed=False) == "hopeless"

@@ -101,8 +101,24 @@ def _looks_numeric(text: str) -> bool:
     return True
 
 
+def interval_text(interval: Any) -> str:
+    """An interval as ``[low, high]`` (``-`` where there is none)."""
+    return "-" if interval is None else f"[{interval.low:.3f}, {interval.high:.3f}]"
+
+
+def acceptance_text(rule: str, margin: float) -> str:
+    """How a study accepts a ratio, in words: ``the measured ratio`` or ``its 95% interval's lower end``."""
+    text = "the measured ratio" if rule == "point" else "the lower end of its 95% interval"
+    return text + (f" minus a margin of {margin:g}" if margin else "")
+
+
+INTERVAL_NOTE = ("95% CI: Wilson score interval of the accuracy on its n validation samples (a ratio's: over the"
+                 " baseline's value); exact: an unchanged original on its own data; '-': the metric is not a"
+                 " proportion (mAP), no interval")
+
+
 def format_evaluation(evaluation: Any, *, bound_saved_bytes: int | None = None, checkpoint: str | None = None) -> str:
-    """One evaluated plan: per-model accuracy against the target, memory, cost."""
+    """One evaluated plan: per-model accuracy against the target, with sample counts and intervals, memory, cost."""
     plan = sorted(evaluation.plan.shared)
     shown = ", ".join(plan[:8]) + (f", ... ({len(plan) - 8} more)" if len(plan) > 8 else "")
     lines = [f"plan: {len(plan)} group(s) shared" + (f": {shown}" if plan else " (no sharing)")]
@@ -111,18 +127,23 @@ def format_evaluation(evaluation: Any, *, bound_saved_bytes: int | None = None, 
             m.name,
             f"{m.accuracy:.3f}",
             f"{m.baseline:.3f}",
+            interval_text(m.baseline_interval),
             f"{m.ratio:.3f}",
-            "-" if m.test_ratio is None else f"{m.test_ratio:.3f}",
+            interval_text(m.ratio_interval),
+            str(m.samples),
+            "-" if m.test_ratio is None else f"{m.test_ratio:.3f} {interval_text(m.test_interval)} n={m.test_samples}",
             "yes" if m.meets_target else "NO",
             str(m.check),
         ]
         for m in evaluation.models
     ]
-    headers = ["model", "accuracy", "baseline", "ratio", "test ratio", "meets target", "scored at check"]
+    headers = ["model", "accuracy", "baseline", "baseline 95% CI", "ratio", "ratio 95% CI", "n", "test ratio",
+               "meets target", "scored at check"]
     lines.append(format_table(headers, rows))
+    lines.append(INTERVAL_NOTE)
     verdict = "FEASIBLE" if evaluation.feasible else "infeasible"
-    lines.append(f"{verdict}: every model must keep {evaluation.target:.2f} of its baseline accuracy"
-                 f" (stopped: {evaluation.stop_reason})")
+    lines.append(f"{verdict}: every model must keep {evaluation.target:.2f} of its baseline accuracy, judged by"
+                 f" {acceptance_text(evaluation.accept, evaluation.accept_margin)} (stopped: {evaluation.stop_reason})")
     saved = f"saved {megabytes(evaluation.saved_bytes)}"
     if bound_saved_bytes:
         saved += f", {percent(evaluation.saved_bytes / bound_saved_bytes)} of the max-sharing saving"

@@ -18,6 +18,8 @@ from searchmerge.config import schema
 from searchmerge.config.deploy import DeploySettings
 from searchmerge.config.drift import DriftScenario, drift_scenarios
 from searchmerge.config.teacher import TeacherSettings
+from searchmerge.core.errors import SearchmergeError
+from searchmerge.core.feasibility import ACCEPT_RULES
 from searchmerge.core.keys import check_keys
 
 #: The keys of a study file's top-level ``data:`` section (each model's own is ``models[].data``).
@@ -25,8 +27,8 @@ DATA_KEYS = ("image_size", "channels", "workers", "cache")
 #: The top-level keys of a study file that :class:`StudySettings` reads (the others are
 #: ``name``, ``models`` and ``storage``: see :mod:`searchmerge.config.study`).
 SETTINGS_KEYS = (
-    "seed", "target", "data", "pretrain", "finetune", "evaluator", "drift_evaluator", "drift", "deploy", "video",
-    "teacher",
+    "seed", "target", "accept", "data", "pretrain", "finetune", "evaluator", "drift_evaluator", "drift", "deploy",
+    "video", "teacher",
 )
 #: Top-level keys that belong to the study file as a whole; :meth:`StudySettings.from_document` skips them.
 STUDY_FILE_KEYS = ("name", "models", "storage")
@@ -72,6 +74,11 @@ class EvaluatorSettings:
             multiplied by ``(target / its latest ratio) ** loss_weights``, capped at
             ``LOSS_WEIGHT_CAP``, so a model lagging its target pulls the shared weights
             harder. 0 (the default) weighs every model 1; Gemel uses 0.75.
+        accept: How a model's ratio is accepted against the target (a study file's
+            top-level ``accept:``): its measured value (``point``, the default) or the
+            lower end of its 95% Wilson interval (``lower-bound``); see
+            :func:`searchmerge.core.feasibility.accepted_ratio`.
+        accept_margin: Subtracted from the accepted ratio: a plan must pass by this much.
     """
 
     fraction: float = schema.setting(0.5, above=0, at_most=1)
@@ -87,9 +94,30 @@ class EvaluatorSettings:
     pace_decay: float = schema.setting(1.0, above=0, at_most=1)
     confirm_margin: float = schema.setting(0.02, at_least=0)
     loss_weights: float = schema.setting(0.0, at_least=0)
+    accept: str = schema.setting("point", choices=ACCEPT_RULES)
+    accept_margin: float = schema.setting(0.0, at_least=0, at_most=0.5)
 
     def __post_init__(self) -> None:
         schema.validate(self, "evaluator")
+
+
+@dataclass(frozen=True)
+class AcceptSettings:
+    """A study file's ``accept:`` section: ``lower-bound``, or ``{rule: ..., margin: ...}``.
+
+    It sets the evaluator's ``accept`` and ``accept_margin`` (on drifted data too), so the
+    evaluator's early exit, the constraint stored on each trial and every reader judge by it.
+    """
+
+    rule: str = schema.setting("point", choices=ACCEPT_RULES)
+    margin: float = schema.setting(0.0, at_least=0, at_most=0.5, hint="a ratio the plan must pass the target by")
+
+    @classmethod
+    def from_document(cls, section: Any) -> AcceptSettings:
+        """``accept: lower-bound`` (a rule alone) or a mapping of ``rule`` and ``margin``."""
+        if isinstance(section, str):
+            section = {"rule": section}
+        return schema.parse(cls, section, "accept")
 
 
 #: The largest per-model loss weight (see ``EvaluatorSettings.loss_weights``).
@@ -147,6 +175,13 @@ class StudySettings:
         task = schema.typed("pretrain.task", pretrain.pop("task"), str) if "task" in pretrain else "digit"
         evaluator = schema.mapping(own.get("evaluator"), "evaluator", "evaluator settings")
         drift = schema.mapping(own.get("drift_evaluator"), "drift_evaluator", "evaluator settings")
+        if "accept" in own:
+            given = [f"{where}.{key}" for where, section in (("evaluator", evaluator), ("drift_evaluator", drift))
+                     for key in ("accept", "accept_margin") if key in section]
+            if given:
+                raise SearchmergeError(f"accept is given twice: at the top and as {', '.join(given)}; keep one")
+            accept = AcceptSettings.from_document(own["accept"])
+            evaluator = {**evaluator, "accept": accept.rule, "accept_margin": accept.margin}
         return cls(
             **top,
             **data,

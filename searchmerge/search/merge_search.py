@@ -399,12 +399,13 @@ class MergeSearch:
         each tensor's place in the weights file, sizes, SHA-256), as Optuna artifacts in
         the study's blob location, which ``searchmerge dashboard`` serves.
         """
-        rows = ["model,accuracy,baseline,ratio,test_ratio,meets_target,scored_at_check"]
-        rows += [
-            f"{m.name},{m.accuracy:.5f},{m.baseline:.5f},{m.ratio:.5f},"
-            f"{'' if m.test_ratio is None else f'{m.test_ratio:.5f}'},{m.meets_target},{m.check}"
-            for m in evaluation.models
-        ]
+        header = "model,accuracy,baseline,ratio,ratio_ci95_low,ratio_ci95_high,samples,test_ratio,meets_target,"
+        rows = [header + "scored_at_check"]
+        for m in evaluation.models:
+            low, high = ("", "") if m.ratio_interval is None else (f"{m.ratio_interval.low:.5f}",
+                                                                   f"{m.ratio_interval.high:.5f}")
+            rows.append(f"{m.name},{m.accuracy:.5f},{m.baseline:.5f},{m.ratio:.5f},{low},{high},{m.samples},"
+                        f"{'' if m.test_ratio is None else f'{m.test_ratio:.5f}'},{m.meets_target},{m.check}")
         with tempfile.TemporaryDirectory(prefix="searchmerge-artifacts-") as folder:
             table = Path(folder) / "models.csv"
             table.write_text("\n".join(rows) + "\n")
@@ -731,10 +732,27 @@ def _set_user_attrs(storage: RDBStorage, trial_id: int, attrs: Mapping[str, Any]
 
 
 def _trial_attributes(evaluation: Any, checkpoint: str, cached: bool) -> dict[str, Any]:
+    """What a trial records for the dashboard and every reader: the verdict first, beside its numbers.
+
+    ``feasible``, the ``constraint`` and the ``worst_ratio`` with the model it belongs to and how
+    the constraint follows from it (``constraint_is``), then per model its ratio, the validation
+    samples it was measured on (``samples:MODEL``) and its 95% interval (``ratio_ci95:MODEL``).
+    """
+    worst = evaluation.worst_model
+    accepted = min(evaluation.accepted(worst))
+    verdict = "feasible" if evaluation.feasible else "infeasible"
+    how = "ratio" if evaluation.accept == "point" else "lower end of the ratio's 95% CI"
+    if evaluation.accept_margin:
+        how += f" minus margin {evaluation.accept_margin:g}"
     attrs: dict[str, Any] = {
         "feasible": evaluation.feasible,
         "constraint": evaluation.constraint,
         "worst_ratio": evaluation.worst_ratio,
+        "worst_model": worst.name,
+        "constraint_is": f"target {evaluation.target:g} - {how} {accepted:.4f} of {worst.name}"
+                         f" = {evaluation.constraint:+.4f}: {verdict} when <= 0",
+        "accept": evaluation.accept,
+        "accept_margin": evaluation.accept_margin,
         "stop_reason": evaluation.stop_reason,
         "unique_bytes": evaluation.unique_bytes,
         "saved_bytes": evaluation.saved_bytes,
@@ -751,6 +769,13 @@ def _trial_attributes(evaluation: Any, checkpoint: str, cached: bool) -> dict[st
     for model in evaluation.models:
         attrs[f"accuracy:{model.name}"] = round(model.accuracy, 5)
         attrs[f"ratio:{model.name}"] = round(model.ratio, 5)
+        attrs[f"samples:{model.name}"] = model.samples
+        interval = model.ratio_interval
+        attrs[f"ratio_ci95:{model.name}"] = None if interval is None else (
+            f"[{interval.low:.4f}, {interval.high:.4f}] n={interval.samples} {interval.method}")
+        baseline = model.baseline_interval
+        attrs[f"baseline_ci95:{model.name}"] = None if baseline is None else (
+            f"{model.baseline:.4f} [{baseline.low:.4f}, {baseline.high:.4f}] n={baseline.samples} {baseline.method}")
     return attrs
 
 

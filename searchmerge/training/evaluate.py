@@ -8,6 +8,11 @@ check) and on hopeless failure (a model's learning curve, extrapolated
 optimistically over the remaining budget, cannot reach its target; or the caller,
 e.g. an Optuna pruner, says stop). Validation accuracy on small splits is noisy,
 so a pass by a hair is confirmed on the test split before it counts.
+
+Every ratio is kept with the number of samples it was measured on and its 95% interval
+(:mod:`searchmerge.core.uncertainty`), and a study may accept a ratio on that interval's
+lower end or with a margin (``accept:``): the evaluator's own pass at a check and the
+stored constraint judge by the same :func:`~searchmerge.core.feasibility.accepted_ratio`.
 """
 
 from __future__ import annotations
@@ -30,9 +35,10 @@ from searchmerge.analysis.memory import model_tensors, unique_tensor_bytes
 from searchmerge.config.settings import LOSS_WEIGHT_CAP, EvaluatorSettings, check_target
 from searchmerge.config.study import StudyFile
 from searchmerge.core.errors import SearchmergeError
-from searchmerge.core.feasibility import constraint_value, is_feasible
+from searchmerge.core.feasibility import accepted_ratio, constraint_value, is_feasible
 from searchmerge.core.progress import Progress
 from searchmerge.core.space import SharingPlan
+from searchmerge.core.uncertainty import Interval, exact, wilson
 from searchmerge.data.sources import subsample
 from searchmerge.storage.store import CheckpointKey, variant_of
 from searchmerge.training.deployment import export_deployment
@@ -62,6 +68,7 @@ __all__ = [
     "export_plan",
     "full_retraining",
     "merged_key",
+    "ratio_interval",
 ]
 
 #: Called after every check with (check index, worst accuracy ratio); returns True to stop (prune).
@@ -70,9 +77,24 @@ ReportFn = Callable[[int, float], bool]
 ObserveFn = Callable[[int, Mapping[str, float], Mapping[str, nn.Module]], None]
 
 
+def ratio_interval(ratio: float, baseline: float, samples: int, method: str) -> Interval | None:
+    """The 95% interval of a ratio measured on ``samples`` samples against a ``baseline``.
+
+    ``method``: ``wilson`` (the metric is a proportion: its accuracy's Wilson interval over
+    the baseline), ``exact`` (an unchanged model on its baseline's data: nothing to
+    estimate), or ``""`` (no interval: a metric that is not a proportion, or a record made
+    before sample counts were kept).
+    """
+    if method == "exact":
+        return exact(ratio, samples)
+    if method == "wilson" and samples > 0:
+        return wilson(ratio * baseline, samples).scaled(baseline)
+    return None
+
+
 @dataclass(frozen=True)
 class ModelOutcome:
-    """One merged model's accuracy at the deciding check."""
+    """One merged model's accuracy at the deciding check, with how many samples measured it."""
 
     name: str
     accuracy: float
@@ -85,11 +107,54 @@ class ModelOutcome:
     #: Whether its weights trained: False for a model the plan shares nothing with (it keeps
     #: its weights bit for bit) unless, on new data, it missed its target there, and for a frozen one.
     retrained: bool = True
+    #: The validation samples ``ratio`` was measured on (0: a record made before counts were kept).
+    samples: int = 0
+    #: How its interval is computed: ``wilson``, ``exact`` or ``""`` (none; see :func:`ratio_interval`).
+    interval: str = ""
+    #: The test samples and the original's test metric, where ``test_ratio`` was measured.
+    test_samples: int = 0
+    test_baseline: float | None = None
 
     @property
     def ratios(self) -> tuple[float, ...]:
         """Every ratio measured for this model: validation, and test where it was confirmed."""
         return (self.ratio,) if self.test_ratio is None else (self.ratio, self.test_ratio)
+
+    @property
+    def ratio_interval(self) -> Interval | None:
+        """The 95% interval of the validation ratio (``None`` where there is none)."""
+        return ratio_interval(self.ratio, self.baseline, self.samples, self.interval)
+
+    @property
+    def baseline_interval(self) -> Interval | None:
+        """The 95% interval of the original's validation metric, on the same samples."""
+        return wilson(self.baseline, self.samples) if self.interval and self.samples else None
+
+    @property
+    def test_interval(self) -> Interval | None:
+        """The 95% interval of the test ratio, where one was measured."""
+        if self.test_ratio is None or self.test_baseline is None:
+            return None
+        return ratio_interval(self.test_ratio, self.test_baseline, self.test_samples, self.interval)
+
+    def accepted_ratios(self, rule: str = "point", margin: float = 0.0) -> tuple[float, ...]:
+        """Each of :attr:`ratios` as the study's acceptance judges it (its point or lower end, less ``margin``)."""
+        intervals = (self.ratio_interval, self.test_interval)
+        accepted = []
+        for ratio, interval in zip(self.ratios, intervals):
+            if rule != "point" and interval is None:
+                raise SearchmergeError(f"model {self.name!r} has no interval to accept its ratio on ({rule})")
+            accepted.append(accepted_ratio(ratio, interval.low if interval else ratio, rule=rule, margin=margin))
+        return tuple(accepted)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Its fields, with the intervals spelled out (what ``evaluate --json`` prints)."""
+        intervals = {"ratio_interval": self.ratio_interval, "baseline_interval": self.baseline_interval,
+                     "test_interval": self.test_interval}
+        return {**asdict(self), **{k: None if v is None else v.to_dict() for k, v in intervals.items()}}
+
+
+_OUTCOME_FIELDS = frozenset(f.name for f in dataclasses.fields(ModelOutcome))
 
 
 @dataclass(frozen=True)
@@ -119,6 +184,9 @@ class Evaluation:
     saved_bytes: int
     cost: Cost
     curve: tuple[float, ...] = field(default=())
+    #: The acceptance it was judged by (the evaluator's ``accept`` and ``accept_margin``).
+    accept: str = "point"
+    accept_margin: float = 0.0
 
     @property
     def worst_ratio(self) -> float:
@@ -126,9 +194,18 @@ class Evaluation:
         return min(m.ratio for m in self.models)
 
     @property
+    def worst_model(self) -> ModelOutcome:
+        """The model with the worst accepted ratio on any split: the one that decides the constraint."""
+        return min(self.models, key=lambda m: min(self.accepted(m)))
+
+    def accepted(self, model: ModelOutcome) -> tuple[float, ...]:
+        """``model``'s ratios as this evaluation's acceptance judges them."""
+        return model.accepted_ratios(self.accept, self.accept_margin)
+
+    @property
     def constraint(self) -> float:
-        """``target`` minus the worst ratio measured on any split (feasible when ``<= 0``)."""
-        return constraint_value(self.target, (r for m in self.models for r in m.ratios))
+        """``target`` minus the worst accepted ratio on any split (feasible when ``<= 0``)."""
+        return constraint_value(self.target, (r for m in self.models for r in self.accepted(m)))
 
     @property
     def feasible(self) -> bool:
@@ -142,11 +219,13 @@ class Evaluation:
             "constraint": self.constraint,
             "stop_reason": self.stop_reason,
             "target": self.target,
-            "models": [asdict(m) for m in self.models],
+            "models": [m.to_dict() for m in self.models],
             "unique_bytes": self.unique_bytes,
             "saved_bytes": self.saved_bytes,
             "cost": asdict(self.cost),
             "curve": list(self.curve),
+            "accept": self.accept,
+            "accept_margin": self.accept_margin,
         }
 
     @classmethod
@@ -156,11 +235,13 @@ class Evaluation:
             plan=plan,
             stop_reason=data["stop_reason"],
             target=data["target"],
-            models=tuple(ModelOutcome(**m) for m in data["models"]),
+            models=tuple(ModelOutcome(**{k: v for k, v in m.items() if k in _OUTCOME_FIELDS}) for m in data["models"]),
             unique_bytes=data["unique_bytes"],
             saved_bytes=data["saved_bytes"],
             cost=Cost(**data["cost"]),
             curve=tuple(data["curve"]),
+            accept=data.get("accept", "point"),
+            accept_margin=data.get("accept_margin", 0.0),
         )
 
 
@@ -205,14 +286,19 @@ class StopPolicy:
         return self.early_exit or self.report is not None or self.watched or self.is_last(check)
 
     def decide(self, check: int, worst_ratio: float, passed: bool) -> str | None:
-        """The reason to stop after ``check``, or ``None`` to train on."""
+        """The reason to stop after ``check``, or ``None`` to train on.
+
+        The caller is told every scored check, the deciding one included (so a feasible
+        plan's reported curve ends at its passing check), but may stop only a plan that
+        fails at a check before the last.
+        """
         last = self.is_last(check)
+        stop = self.report is not None and self.report(check, worst_ratio)
         if passed and (self.early_exit or last):
             return "success"
         if last:
             return "budget"
-        # The caller sees every check; it may stop only a plan that fails at it.
-        if self.report is not None and self.report(check, worst_ratio) and not passed:
+        if stop and not passed:
             return "pruned"
         if self.early_exit and self.hopeless(check):
             return "hopeless"
@@ -287,6 +373,32 @@ class Evaluator:
         self.analysis = analysis or analyze(prepared.workload, built=prepared.models)
         self.device = torch.device(device) if device is not None else default_device()
         self.progress = progress
+        if settings.accept != "point":
+            vague = sorted(n for n, kind in prepared.kinds.items() if not kind.proportion)
+            if vague:
+                raise SearchmergeError(
+                    f"accept: {settings.accept} needs a Wilson interval, but the metric of {', '.join(vague)} is not a"
+                    " proportion of samples; use accept: {margin: ...} instead")
+
+    def samples(self, name: str, split: str) -> int:
+        """How many samples ``name``'s ``split`` holds (what its ratios there are measured on)."""
+        return len(getattr(self.prepared.data[name], split))
+
+    def interval_method(self, name: str, *, unchanged: bool = False) -> str:
+        """How ``name``'s ratios get their interval (see :func:`ratio_interval`)."""
+        return "exact" if unchanged else "wilson" if self.prepared.kinds[name].proportion else ""
+
+    def passes(self, name: str, ratio: float, split: str = "val", *, unchanged: bool = False) -> bool:
+        """Whether ``name``'s ``ratio`` on ``split`` meets the target as the study accepts ratios."""
+        settings = self.settings
+        lower = ratio
+        if settings.accept != "point":
+            baseline = getattr(self.prepared.baselines[name], f"{split}_accuracy")
+            interval = ratio_interval(ratio, baseline, self.samples(name, split), self.interval_method(name,
+                                                                                                      unchanged=unchanged))
+            assert interval is not None  # refused in __init__ otherwise
+            lower = interval.low
+        return accepted_ratio(ratio, lower, rule=settings.accept, margin=settings.accept_margin) >= self.target
 
     @repeatable_kernels()
     def evaluate(
@@ -337,7 +449,7 @@ class Evaluator:
             if observe is not None:
                 observe(check, ratios, run.merged)
             self._say_check(check, run, ratios)
-            passed, test_ratios = self._confirm(run.merged, ratios, run.scores.known_tests)
+            passed, test_ratios = self._confirm(run.merged, ratios, run.scores.known_tests, run.scores.unchanged)
             reason = policy.decide(check, min(ratios.values()), passed)
             if reason is not None:
                 return reason, ratios, test_ratios  # a failed confirmation is kept: it decides
@@ -356,17 +468,22 @@ class Evaluator:
         """The evaluation of a finished run (its merged models back on the CPU)."""
         for model in run.merged.values():
             model.to("cpu").eval()
-        baselines = self.prepared.baselines
+        baselines, unchanged = self.prepared.baselines, run.scores.unchanged
         models = tuple(
             ModelOutcome(
                 name=n,
                 accuracy=ratios[n] * baselines[n].val_accuracy,
                 baseline=baselines[n].val_accuracy,
                 ratio=ratios[n],
-                meets_target=ratios[n] >= self.target and test_ratios.get(n, self.target) >= self.target,
+                meets_target=self.passes(n, ratios[n], unchanged=n in unchanged)
+                and (n not in test_ratios or self.passes(n, test_ratios[n], "test")),
                 test_ratio=test_ratios.get(n),
                 check=run.scores.measured_at(n),
                 retrained=n in run.learners,
+                samples=self.samples(n, "val"),
+                interval=self.interval_method(n, unchanged=n in unchanged),
+                test_samples=self.samples(n, "test") if n in test_ratios else 0,
+                test_baseline=baselines[n].test_accuracy if n in test_ratios else None,
             )
             for n in run.merged
         )
@@ -380,6 +497,8 @@ class Evaluator:
             saved_bytes=self.analysis.total_bytes - run.unique_bytes,
             cost=Cost(steps=run.steps, samples=samples, seconds=seconds, checks=len(run.curve)),
             curve=tuple(run.curve),
+            accept=self.settings.accept,
+            accept_margin=self.settings.accept_margin,
         )
 
     def score(self, model: nn.Module, name: str, split: str) -> float:
@@ -388,7 +507,8 @@ class Evaluator:
                      workers=self.prepared.settings.workers)
 
     def _confirm(
-        self, merged: Mapping[str, nn.Module], ratios: Mapping[str, float], known: Mapping[str, float] | None = None
+        self, merged: Mapping[str, nn.Module], ratios: Mapping[str, float], known: Mapping[str, float] | None = None,
+        unchanged: Collection[str] = (),
     ) -> tuple[bool, dict[str, float]]:
         """Whether a pass holds, and the test ratios measured to tell.
 
@@ -396,9 +516,10 @@ class Evaluator:
         ``confirm_margin`` of the target) measured on the test split; the pass holds when
         each of those meets the target there too. ``known``: test ratios measured before
         with the same weights (a frozen model's, from the start plan's evaluation).
+        ``unchanged``: models still holding their original's weights on its data (ratio exactly 1).
         """
         known = known or {}
-        if any(r < self.target for r in ratios.values()):
+        if not all(self.passes(n, r, unchanged=n in unchanged) for n, r in ratios.items()):
             return False, {}
         measured: dict[str, float] = {}
         for name, ratio in ratios.items():
@@ -406,7 +527,7 @@ class Evaluator:
                 continue
             baseline = self.prepared.baselines[name].test_accuracy
             measured[name] = known[name] if name in known else self.score(merged[name], name, "test") / baseline
-            if measured[name] < self.target:
+            if not self.passes(name, measured[name], "test"):
                 return False, measured
         return True, measured
 
@@ -415,11 +536,13 @@ def evaluator_identity(settings: EvaluatorSettings) -> dict[str, Any]:
     """The evaluator settings as keys and study identities record them.
 
     A setting added later is left out while it has the value that behaves as before it
-    existed (``loss_weights`` 0), so records and studies made before it keep their keys.
+    existed (``loss_weights`` 0, ``accept`` ``point``, ``accept_margin`` 0), so records and
+    studies made before it keep their keys.
     """
     identity = asdict(settings)
-    if identity["loss_weights"] == 0:
-        del identity["loss_weights"]
+    for name, before in (("loss_weights", 0), ("accept", "point"), ("accept_margin", 0)):
+        if identity[name] == before:
+            del identity[name]
     return identity
 
 
@@ -686,11 +809,13 @@ class _Scoreboard:
             else []
             for name, model in merged.items()
         }
+        #: The models whose ratio is that exact 1 (never run since): nothing to estimate, no interval.
+        self.unchanged = {name for name, points in self.curves.items() if points and name not in known}
 
     def score(self, check: int, *, everyone: bool) -> dict[str, float]:
         """Every model's ratio after scoring the ones due at ``check`` (all if ``everyone``)."""
         self._measure(check, self._due(everyone))
-        if all(points[-1][1] >= self.target for points in self.curves.values()):
+        if all(self._passes(name, points[-1][1]) for name, points in self.curves.items()):
             # Feasible only with every model's weights of this one check: re-measure the rest.
             self._measure(check, [n for n, points in self.curves.items() if points[-1][0] != check])
         return {name: points[-1][1] for name, points in self.curves.items()}
@@ -703,9 +828,12 @@ class _Scoreboard:
         that score for good.
         """
         self._measure(0, names)
-        missing = {name for name in names if self.curves[name][-1][1] < self.target}
+        missing = {name for name in names if not self._passes(name, self.curves[name][-1][1])}
         self.fixed -= missing
         return missing
+
+    def _passes(self, name: str, ratio: float) -> bool:
+        return self.evaluator.passes(name, ratio, unchanged=name in self.unchanged)
 
     def measured_at(self, name: str) -> int:
         """The check that measured ``name``'s latest ratio."""
@@ -739,6 +867,7 @@ class _Scoreboard:
                                        keep=self.kept_norms, workers=prepared.settings.workers)
             ratio = self.evaluator.score(self.merged[name], name, "val")
             curve.append((check, ratio / prepared.baselines[name].val_accuracy))
+            self.unchanged.discard(name)
 
     def hopeless(self, check: int, total_checks: int) -> bool:
         """Some model's curve, extrapolated from its best recent pace, stays below its target.

@@ -34,6 +34,10 @@ class TaskKind(ABC):
     name: ClassVar[str]
     #: What :meth:`metric` measures, for messages and reports.
     metric_name: ClassVar[str]
+    #: Whether :meth:`metric` is a proportion of samples (accuracy), so that its confidence
+    #: interval is Wilson's (:mod:`searchmerge.core.uncertainty`); a kind whose metric is not
+    #: (mAP) is reported with its sample count and no interval.
+    proportion: ClassVar[bool] = False
 
     @abstractmethod
     def collate(self, samples: Sequence[tuple[Any, Any]]) -> Batch:

@@ -21,6 +21,7 @@ class Classification(TaskKind):
 
     name = "classification"
     metric_name = "top-1 accuracy"
+    proportion = True
 
     def collate(self, samples: Sequence[tuple[Any, Any]]) -> Batch:
         images, labels = default_collate(list(samples))

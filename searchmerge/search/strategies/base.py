@@ -32,7 +32,11 @@ ConstraintsFunc = Callable[[FrozenTrial], Sequence[float]]
 _CONSTRAINTS_KEY = "constraints"  # where Optuna keeps a trial's constraint values
 
 #: The objective's name in a study that maximises the bytes a plan saves (the search's, without ``deploy:``).
-SAVED_BYTES_OBJECTIVE = "bytes saved"
+#: The value stays in bytes (the samplers and the greedy order compare values, and stored studies
+#: keep theirs); the name says the unit, and each trial's ``saved_mb`` gives it in MB.
+SAVED_BYTES_OBJECTIVE = "bytes saved (B)"
+#: The name studies made before the unit was named carry; they maximise bytes saved too.
+LEGACY_SAVED_BYTES_OBJECTIVE = "bytes saved"
 
 
 @dataclass(frozen=True)
@@ -145,13 +149,13 @@ def maximises_saved_bytes(study: Study) -> bool:
 
     Only then can a plan saving no more bytes than a feasible one be passed over as
     unable to improve the result. The search names its objective (Optuna's metric
-    names): ``bytes saved``, or with a ``deploy:`` section the simulated frames
-    processed, where a plan saving fewer bytes may process more frames (its merged
-    models swap in smaller units, say), and nothing short of evaluating it tells. A study
-    that names no objective (a plain Optuna study, as in the examples) is taken to
-    maximise bytes saved.
+    names): ``bytes saved (B)`` (``bytes saved`` before the unit was named), or with a
+    ``deploy:`` section the simulated frames processed, where a plan saving fewer bytes may
+    process more frames (its merged models swap in smaller units, say), and nothing short
+    of evaluating it tells. A study that names no objective (a plain Optuna study, as in
+    the examples) is taken to maximise bytes saved.
     """
-    return study.metric_names in (None, [SAVED_BYTES_OBJECTIVE])
+    return study.metric_names in (None, [SAVED_BYTES_OBJECTIVE], [LEGACY_SAVED_BYTES_OBJECTIVE])
 
 
 def pending_plans(study: Study, space: SearchSpace, trial: FrozenTrial | None = None) -> set[SharingPlan]:

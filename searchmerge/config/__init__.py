@@ -5,6 +5,7 @@
 * :mod:`~searchmerge.config.schema`: the one validator of the settings (types, ranges, unknown keys);
 * :mod:`~searchmerge.config.deploy`: the ``deploy:`` section (GPU memory, fps, latency target);
 * :mod:`~searchmerge.config.drift`: the ``drift:`` section (named drift scenarios);
+* :mod:`~searchmerge.config.teacher`: the ``teacher:`` section (the model that labels frames), loaded;
 * :mod:`~searchmerge.config.data_request`: each model's data and task, resolved but not read;
 * :mod:`~searchmerge.config.study`: the study file as a whole, with its storage
   (:func:`~searchmerge.config.study.open_study_file`).

@@ -4,7 +4,9 @@
   video with teacher labels, a Python factory, the digits demo), plugged in by name;
 * :mod:`~searchmerge.data.tasks`: task kinds (classification, detection) as adapters for
   batches, loss, metric and batch-norm statistics;
-* :mod:`~searchmerge.data.loading`: reading a dataset as batches, in order or shuffled.
+* :mod:`~searchmerge.data.loading`: reading a dataset as batches, in order or shuffled;
+* :mod:`~searchmerge.data.teacher`: teachers, the detectors that label frames (ONNX, torchvision),
+  and the COCO-style labels they write.
 
 Imports only :mod:`searchmerge.core`.
 """

@@ -5,5 +5,6 @@
   originals, as given or trained by the study's recipe, and their baselines;
 * :mod:`~searchmerge.training.merge`: one copy of each shared tensor for a plan;
 * :mod:`~searchmerge.training.evaluate`: retraining a plan cheaply and judging it;
-* :mod:`~searchmerge.training.deployment`: merged weights and manifest on disk, loaded tied.
+* :mod:`~searchmerge.training.deployment`: merged weights and manifest on disk, loaded tied;
+* :mod:`~searchmerge.training.labelling`: footage labelled by a study's teacher (``searchmerge label``).
 """

@@ -155,3 +155,17 @@ def test_bad_input_is_one_line_and_writes_nothing(video: Path, onnx_teacher_file
              "stride must be a positive integer", out)
     _refused(capsys, ["label", str(video), "--teacher", str(onnx_teacher_file), "--out", str(out),
                       "--threshold", "1.5"], "threshold must be in [0, 1]", out)
+
+
+def test_a_terminal_sees_a_bar_with_the_frames_left(video: Path, onnx_teacher_file: Path, tmp_path: Path) -> None:
+    import io
+
+    from searchmerge.cli.progress import TerminalProgress
+
+    stream = io.StringIO()
+    label(video, onnx_teacher_file, tmp_path / "boxes.json", stride=2, progress=TerminalProgress(stream, bars=True))
+    drawn = stream.getvalue()
+    assert "label street.mp4" in drawn and "0/6" in drawn and "frame/s" in drawn  # tqdm's bar: frames and rate
+    quiet = io.StringIO()
+    label(video, onnx_teacher_file, tmp_path / "again.json", stride=2, progress=TerminalProgress(quiet, bars=False))
+    assert "frame/s" not in quiet.getvalue() and "6 frames of street.mp4 labelled" in quiet.getvalue()

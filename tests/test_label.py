@@ -13,6 +13,7 @@ from PIL import Image
 
 from searchmerge.cli.commands import main
 from searchmerge.config.teacher import TeacherSettings, load_teacher
+from searchmerge.core.errors import SearchmergeError
 from searchmerge.data.sources.frame_labels import read_frame_labels
 from searchmerge.training.labelling import label, label_footage
 from tests import teacher_support
@@ -169,3 +170,22 @@ def test_a_terminal_sees_a_bar_with_the_frames_left(video: Path, onnx_teacher_fi
     quiet = io.StringIO()
     label(video, onnx_teacher_file, tmp_path / "again.json", stride=2, progress=TerminalProgress(quiet, bars=False))
     assert "frame/s" not in quiet.getvalue() and "6 frames of street.mp4 labelled" in quiet.getvalue()
+
+
+def test_footage_that_breaks_part_way_keeps_what_was_labelled(tmp_path: Path) -> None:
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for index in range(FRAMES):
+        Image.fromarray(square_frame(HEIGHT, WIDTH, _square(index))).save(folder / f"{index:04d}.png")
+    broken = folder / "0007.png"
+    good = broken.read_bytes()
+    broken.write_bytes(b"not an image")
+    study = tmp_path / "teacher.yaml"
+    study.write_text("factory: tests.teacher_support:square_detector\nclasses: [person]\n")
+    out = tmp_path / "boxes.json"
+    with pytest.raises(SearchmergeError, match="does not decode.*the 7 frames labelled before it are kept in"):
+        label(folder, study, out, save_every=100)
+    assert not out.exists() and len(json.loads(out.with_name("boxes.json.partial").read_text())["images"]) == 7
+    broken.write_bytes(good)  # the footage changed: its labels are made again, not mixed with the old frames'
+    teacher_support.SEEN.clear()
+    assert label(folder, study, out).labelled == FRAMES and len(teacher_support.SEEN) == FRAMES

@@ -171,6 +171,11 @@ def label_footage(
                 if unsaved >= save_every:
                     save(partial)
                     unsaved = 0
+        except SearchmergeError as exc:  # footage that stops decoding part way
+            if images:
+                raise SearchmergeError(f"{exc} (the {len(images)} frames labelled before it are kept in"
+                                       f" {str(partial)!r})") from None
+            raise
         finally:
             if unsaved:
                 save(partial)  # interrupted or failed: what was labelled is kept for the rerun

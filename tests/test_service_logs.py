@@ -37,7 +37,7 @@ def test_a_window_that_already_holds_drifted_frames_names_the_drift_not_undrifte
     assert dict(gate.seen) == {None: 40, "night": 24}
     line = gate.describe()
     assert line.startswith("gate: accuracy 0.62 on 64 samples (40 undrifted, 24 night), ratio 0.638 to its baseline"
-                           " accuracy 0.98, at most ")
+                           " accuracy 0.98 (95% CI [0.513, 0.748]), at most ")
     assert line.endswith("at 90% confidence, target ratio 0.95")
     assert gate.to_dict()["seen"] == {"undrifted": 40, "night": 24}
 

@@ -117,11 +117,8 @@ INTERVAL_NOTE = ("95% CI: Wilson score interval of the accuracy on its n validat
                  " proportion (mAP), no interval")
 
 
-def format_evaluation(evaluation: Any, *, bound_saved_bytes: int | None = None, checkpoint: str | None = None) -> str:
-    """One evaluated plan: per-model accuracy against the target, with sample counts and intervals, memory, cost."""
-    plan = sorted(evaluation.plan.shared)
-    shown = ", ".join(plan[:8]) + (f", ... ({len(plan) - 8} more)" if len(plan) > 8 else "")
-    lines = [f"plan: {len(plan)} group(s) shared" + (f": {shown}" if plan else " (no sharing)")]
+def format_models(evaluation: Any) -> str:
+    """Each model of an evaluation: accuracy, baseline and ratio with their n and 95% intervals, the verdict."""
     rows = [
         [
             m.name,
@@ -139,8 +136,15 @@ def format_evaluation(evaluation: Any, *, bound_saved_bytes: int | None = None, 
     ]
     headers = ["model", "accuracy", "baseline", "baseline 95% CI", "ratio", "ratio 95% CI", "n", "test ratio",
                "meets target", "scored at check"]
-    lines.append(format_table(headers, rows))
-    lines.append(INTERVAL_NOTE)
+    return format_table(headers, rows) + "\n" + INTERVAL_NOTE
+
+
+def format_evaluation(evaluation: Any, *, bound_saved_bytes: int | None = None, checkpoint: str | None = None) -> str:
+    """One evaluated plan: per-model accuracy against the target, with sample counts and intervals, memory, cost."""
+    plan = sorted(evaluation.plan.shared)
+    shown = ", ".join(plan[:8]) + (f", ... ({len(plan) - 8} more)" if len(plan) > 8 else "")
+    lines = [f"plan: {len(plan)} group(s) shared" + (f": {shown}" if plan else " (no sharing)")]
+    lines.append(format_models(evaluation))
     verdict = "FEASIBLE" if evaluation.feasible else "infeasible"
     lines.append(f"{verdict}: every model must keep {evaluation.target:.2f} of its baseline accuracy, judged by"
                  f" {acceptance_text(evaluation.accept, evaluation.accept_margin)} (stopped: {evaluation.stop_reason})")
@@ -179,6 +183,11 @@ def format_search(search: Any, *, max_rows: int = 40) -> str:
                      f" worst accuracy ratio {best.worst_ratio:.3f}")
         lines.append(f"  shares {len(best.plan)} group(s): {groups}")
         lines.append(f"  merged weights: checkpoint {best.checkpoint}")
+        evaluation = search.stored_evaluation(best)
+        if evaluation is not None:
+            lines.append(format_models(evaluation))
+            lines.append(f"  judged by {acceptance_text(evaluation.accept, evaluation.accept_margin)}"
+                         f" against the target {evaluation.target:g}")
     rows = [
         [t.number, t.state.lower(), "yes" if t.feasible else "no", len(t.plan), megabytes(t.saved_bytes),
          f"{t.worst_ratio:.3f}", f"{t.seconds:.1f}"]
@@ -200,12 +209,15 @@ def format_drift_check(check: Any, study_path: str | Path, *, options: Sequence[
     lines = [f"deployed plan of {check.study_name!r} (trial {check.trial}, {len(check.plan)} shared group(s),"
              f" saves {megabytes(check.saved_bytes)}) on drift scenario {check.scenario!r}"]
     rows = [
-        [m.name, f"{m.accuracy_before:.3f}", f"{m.accuracy_after:.3f}", f"{m.baseline:.3f}", f"{m.ratio_before:.3f}",
-         f"{m.ratio_after:.3f}", f"{m.target:.2f}", "MISSES" if m.misses else "ok", len(m.groups)]
+        [m.name, f"{m.accuracy_before:.3f}", f"{m.accuracy_after:.3f}", f"{m.baseline:.3f}",
+         interval_text(m.baseline_interval), f"{m.ratio_before:.3f}", f"{m.ratio_after:.3f}",
+         interval_text(m.ratio_after_interval), m.samples_after, f"{m.target:.2f}", "MISSES" if m.misses else "ok",
+         len(m.groups)]
         for m in check.models
     ]
-    lines.append(format_table(["model", "acc before", "acc after", "baseline", "ratio before", "ratio after",
-                               "target", "now", "shared groups"], rows))
+    lines.append(format_table(["model", "acc before", "acc after", "baseline", "baseline 95% CI", "ratio before",
+                               "ratio after", "ratio after 95% CI", "n", "target", "now", "shared groups"], rows))
+    lines.append(INTERVAL_NOTE)
     if not check.missing:
         lines.append("every model still meets its target")
     else:

@@ -15,9 +15,11 @@ from searchmerge.config.study import StudyFile
 from searchmerge.core.feasibility import constraint_value, is_feasible
 from searchmerge.core.progress import Progress
 from searchmerge.core.space import SharingPlan
+from searchmerge.core.uncertainty import Interval, wilson
 from searchmerge.search.merge_search import deployed_plan
 from searchmerge.search.scenarios import drifted_workload, get_scenario
 from searchmerge.search.selection import select_search
+from searchmerge.training.evaluate import ratio_interval
 from searchmerge.training.train import default_device, score
 
 __all__ = ["DriftCheck", "ModelDrift", "drift_check"]
@@ -33,6 +35,23 @@ class ModelDrift:
     accuracy_after: float
     target: float
     groups: tuple[str, ...]
+    #: The validation samples scored before and after the drift (the baseline's are ``samples_before``).
+    samples_before: int = 0
+    samples_after: int = 0
+    #: Whether the metric is a proportion of samples, so that it has a Wilson interval.
+    proportion: bool = True
+
+    @property
+    def baseline_interval(self) -> Interval | None:
+        return wilson(self.baseline, self.samples_before) if self.proportion and self.samples_before else None
+
+    @property
+    def ratio_before_interval(self) -> Interval | None:
+        return ratio_interval(self.ratio_before, self.baseline, self.samples_before, "wilson" if self.proportion else "")
+
+    @property
+    def ratio_after_interval(self) -> Interval | None:
+        return ratio_interval(self.ratio_after, self.baseline, self.samples_after, "wilson" if self.proportion else "")
 
     @property
     def ratio_before(self) -> float:
@@ -52,6 +71,10 @@ class ModelDrift:
             "name": self.name, "baseline": self.baseline, "accuracy_before": self.accuracy_before,
             "accuracy_after": self.accuracy_after, "ratio_before": self.ratio_before, "ratio_after": self.ratio_after,
             "target": self.target, "misses": self.misses, "groups": list(self.groups),
+            "samples_before": self.samples_before, "samples_after": self.samples_after,
+            **{name: None if interval is None else interval.to_dict() for name, interval in (
+                ("baseline_interval", self.baseline_interval), ("ratio_before_interval", self.ratio_before_interval),
+                ("ratio_after_interval", self.ratio_after_interval))},
         }
 
 
@@ -120,7 +143,9 @@ def drift_check(
         after = score(model, drifted.data[name].val, kind, device=device, workers=workers)
         model.to("cpu")
         groups = tuple(g for g in sorted(deployed.plan.shared) if name in search.space.group(g).models)
-        outcomes.append(ModelDrift(name, search.prepared.baselines[name].val_accuracy, before, after, target, groups))
+        outcomes.append(ModelDrift(name, search.prepared.baselines[name].val_accuracy, before, after, target, groups,
+                                   samples_before=len(search.prepared.data[name].val),
+                                   samples_after=len(drifted.data[name].val), proportion=kind.proportion))
         say(f"{name}: accuracy {before:.3f} before, {after:.3f} on {scenario!r}")
     return DriftCheck(
         search.study_name, scenario, deployed.number, deployed.plan, deployed.checkpoint,  # type: ignore[arg-type]

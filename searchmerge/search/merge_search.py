@@ -44,6 +44,7 @@ from searchmerge.core.errors import SearchmergeError
 from searchmerge.core.progress import Counter, Progress, counted
 from searchmerge.core.space import GroupInfo, SearchSpace, SharingPlan
 from searchmerge.runtime.objective import DeployObjective
+from searchmerge.search.dashboard import save_trial_note
 from searchmerge.search.scenarios import drifted_workload, get_scenario
 from searchmerge.search.strategies import (
     SAVED_BYTES_OBJECTIVE,
@@ -378,6 +379,7 @@ class MergeSearch:
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
         self._attach_artifacts(trial, evaluation, checkpoint)
+        save_trial_note(trial, evaluation)
         verdict = "feasible" if evaluation.feasible else "infeasible"
         self.say(f"trial {trial.number}: {verdict} (worst ratio {evaluation.worst_ratio:.3f}, {evaluation.stop_reason},"
                  f" {'from the store' if cached else f'{evaluation.cost.seconds:.1f} s'})")
@@ -485,10 +487,18 @@ class MergeSearch:
         checkpoint = self.study_file.store.put(key, merged_state(merged), metadata)
         return evaluation, checkpoint, False
 
+    def stored_evaluation(self, trial: TrialSummary) -> Evaluation | None:
+        """The evaluation stored with a trial's merged weights (``None`` when it has none)."""
+        if not trial.checkpoint:
+            return None
+        record = self.study_file.store.record(str(trial.checkpoint))
+        return Evaluation.from_dict(trial.plan, record.metadata["evaluation"])
+
     def _start_point(self, trial: TrialSummary) -> StartPoint:
         """A stored trial's merged weights and evaluation, to start an incremental evaluation from."""
         store, checkpoint = self.study_file.store, str(trial.checkpoint)
-        evaluation = Evaluation.from_dict(trial.plan, store.record(checkpoint).metadata["evaluation"])
+        evaluation = self.stored_evaluation(trial)
+        assert evaluation is not None  # a start is a stored feasible trial
         return StartPoint(plan=trial.plan, checkpoint=checkpoint, tensors=store.load(checkpoint), evaluation=evaluation)
 
     # ----------------------------------------------------------------- reading
@@ -751,8 +761,6 @@ def _trial_attributes(evaluation: Any, checkpoint: str, cached: bool) -> dict[st
         "worst_model": worst.name,
         "constraint_is": f"target {evaluation.target:g} - {how} {accepted:.4f} of {worst.name}"
                          f" = {evaluation.constraint:+.4f}: {verdict} when <= 0",
-        "accept": evaluation.accept,
-        "accept_margin": evaluation.accept_margin,
         "stop_reason": evaluation.stop_reason,
         "unique_bytes": evaluation.unique_bytes,
         "saved_bytes": evaluation.saved_bytes,
@@ -766,6 +774,8 @@ def _trial_attributes(evaluation: Any, checkpoint: str, cached: bool) -> dict[st
         "plan_hash": evaluation.plan.plan_hash,
         "retrained_models": [m.name for m in evaluation.models if m.retrained],
     }
+    if evaluation.accept != "point" or evaluation.accept_margin:  # the default says nothing new
+        attrs.update(accept=evaluation.accept, accept_margin=evaluation.accept_margin)
     for model in evaluation.models:
         attrs[f"accuracy:{model.name}"] = round(model.accuracy, 5)
         attrs[f"ratio:{model.name}"] = round(model.ratio, 5)

@@ -28,6 +28,7 @@ its last error instead of being tried for ever. A :class:`~searchmerge.core.erro
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import threading
@@ -41,9 +42,11 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from searchmerge.config.study import StudyFile
 from searchmerge.core.errors import SearchmergeError
 from searchmerge.core.progress import Progress
+from searchmerge.search.merge_search import MergeSearch, TrialSummary
 from searchmerge.search.research import research
 from searchmerge.service.cloud.db import db_later, db_now, jobs, now, utc
-from searchmerge.service.cloud.versions import publish
+from searchmerge.service.cloud.gate import GATE_MIN_SAMPLES, check_held_out
+from searchmerge.service.cloud.versions import current_version, publish
 from searchmerge.service.protocol import JobInfo
 from searchmerge.service.signing import Signer
 
@@ -64,6 +67,8 @@ __all__ = [
 
 #: States of a job that is still to run (or was running when its service died).
 PENDING = ("queued", "running")
+
+_log = logging.getLogger("searchmerge.service")
 #: Starts of a job (a crash counts) after which it is failed with its last error.
 MAX_ATTEMPTS = 3
 #: Re-search jobs a deployment may start in an hour (see :func:`jobs_started_within`).
@@ -244,6 +249,22 @@ class _Lease:
                           " updated no row)")
 
 
+def _passes_gate(
+    engine: Engine, job: JobInfo, search: MergeSearch, best: TrialSummary, min_samples: int, say: Progress
+) -> bool:
+    """Whether the job's best plan passes the publish gate; a refusal is one WARNING line with the numbers."""
+    current = current_version(engine, search.study_file.workload.name)
+    if current is None:
+        return True  # nothing to keep: version 1 is the parent search's, confirmed by the operator
+    verdict = check_held_out(engine, search, best, since=current.created_at, min_samples=min_samples)
+    if not verdict.passes:
+        _log.warning("job %d: not published, version %d kept: %s", job.id, current.version, verdict.describe())
+        return False
+    judged = "" if verdict.judged else " (no model had enough held-out samples to be judged)"
+    say(f"job {job.id}: publish gate passed{judged}: {verdict.describe()}")
+    return True
+
+
 def _finish(engine: Engine, job_id: int, holder: str, **values: object) -> bool:
     """Record the end of a run, only if ``holder`` still holds the job; whether it did."""
     with engine.begin() as conn:
@@ -256,13 +277,18 @@ def _finish(engine: Engine, job_id: int, holder: str, **values: object) -> bool:
 def run_job(
     engine: Engine, study: StudyFile, job: JobInfo, *, heartbeat_interval: int = 10, progress: Progress | None = None,
     signer: Signer | None = None, holder: str | None = None, max_attempts: int = MAX_ATTEMPTS,
-    lease: float | None = None,
+    lease: float | None = None, gate_min_samples: int = GATE_MIN_SAMPLES,
 ) -> JobInfo:
     """Run (or resume) a re-search job to its end and publish its best feasible plan.
 
+    The plan is published only if it passes the publish gate (:mod:`~searchmerge.service.cloud.gate`):
+    its target on the samples held out from the drift check, for every model with at least
+    ``gate_min_samples`` of them. Otherwise the job ends ``held-back``, the current version stays,
+    and one WARNING line gives the numbers.
+
     The job is claimed first (by ``holder``, default: this process) unless ``holder`` holds it
     already; a job another process holds, or that is not pending, is returned as it is. It ends
-    ``published`` (with its version), ``no-feasible-plan`` (its trials found none: more trials,
+    ``published`` (with its version), ``held-back`` (the gate refused it), ``no-feasible-plan`` (its trials found none: more trials,
     with ``searchmerge research``, may), ``failed`` (with the error), or back in the queue after
     an unexpected error (``queued``, see the module's notes on attempts).
 
@@ -296,6 +322,10 @@ def run_job(
                 _finish(engine, job.id, holder, state="no-feasible-plan", finished_at=now(),
                         message=f"{job.n_trials} trials found no feasible plan; run more with 'searchmerge research"
                         f" {study.path} --data {job.scenario} --from-study {job.parent_study} --n-trials N'")
+            elif not _passes_gate(engine, job, search, best, gate_min_samples, say):
+                _finish(engine, job.id, holder, state="held-back", finished_at=now(),
+                        message=f"trial {best.number} misses its target on held-out samples; the current version"
+                        " is kept")
             else:
                 held.renew()
                 held.check()  # publish only while this process holds the job

@@ -22,10 +22,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy.stats import binomtest
 from torch import nn
 
 from searchmerge.core.feasibility import constraint_value, is_feasible
+from searchmerge.core.uncertainty import Interval, wilson
 from searchmerge.service.cloud.samples import LabelledSample
 
 __all__ = ["ModelCheck", "SampleCheck", "check_samples"]
@@ -57,19 +57,26 @@ class ModelCheck:
         """Judged, and even the optimistic end of its accuracy misses the target (the one rule)."""
         return self.judged and not is_feasible(constraint_value(self.target, [self.upper / self.baseline]))
 
+    @property
+    def ratio_interval(self) -> Interval:
+        """The 95% Wilson interval of the accuracy on these samples, over the baseline (what reports show)."""
+        return wilson(self.accuracy, self.samples).scaled(self.baseline)
+
     def describe(self) -> str:
         """One phrase in which every number says what it is, for logs."""
         seen = ", ".join(f"{count} {'undrifted' if scenario is None else scenario}" for scenario, count in self.seen)
         ratio = self.accuracy / self.baseline if self.baseline else 0.0
         upper = self.upper / self.baseline if self.baseline else 0.0
+        interval = self.ratio_interval
         return (f"{self.name}: accuracy {self.accuracy:.2f} on {self.samples} samples"
-                f"{f' ({seen})' if seen else ''}, ratio {ratio:.3f} to its baseline accuracy {self.baseline:.2f},"
+                f"{f' ({seen})' if seen else ''}, ratio {ratio:.3f} to its baseline accuracy {self.baseline:.2f}"
+                f" (95% CI [{interval.low:.3f}, {interval.high:.3f}]),"
                 f" at most {upper:.3f} at {self.confidence:.0%} confidence, target ratio {self.target:g}")
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "samples": self.samples, "accuracy": self.accuracy, "upper": self.upper,
                 "baseline": self.baseline, "target": self.target, "scenario": self.scenario,
-                "judged": self.judged, "misses": self.misses,
+                "judged": self.judged, "misses": self.misses, "ratio_interval": self.ratio_interval.to_dict(),
                 "seen": {str(scenario) if scenario is not None else "undrifted": n for scenario, n in self.seen}}
 
 
@@ -108,9 +115,9 @@ def check_samples(
     """Score ``models`` (the current version) on each model's ``recent`` samples."""
     checks = []
     for name, model in models.items():
-        found = recent.get(name, [])
+        found = [s for s in recent.get(name, []) if s.label >= 0]  # a detection target (-1) is not a class
         correct = _correct(model, found) if found else 0
-        upper = binomtest(correct, len(found)).proportion_ci(confidence, method="wilson").high if found else 1.0
+        upper = wilson(correct / len(found), len(found), confidence).high if found else 1.0
         scenarios = Counter(s.scenario for s in found)
         drifted = Counter({scenario: n for scenario, n in scenarios.items() if scenario is not None})
         checks.append(ModelCheck(

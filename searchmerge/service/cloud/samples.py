@@ -23,7 +23,7 @@ from searchmerge.service.cloud.db import now, samples
 from searchmerge.service.footage import Footage
 from searchmerge.service.protocol import SampleBatch
 
-__all__ = ["LabelledSample", "prune_samples", "recent_samples", "store_samples"]
+__all__ = ["HOLDOUT_EVERY", "LabelledSample", "prune_samples", "recent_samples", "store_samples"]
 
 
 @dataclass(frozen=True)
@@ -64,20 +64,32 @@ def store_samples(engine: Engine, deployment: str, edge: str, batch: SampleBatch
     return len(rows)
 
 
+#: One sample in this many (by id: every process agrees which) is held out for the publish gate
+#: (:mod:`searchmerge.service.cloud.gate`): the drift check, and with it the choice of what to
+#: re-search on, never reads it, so a re-searched version is judged on samples nothing was
+#: trained or selected on. 4: a quarter of what the edges send.
+HOLDOUT_EVERY = 4
+
+
 def recent_samples(
-    engine: Engine, deployment: str, *, since: datetime, window: int
+    engine: Engine, deployment: str, *, since: datetime, window: int, held_out: bool | None = None
 ) -> Mapping[str, list[LabelledSample]]:
-    """Per model, its newest ``window`` samples received at or after ``since``, oldest first."""
+    """Per model, its newest ``window`` samples received at or after ``since``, oldest first.
+
+    ``held_out``: only the samples held out for the publish gate (``True``), only the others
+    (``False``: what the drift check reads), or all of them (``None``); see :data:`HOLDOUT_EVERY`.
+    """
     found: dict[str, list[LabelledSample]] = {}
     with engine.connect() as conn:
         models = conn.execute(sa.select(samples.c.model).where(samples.c.deployment == deployment)
                               .distinct()).scalars().all()
         for model in models:
-            rows = conn.execute(
-                sa.select(samples).where(samples.c.deployment == deployment, samples.c.model == model,
-                                         samples.c.received_at >= since)
-                .order_by(samples.c.id.desc()).limit(window)
-            ).all()
+            query = sa.select(samples).where(samples.c.deployment == deployment, samples.c.model == model,
+                                             samples.c.received_at >= since)
+            if held_out is not None:
+                reserved = samples.c.id % HOLDOUT_EVERY == 0
+                query = query.where(reserved if held_out else sa.not_(reserved))
+            rows = conn.execute(query.order_by(samples.c.id.desc()).limit(window)).all()
             found[model] = [
                 LabelledSample(row.id, row.model, row.scenario, row.label,
                                np.frombuffer(row.frame, dtype="<f4").reshape(json.loads(row.shape_json)),

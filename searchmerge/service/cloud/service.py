@@ -259,7 +259,9 @@ class MergingService:
         current = current_version(self.engine, self.deployment)
         if current is None:
             return None
-        recent = recent_samples(self.engine, self.deployment, since=current.created_at, window=self.settings.window)
+        # The samples held out for the publish gate are not read here: what decides a re-search never judges its plan.
+        recent = recent_samples(self.engine, self.deployment, since=current.created_at, window=self.settings.window,
+                                held_out=False)
         check = check_samples(current.version, self._models(current), recent, self._baseline_accuracies(),
                               self.study.settings.target, min_samples=self.settings.min_samples,
                               confidence=self.settings.confidence)

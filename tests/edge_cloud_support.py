@@ -15,7 +15,10 @@ import httpx
 import pytest
 
 from searchmerge.config.study import StudyFile, open_study_file
+from searchmerge.data.sources.base import pixels_of
+from searchmerge.data.sources.digits import NORM_MEAN, NORM_STD
 from searchmerge.search.merge_search import open_search
+from searchmerge.service.protocol import Frame, encode_frame
 from tests.conftest import TINY_STUDY, copy_prepared
 
 #: The tiny study at a target its drifted re-search reaches in one short retraining
@@ -35,6 +38,12 @@ def searched_copy(prepared_tiny: Path, tmp_path_factory: pytest.TempPathFactory,
         _searched[prepared_tiny] = base
     path, storage = copy_prepared(_searched[prepared_tiny], tmp_path_factory.mktemp(name))
     return open_study_file(path, storage=storage)
+
+
+def digits_frame(image: object) -> Frame:
+    """A digits frame (a normalised C x H x W tensor or array) as an edge sends it: 8-bit PNG."""
+    values = image.numpy() if hasattr(image, "numpy") else image  # type: ignore[union-attr]
+    return encode_frame(pixels_of(values, (NORM_MEAN, NORM_STD)))
 
 
 def free_port() -> int:

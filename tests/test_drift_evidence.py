@@ -4,6 +4,7 @@ edges (or a sustained share of one edge's samples), and a deployment starts at m
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -20,8 +21,9 @@ from searchmerge.service.cloud.jobs import list_jobs
 from searchmerge.service.cloud.samples import LabelledSample
 from searchmerge.service.cloud.service import MergingService, ServiceSettings
 from searchmerge.service.cloud.versions import publish_files
-from searchmerge.service.protocol import DigitsSource, Sample, SampleBatch, encode_frame
+from searchmerge.service.protocol import DigitsSource, Sample, SampleBatch
 from tests.conftest import TINY_STUDY
+from tests.edge_cloud_support import digits_frame
 from tests.fake_edge_service import files_of, make_version
 
 
@@ -67,8 +69,8 @@ def test_a_drift_waits_for_a_second_edge_and_jobs_are_limited_per_hour(
     study: StudyFile, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     lines: list[str] = []
-    service = MergingService(study, ServiceSettings(window=16, min_samples=8, max_jobs_per_hour=1),
-                             progress=lines.append)
+    service = MergingService(study, ServiceSettings(window=16, min_samples=8, max_jobs_per_hour=1,
+                                                    drift_edge_share=None), progress=lines.append)
     publish_files(service.engine, study, files_of(make_version(tmp_path / "v1", seed=1)), source_study="parent",
                   trial=0, checkpoint="c")
     monkeypatch.setattr(service, "_models", lambda version: {"a": Constant()})
@@ -77,28 +79,31 @@ def test_a_drift_waits_for_a_second_edge_and_jobs_are_limited_per_hour(
     def send(edge: str, scenario: str | None, count: int, start: int = 0) -> None:
         test = service.footage.data(scenario)["a"].test
         service.store_samples(edge, SampleBatch(samples=[
-            Sample(model="a", frame=encode_frame(test[i][0].numpy()),
+            Sample(model="a", frame=digits_frame(test[i][0]),
                    source=DigitsSource(kind="digits", scenario=scenario, split="test", index=i))
             for i in range(start, start + count)]))
 
     send("gate", None, 10)
-    send("gate", "night", 6)  # one edge, 6 of its 16 samples: not enough alone
+    send("gate", "night", 6)  # one edge alone never suffices here (--drift-edge-share off)
     for _ in range(3):
         check = service.check()
-        assert check is not None and check.scenario == "night" and check.missing
+        assert check is not None and check.missing
     assert not list_jobs(service.engine, service.deployment)
-    waiting = [line for line in lines if "too few edges saw it" in line]
-    assert len(waiting) == 1 and "gate: 6 of 16" in waiting[0]  # logged once, not at every check
+    waiting = [line for line in lines if "too few edges sent them" in line]
+    assert len(waiting) == 1 and re.search(r"gate: (\d+) of \1;", waiting[0])  # logged once, not at every check
 
-    send("dock", "night", 8, start=100)  # a second edge sees the night too
+    send("dock", "night", 8, start=100)  # a second edge's samples show the miss too
     service.check()
     (job,) = list_jobs(service.engine, service.deployment)
-    assert job.scenario == "night" and any("re-search job 1" in line for line in lines)
+    assert job.scenario == f"samples:{service.deployment}" and any("re-search job 1" in line for line in lines)
 
-    send("dock", "rain", 16, start=200)  # another drift within the hour: past --max-jobs-per-hour
+    # A later version misses too, within the hour: past --max-jobs-per-hour.
+    publish_files(service.engine, study, files_of(make_version(tmp_path / "v2", seed=2)), source_study="parent-2",
+                  trial=0, checkpoint="c2")
+    send("dock", "rain", 16, start=200)
     send("gate", "rain", 16, start=300)
     for _ in range(3):
-        assert service.check().scenario == "rain"  # type: ignore[union-attr]
+        assert service.check().missing  # type: ignore[union-attr]
     assert len(list_jobs(service.engine, service.deployment)) == 1
     limited = [line for line in lines if "--max-jobs-per-hour" in line]
     assert len(limited) == 1 and "started 1 re-search job(s) in the last hour" in limited[0]

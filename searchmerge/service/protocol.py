@@ -3,24 +3,25 @@
 Both sides use these pydantic models, so the service validates exactly what the edge
 sends, and the OpenAPI schema (``/openapi.json``) describes them.
 
-A **sample** is a frame the edge ran, as the model saw it (``float32``, channels x
-height x width, base64 of the little-endian bytes), with its *provenance*: which
-generator made it. For the digits workload that is the camera generator's stream of a
-model (``scenario``: the drift scenario the camera was in, or none), its split and the
-frame's index in it. The service labels the frame from that provenance with the
-generator's own label, so the edge never has to know (or be trusted with) the truth.
+A **sample** is a frame the edge ran, as compact 8-bit pixels: PNG or JPEG bytes
+(base64), either the camera's whole frame or a part of it with its position
+(``region``). The service labels it itself, never from the edge's word: a model on video
+footage by running the study's teacher on the pixels and asking the teacher's boxes the
+model's question about its region; a model of the digits generator by the frame's
+*provenance* (``source``: the camera generator's stream of the model, the drift scenario its
+camera was in, the split and the frame's index), with the generator's own label.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import math
+import io
 from datetime import datetime
 from typing import Annotated, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 __all__ = [
     "Accepted",
@@ -63,30 +64,30 @@ class VersionInfo(_Strict):
 
 
 class Frame(_Strict):
-    """One image as the model sees it: ``float32``, ``shape`` = channels, height, width."""
+    """One frame's pixels, encoded (8-bit PNG or JPEG): the whole camera frame, or the part at ``region``."""
 
-    dtype: Literal["float32"]
-    shape: Annotated[list[Annotated[int, Field(ge=1, le=4096)]], Field(min_length=3, max_length=3)]
-    data: str = Field(description="base64 of the little-endian float32 values, row-major")
+    encoding: Literal["png", "jpeg"]
+    data: str = Field(description="base64 of the PNG or JPEG file's bytes")
+    region: Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=4, max_length=4)] | None = Field(
+        default=None, description="where the image lies in the camera's whole frame: [left, top, right, bottom]"
+        " in pixels; none: the image is the whole frame (or, for a provenance sample, the model's view)")
 
-    @model_validator(mode="after")
-    def _fits(self) -> Frame:
-        self.array()  # the bytes must be the shape's worth of finite floats
-        return self
-
-    def array(self) -> np.ndarray:
-        """The frame as a ``float32`` array of ``shape``."""
+    @field_validator("data")
+    @classmethod
+    def _base64(cls, value: str) -> str:
         try:
-            raw = base64.b64decode(self.data, validate=True)
+            base64.b64decode(value, validate=True)
         except (binascii.Error, ValueError):
             raise ValueError("frame data is not valid base64") from None
-        expected = math.prod(self.shape) * 4
-        if len(raw) != expected:
-            raise ValueError(f"frame data has {len(raw)} bytes; shape {self.shape} of float32 needs {expected}")
-        values = np.frombuffer(raw, dtype="<f4").reshape(self.shape)
-        if not np.isfinite(values).all():
-            raise ValueError("frame data holds values that are not finite")
-        return values
+        return value
+
+    @property
+    def size(self) -> int:
+        """The encoded image's bytes."""
+        return len(self.data) * 3 // 4
+
+    def encoded(self) -> bytes:
+        return base64.b64decode(self.data)
 
 
 class DigitsSource(_Strict):
@@ -103,7 +104,8 @@ class Sample(_Strict):
 
     model: str = Field(min_length=1, max_length=255)
     frame: Frame
-    source: DigitsSource
+    source: DigitsSource | None = Field(default=None, description="the digits generator's frame this is (its"
+                                        " provenance labels it); none for camera footage, which the teacher labels")
     version: int | None = Field(default=None, description="the version the edge ran the frame with")
     prediction: int | None = Field(default=None, description="what that version predicted")
 
@@ -174,7 +176,12 @@ class ServiceStatus(_Strict):
     check: dict[str, object] | None
 
 
-def encode_frame(values: np.ndarray) -> Frame:
-    """A frame document of a ``float32`` array of shape channels x height x width."""
-    array = np.ascontiguousarray(values, dtype="<f4")
-    return Frame(dtype="float32", shape=list(array.shape), data=base64.b64encode(array.tobytes()).decode())
+def encode_frame(pixels: np.ndarray, *, encoding: str = "png", region: list[int] | None = None) -> Frame:
+    """A frame document of 8-bit pixels (H x W x 3 RGB, or H x W x 1 grey), PNG (lossless) or JPEG encoded."""
+    from PIL import Image
+
+    array = np.asarray(pixels, dtype=np.uint8)
+    image = Image.fromarray(array[:, :, 0] if array.ndim == 3 and array.shape[2] == 1 else array)
+    out = io.BytesIO()
+    image.save(out, format="PNG" if encoding == "png" else "JPEG", **({"quality": 90} if encoding == "jpeg" else {}))
+    return Frame(encoding=encoding, data=base64.b64encode(out.getvalue()).decode(), region=region)  # type: ignore[arg-type]

@@ -1,5 +1,6 @@
 """Data sources by ``format`` name: image folders, YOLO and COCO detection sets, dataset
-factories, video footage with teacher labels, and the digits demo.
+factories, video footage with teacher labels, the samples the edges sent (labelled by the
+merging service), and the digits demo.
 
 A source is registered by name and imported on first use, so the pipeline never imports
 a particular source: a model's ``data: {format: NAME, ...}`` names one. A model without
@@ -45,6 +46,7 @@ _SOURCES: Registry[Source] = Registry("data format", Source, {
     "coco": "searchmerge.data.sources.coco:CocoSource",
     "python": "searchmerge.data.sources.factory:FactorySource",
     "video": "searchmerge.data.sources.video:VideoSource",
+    "samples": "searchmerge.data.sources.samples:SamplesSource",
 })
 
 #: Register a data source: ``register_source("video", "mypkg.video:VideoSource")``.

@@ -34,6 +34,8 @@ __all__ = [
     "check_boxes",
     "digest",
     "file_identity",
+    "model_input",
+    "pixels_of",
     "root_folder",
     "subsample",
     "subsample_indices",
@@ -136,6 +138,10 @@ class Source(ABC):
     kind: ClassVar[str | None] = None
     #: Models on this data without ``weights`` are made by the study's recipe (pretrain + fine-tune).
     makes_originals: ClassVar[bool] = False
+    #: (mean, std): a model on this data takes an 8-bit pixel ``p`` as ``(p / 255 - mean) / std``. The edge
+    #: encodes the frames it samples with it and the merging service decodes them (:func:`pixels_of`,
+    #: :func:`model_input`), so a sampled frame is what the model saw, in compact 8-bit form.
+    normalisation: ClassVar[tuple[float, float]] = (0.0, 1.0)
 
     @abstractmethod
     def open(self, options: Mapping[str, Any], context: SourceContext, *, task: str) -> TaskData:
@@ -162,6 +168,20 @@ class Source(ABC):
             "camera changes need a source that renders its images through a camera (format: digits, video); for other"
             " data, give the drift scenario a data source of its own (models: {NAME: {data: {...}}})"
         )
+
+
+def model_input(pixels: np.ndarray, normalisation: tuple[float, float]) -> np.ndarray:
+    """8-bit pixels (H x W x C) as a model on a source of ``normalisation`` takes them (float32, C x H x W)."""
+    mean, std = normalisation
+    values = np.asarray(pixels, dtype=np.float32).reshape(pixels.shape[0], pixels.shape[1], -1) / 255.0
+    return np.ascontiguousarray(((values - mean) / std).transpose(2, 0, 1), dtype=np.float32)
+
+
+def pixels_of(image: np.ndarray, normalisation: tuple[float, float]) -> np.ndarray:
+    """A model's input (C x H x W) back as 8-bit pixels (H x W x C): the inverse of :func:`model_input`."""
+    mean, std = normalisation
+    values = (np.asarray(image, dtype=np.float32) * std + mean) * 255.0
+    return np.ascontiguousarray(np.clip(np.rint(values), 0, 255).astype(np.uint8).transpose(1, 2, 0))
 
 
 def root_folder(options: Mapping[str, Any], context: SourceContext, where: str, layout: str) -> Path:

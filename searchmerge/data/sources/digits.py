@@ -797,6 +797,7 @@ class DigitsSource(Source):
     """
 
     keys = frozenset({"camera", "image_size", "channels"})
+    normalisation = (NORM_MEAN, NORM_STD)
     kind = "classification"
     makes_originals = True
 

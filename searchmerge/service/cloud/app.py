@@ -22,6 +22,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from searchmerge.core.errors import SearchmergeError
+from searchmerge.service.cloud.labelling import SampleTooLarge
 from searchmerge.service.cloud.quotas import QuotaExceeded
 from searchmerge.service.cloud.service import MergingService
 from searchmerge.service.cloud.tokens import authenticate
@@ -99,12 +100,14 @@ def create_app(service: MergingService) -> FastAPI:
     @app.post("/v1/edges/{edge}/samples", status_code=202, response_model=Accepted, tags=["edges"],
               openapi_extra=_body_schema(SampleBatch))
     async def upload_samples(edge: Edge, request: Request) -> Accepted:
-        """Sampled frames with their provenance; labelled and stored whole, or refused whole."""
+        """Sampled frames (PNG or JPEG); labelled by the service and stored whole, or refused whole."""
         batch = _parse(SampleBatch, await _read_body(request, limit))
         try:
             stored = await run_in_threadpool(service.store_samples, edge, batch)
         except QuotaExceeded as exc:
             raise HTTPException(429, str(exc), headers={"Retry-After": str(math.ceil(exc.retry_after))}) from None
+        except SampleTooLarge as exc:
+            raise HTTPException(413, str(exc)) from None
         except SearchmergeError as exc:
             raise HTTPException(422, str(exc)) from None
         return Accepted(accepted=stored)

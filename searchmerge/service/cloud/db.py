@@ -103,6 +103,13 @@ samples = sa.Table(
     sa.Column("shape_json", sa.String(64), nullable=False),
     sa.Column("frame", sa.LargeBinary, nullable=False),
     sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
+    # How ``frame`` is stored: "png" (8-bit pixels of the model's view, H x W x C in ``shape_json`` order
+    # C, H, W), or none for raw little-endian float32 (rows of older versions).
+    sa.Column("encoding", sa.String(8), nullable=True),
+    # [mean, std]: the model takes a pixel p as (p / 255 - mean) / std (its data source's normalisation).
+    sa.Column("normalisation_json", sa.String(64), nullable=True),
+    # A detection target (boxes and labels in pixels of the model's input; ``label`` is then -1).
+    sa.Column("target_json", sa.Text, nullable=True),
     sa.Index("ix_searchmerge_samples_model", "deployment", "model", "id"),
 )
 

@@ -32,7 +32,8 @@ DRIFT_EDGE_SHARE = 0.5
 class DriftEvidence:
     """Who saw a drift scenario in the windows of the models that miss their target."""
 
-    scenario: str
+    #: ``None``: the samples name no scenario (camera footage), and every sample in the windows counts.
+    scenario: str | None
     #: Per edge that sent samples to those windows: (edge, samples of the scenario, all its samples there).
     edges: tuple[tuple[str, int, int], ...]
     min_edges: int
@@ -57,22 +58,27 @@ class DriftEvidence:
     def describe(self) -> str:
         """One phrase for logs: who saw what, against which rule."""
         seen = ", ".join(f"{edge}: {drifted} of {total}" for edge, drifted, total in self.edges) or "no edge"
-        rule = f"at least {self.min_edges} edge(s) with samples of {self.scenario!r}"
+        what = "samples" if self.scenario is None else f"samples of {self.scenario!r}"
+        rule = f"at least {self.min_edges} edge(s) with {what}"
         if self.edge_share is not None:
             rule += f", or {self.edge_share:.0%} of one edge's samples"
-        return f"samples of {self.scenario!r} per edge: {seen}; a re-search needs {rule}"
+        return f"{what} per edge: {seen}; a re-search needs {rule}"
 
 
-def weigh_evidence(recent: Mapping[str, Sequence[LabelledSample]], models: Iterable[str], scenario: str, *,
+def weigh_evidence(recent: Mapping[str, Sequence[LabelledSample]], models: Iterable[str], scenario: str | None, *,
                    min_edges: int = DRIFT_MIN_EDGES, edge_share: float | None = DRIFT_EDGE_SHARE) -> DriftEvidence:
-    """The evidence for ``scenario`` in the windows (``recent``) of ``models``, the ones that miss."""
+    """The evidence for ``scenario`` in the windows (``recent``) of ``models``, the ones that miss.
+
+    ``None``: the drift is judged from the samples alone (what the service does), so every sample
+    in those windows is evidence, and the rule weighs which edges sent them.
+    """
     check_evidence_rule(min_edges, edge_share)
     totals: Counter[str] = Counter()
     drifted: Counter[str] = Counter()
     for model in models:
         for sample in recent.get(model, ()):
             totals[sample.edge] += 1
-            drifted[sample.edge] += sample.scenario == scenario
+            drifted[sample.edge] += scenario is None or sample.scenario == scenario
     edges = tuple((edge, drifted[edge], totals[edge]) for edge in sorted(totals))
     return DriftEvidence(scenario, edges, min_edges, edge_share)
 

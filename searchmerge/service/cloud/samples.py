@@ -1,29 +1,32 @@
-"""Sampled frames: labelled from their provenance, stored whole or not at all.
+"""Sampled frames: labelled by the service, stored whole or not at all.
 
-The digits camera generator is deterministic, so the frame a sample names (the
-model's stream, its drift scenario, split and index) has a known label: the
-generator's own. The service labels every sample that way when it arrives and
-refuses, before storing anything, an upload whose frames do not fit the models or
-name a frame the generator never made.
+Every sample of an upload is labelled first (:mod:`searchmerge.service.cloud.labelling`:
+the study's teacher for camera footage, provenance for the digits generator) and the
+upload is refused, before anything is stored, when one cannot be. The frame is stored as
+the model sees it, in 8-bit PNG, with its label, in the same row (one transaction for
+the upload).
 """
 
 from __future__ import annotations
 
+import io
 import json
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from searchmerge.core.errors import SearchmergeError
+from searchmerge.data.sources.base import model_input
+from searchmerge.data.sources.samples import HOLDOUT_EVERY as SAMPLES_HOLDOUT_EVERY
 from searchmerge.service.cloud.db import now, samples
-from searchmerge.service.footage import Footage
+from searchmerge.service.cloud.labelling import Labeller, target_json
 from searchmerge.service.protocol import SampleBatch
 
-__all__ = ["HOLDOUT_EVERY", "LabelledSample", "prune_samples", "recent_samples", "store_samples"]
+__all__ = ["HOLDOUT_EVERY", "LabelledSample", "prune_samples", "recent_samples", "store_samples", "stored_frame"]
 
 
 @dataclass(frozen=True)
@@ -40,35 +43,48 @@ class LabelledSample:
     edge: str = ""
 
 
-def store_samples(engine: Engine, deployment: str, edge: str, batch: SampleBatch, footage: Footage) -> int:
-    """Label every sample of ``batch`` and store them in one transaction; the number stored.
+def store_samples(engine: Engine, deployment: str, edge: str, batch: SampleBatch, labeller: Labeller, *,
+                  runs: Collection[str] | None = None) -> int:
+    """Label every sample of ``batch`` and store frames and labels in one transaction; the number stored.
+
+    Args:
+        runs: The models the edge runs (``None``: any of the deployment's); see :meth:`Labeller.label`.
 
     Raises:
         SearchmergeError: If any sample cannot be labelled (then none is stored).
     """
     received = now()
     rows = []
-    for position, sample in enumerate(batch.samples):
-        try:
-            label = footage.label(sample)
-        except SearchmergeError as exc:
-            raise SearchmergeError(f"sample {position}: {exc}") from None
-        rows.append(dict(
-            deployment=deployment, edge=edge, model=sample.model, edge_version=sample.version,
-            scenario=sample.source.scenario, split=sample.source.split, frame_index=sample.source.index,
-            label=label, shape_json=json.dumps(sample.frame.shape), frame=sample.frame.array().tobytes(),
-            received_at=received,
-        ))
+    for sample, labelled in zip(batch.samples, labeller.label(batch, runs=runs)):
+        view = labelled.view
+        rows.append({
+            "deployment": deployment, "edge": edge, "model": sample.model, "edge_version": sample.version,
+            "scenario": labelled.scenario, "split": labelled.split, "frame_index": labelled.index,
+            "label": labelled.label, "shape_json": json.dumps([view.shape[2], view.shape[0], view.shape[1]]),
+            "frame": labelled.png, "encoding": "png", "target_json": target_json(labelled.target),
+            "normalisation_json": json.dumps(list(labeller.normalisation(sample.model))), "received_at": received,
+        })
     with engine.begin() as conn:
         conn.execute(sa.insert(samples), rows)
     return len(rows)
 
 
-#: One sample in this many (by id: every process agrees which) is held out for the publish gate
-#: (:mod:`searchmerge.service.cloud.gate`): the drift check, and with it the choice of what to
-#: re-search on, never reads it, so a re-searched version is judged on samples nothing was
-#: trained or selected on. 4: a quarter of what the edges send.
-HOLDOUT_EVERY = 4
+def stored_frame(row: Any) -> np.ndarray:
+    """A stored sample's frame as its model takes it (float32, C x H x W)."""
+    shape = json.loads(row.shape_json)
+    if row.encoding is None:  # stored raw by an older version
+        return np.frombuffer(row.frame, dtype="<f4").reshape(shape)
+    from PIL import Image
+
+    with Image.open(io.BytesIO(row.frame)) as image:
+        pixels = np.asarray(image, dtype=np.uint8).reshape(shape[1], shape[2], shape[0])
+    return model_input(pixels, tuple(json.loads(row.normalisation_json)))
+
+
+#: One sample in this many (by id) is held out for the publish gate (:mod:`searchmerge.service.cloud.gate`):
+#: neither the drift check nor the re-search on the samples (``format: samples``) reads it. Defined with
+#: the samples data source, which must leave the same samples out.
+HOLDOUT_EVERY = SAMPLES_HOLDOUT_EVERY
 
 
 def recent_samples(
@@ -92,7 +108,7 @@ def recent_samples(
             rows = conn.execute(query.order_by(samples.c.id.desc()).limit(window)).all()
             found[model] = [
                 LabelledSample(row.id, row.model, row.scenario, row.label,
-                               np.frombuffer(row.frame, dtype="<f4").reshape(json.loads(row.shape_json)),
+                               stored_frame(row),
                                row.received_at, row.edge)
                 for row in reversed(rows)
             ]

@@ -2,10 +2,11 @@
 
 :class:`MergingService` owns the study's storage and one caretaker thread. The thread
 runs pending re-search jobs (one at a time: each is a long retraining) and, between
-them, the drift check on new samples; a model missing its target on samples of a drift
-scenario starts a job for it. The HTTP API (:mod:`searchmerge.service.cloud.app`) only
-reads and writes rows. Everything the service must remember is in the database, so
-:meth:`MergingService.start` after a kill picks up the jobs that were pending.
+them, the drift check on new samples; a model missing its target on its teacher-labelled
+samples starts a job that re-searches on them (``samples:DEPLOYMENT``), no scenario named.
+The HTTP API (:mod:`searchmerge.service.cloud.app`) only reads and writes rows. Everything
+the service must remember is in the database, so :meth:`MergingService.start` after a kill
+picks up the jobs that were pending.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from searchmerge.core.errors import SearchmergeError
 from searchmerge.core.progress import Progress
 from searchmerge.search.confirmation import confirmation_state
 from searchmerge.search.merge_search import deployed_plan
+from searchmerge.search.scenarios import SAMPLES_PREFIX
 from searchmerge.search.selection import select_search
 from searchmerge.service.cloud.db import edges, now, open_engine
 from searchmerge.service.cloud.evidence import (
@@ -41,10 +43,10 @@ from searchmerge.service.cloud.jobs import (
     list_jobs,
     request_research,
 )
+from searchmerge.service.cloud.labelling import MAX_SAMPLE_BYTES, Labeller
 from searchmerge.service.cloud.monitor import SampleCheck, check_samples
 from searchmerge.service.cloud.quotas import SampleQuota
 from searchmerge.service.cloud.samples import (
-    Footage,
     LabelledSample,
     prune_samples,
     recent_samples,
@@ -84,6 +86,7 @@ class ServiceSettings:
         min_samples: Samples a model needs before it is judged.
         confidence: Of the Wilson interval whose upper end must miss the target.
         max_upload_bytes: The largest request body accepted (larger: 413).
+        max_sample_bytes: The largest encoded frame of one sample (larger: 413).
         heartbeat_interval: Of the re-search's trials (a dead service's trial is retried after twice this).
         check_every: Seconds between drift checks while samples arrive.
         signing_key: The operator's private key (``searchmerge keys init``); every version published
@@ -106,7 +109,8 @@ class ServiceSettings:
                  heartbeat_interval: int = 10, check_every: float = 1.0, signing_key: Path | None = None,
                  job_attempts: int = MAX_ATTEMPTS, samples_per_minute: int = 600,
                  drift_min_edges: int = DRIFT_MIN_EDGES, drift_edge_share: float | None = DRIFT_EDGE_SHARE,
-                 max_jobs_per_hour: int = MAX_JOBS_PER_HOUR, run_jobs: bool = True) -> None:
+                 max_jobs_per_hour: int = MAX_JOBS_PER_HOUR, run_jobs: bool = True,
+                 max_sample_bytes: int = MAX_SAMPLE_BYTES) -> None:
         if research_trials < 1 or window < 1 or not 1 <= min_samples <= window or max_upload_bytes < 1:
             raise SearchmergeError("research trials, window and upload limit must be positive, and"
                                    f" 1 <= min-samples <= window (got {min_samples} and {window})")
@@ -118,6 +122,9 @@ class ServiceSettings:
         self.min_samples = min_samples
         self.confidence = confidence
         self.max_upload_bytes = max_upload_bytes
+        if max_sample_bytes < 1:
+            raise SearchmergeError(f"the sample size limit must be positive, got {max_sample_bytes}")
+        self.max_sample_bytes = max_sample_bytes
         self.heartbeat_interval = heartbeat_interval
         self.check_every = check_every
         self.signing_key = signing_key
@@ -155,7 +162,8 @@ class MergingService:
         self.jobs = JobRunner(study, self.engine, heartbeat_interval=self.settings.heartbeat_interval,
                               job_attempts=self.settings.job_attempts, signer=self.signer, say=self.say)
         self.quota = SampleQuota(per_minute=self.settings.samples_per_minute)
-        self.footage = Footage(study.workload, study.settings)
+        self.labeller = Labeller(study, max_sample_bytes=self.settings.max_sample_bytes)
+        self.footage = self.labeller.footage  # the digits generator, which labels digits samples by provenance
         self._progress = progress
         self.last_check: SampleCheck | None = None
         self._last_note = ""
@@ -221,12 +229,22 @@ class MergingService:
 
         Raises:
             QuotaExceeded: If the upload would take the edge past its quota (nothing is stored).
-            SearchmergeError: If a sample cannot be labelled (nothing is stored).
+            SampleTooLarge: If a sample's frame is over the size limit (nothing is stored).
+            SearchmergeError: If a sample cannot be labelled, or is of a model the edge does not run (nothing
+                is stored).
         """
         self.quota.take(edge, len(batch.samples))
-        stored = store_samples(self.engine, self.deployment, edge, batch, self.footage)
+        stored = store_samples(self.engine, self.deployment, edge, batch, self.labeller, runs=self._runs(edge))
         self._samples_arrived.set()
         return stored
+
+    def _runs(self, edge: str) -> set[str] | None:
+        """The models ``edge`` reported running (its streams' models); ``None`` before it reported any."""
+        with self.engine.connect() as conn:
+            reported = conn.execute(sa.select(edges.c.stats_json).where(
+                edges.c.deployment == self.deployment, edges.c.name == edge)).scalar()
+        streams = EdgeStats.model_validate_json(reported).streams if reported else {}
+        return {stream.model for stream in streams.values()} if streams else None
 
     def record_stats(self, edge: str, stats: EdgeStats) -> None:
         with self.engine.begin() as conn:
@@ -269,42 +287,33 @@ class MergingService:
         prune_samples(self.engine, self.deployment, keep=4 * self.settings.window)
         if check.missing:
             names = "; ".join(m.describe() for m in check.missing)
-            if check.scenario is None or check.scenario == current.scenario:
-                # Nothing to re-search on, or this version was re-searched on that very data already:
-                # another re-search of the same footage would chase noise (and could chain for ever).
-                reason = ("on samples of undrifted footage; no drift scenario to re-search on" if check.scenario is None
-                          else f"on {check.scenario!r}, which it was re-searched on; more trials by hand:"
-                          f" searchmerge research {self.study.path} --data {check.scenario}"
-                          f" --from-study {current.source_study} --n-trials N")
-                self._note(f"version {current.version}: {', '.join(m.name for m in check.missing)} miss(es) the"
-                           f" target {reason}", detail=names)
-                return check
-            if not self._may_start(current, check, recent, names):
+            # What the cameras saw, as the teacher labelled it, is what to re-search on: no scenario is named.
+            data = f"{SAMPLES_PREFIX}{self.deployment}"
+            if not self._may_start(current, check, recent, names, data):
                 return check
             job, created = request_research(self.engine, self.deployment, parent_study=current.source_study,
-                                            scenario=check.scenario, n_trials=self.settings.research_trials)
+                                            scenario=data, n_trials=self.settings.research_trials)
             if created:
-                self.say(f"drift detected on version {current.version} in samples of {check.scenario!r} ({names});"
-                         f" re-search job {job.id} ({job.study_name!r}) started", logging.WARNING)
+                self.say(f"drift detected on version {current.version} in its labelled samples ({names});"
+                         f" re-search job {job.id} ({job.study_name!r}) on them started", logging.WARNING)
         return check
 
     def _may_start(self, current: VersionInfo, check: SampleCheck, recent: Mapping[str, Sequence[LabelledSample]],
-                   names: str) -> bool:
-        """Whether the miss of ``check`` may start its re-search: enough edges saw the drift, and the
-        deployment is within its jobs per hour (a job that exists already is always found again)."""
-        assert check.scenario is not None
-        if find_job(self.engine, self.deployment, parent_study=current.source_study, scenario=check.scenario):
+                   names: str, data: str) -> bool:
+        """Whether the miss of ``check`` may start its re-search on ``data``: enough edges saw the drift, and
+        the deployment is within its jobs per hour (a job that exists already is always found again)."""
+        if find_job(self.engine, self.deployment, parent_study=current.source_study, scenario=data):
             return True
-        evidence = weigh_evidence(recent, (m.name for m in check.missing), check.scenario,
+        evidence = weigh_evidence(recent, (m.name for m in check.missing), None,
                                   min_edges=self.settings.drift_min_edges, edge_share=self.settings.drift_edge_share)
         if not evidence.enough:
-            self._note(f"version {current.version}: {', '.join(m.name for m in check.missing)} miss(es) the target on"
-                       f" {check.scenario!r}, but too few edges saw it to re-search yet",
+            self._note(f"version {current.version}: {', '.join(m.name for m in check.missing)} miss(es) the target in"
+                       " the samples, but too few edges sent them to re-search yet",
                        detail=f"{evidence.describe()}; {names}")
             return False
         started = jobs_started_within(self.engine, self.deployment, 3600)
         if started >= self.settings.max_jobs_per_hour:
-            self._note(f"version {current.version}: drift on {check.scenario!r}, but deployment {self.deployment!r}"
+            self._note(f"version {current.version}: drift in the samples, but deployment {self.deployment!r}"
                        f" started {self.settings.max_jobs_per_hour} re-search job(s) in the last hour"
                        " (--max-jobs-per-hour); it starts when the hour allows", detail=names)
             return False

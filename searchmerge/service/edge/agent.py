@@ -42,6 +42,7 @@ import torch
 
 from searchmerge.core.errors import SearchmergeError
 from searchmerge.core.progress import Progress
+from searchmerge.data.sources.base import pixels_of
 from searchmerge.service.edge.client import (
     BadAnswer,
     RateLimited,
@@ -53,8 +54,8 @@ from searchmerge.service.edge.local import LocalVersions
 from searchmerge.service.edge.metrics import EdgeMetrics, serve_metrics
 from searchmerge.service.edge.predictions import PredictionLog
 from searchmerge.service.edge.serving import ServingVersion
-from searchmerge.service.edge.trust import TrustPolicy
 from searchmerge.service.edge.streams import DigitsStream, FolderStream
+from searchmerge.service.edge.trust import TrustPolicy
 from searchmerge.service.footage import Footage
 from searchmerge.service.protocol import (
     EdgeStats,
@@ -379,7 +380,8 @@ class EdgeAgent:
             if len(self._samples) >= _QUEUE:
                 self._samples.popleft()
                 self.metrics.samples_discarded.inc()
-            self._samples.append(Sample(model=stream.model, frame=encode_frame(frame.image.numpy()), source=source,
+            pixels = pixels_of(frame.image.numpy(), stream.source.normalisation)  # 8-bit PNG, not raw floats
+            self._samples.append(Sample(model=stream.model, frame=encode_frame(pixels), source=source,
                                         version=version.info.version, prediction=prediction))
 
     def _take_ready(self) -> None:

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from searchmerge.core.errors import SearchmergeError
+from searchmerge.data.sources import get_source
 from searchmerge.service.footage import Footage
 from searchmerge.service.protocol import DigitsSource
 
@@ -48,6 +49,9 @@ class DigitsStream:
         model: The model whose camera the stream is.
         split: Which footage to show (``test``: frames no model was trained or judged on).
     """
+
+    #: How its frames were made from 8-bit pixels (the digits data's normalisation).
+    normalisation = get_source("digits").normalisation
 
     def __init__(self, footage: Footage, model: str, *, split: str = "test") -> None:
         self.footage = footage
@@ -79,6 +83,8 @@ class DigitsStream:
 
 class FolderStream:
     """The images of a folder, sorted by name and looping, as ``shape`` (channels, height, width)."""
+
+    normalisation = (_MEAN, _STD)
 
     def __init__(self, folder: Path, shape: tuple[int, ...]) -> None:
         self.files = sorted(p for p in folder.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES) if folder.is_dir() else []

@@ -1,0 +1,187 @@
+"""The frames the edges sent, as the merging service labelled them: ``format: samples``.
+
+After a drift the models must learn what the cameras see now, and be judged on it. The
+merging service stores every sampled frame with the label its teacher gave it (the
+``searchmerge_samples`` table of the study's database, one row per frame: the model's view
+as 8-bit PNG, its label, when it arrived); this source reads one model's rows::
+
+    data: {format: samples, storage: sqlite:///studies/digits.db, deployment: digits-edge, model: gate-digit,
+           original: {format: digits}, replay: 0.5}
+
+* **Held out**: one row in :data:`HOLDOUT_EVERY` (by id) is left for the service's publish gate.
+* **Splits by time**: the rows in the order they arrived, cut into train, validation and test
+  (``split``, default 0.6/0.2/0.2), never shuffled: neighbouring frames of a camera are near
+  duplicates, so a random split would judge the models on copies of their training frames.
+* **Replay**: ``replay`` (default :data:`REPLAY_SHARE`) is the share of the training split
+  taken from the model's ``original`` data (its own ``data:`` section), so that a model learns
+  the evening without forgetting the day. Validation and test are the samples alone: a
+  re-search is judged on what the cameras see now.
+
+The table is read with SQLAlchemy Core by name, so this source needs nothing of the service
+(which sits above the data layer); ``searchmerge research STUDY --data samples:DEPLOYMENT``
+builds these sections for every model (:mod:`searchmerge.search.scenarios`).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import ConcatDataset, Dataset, Subset
+
+from searchmerge.core.errors import SearchmergeError
+from searchmerge.core.keys import check_keys
+from searchmerge.core.redact import redact, redact_url
+from searchmerge.data.sources.base import (
+    SPLITS,
+    Source,
+    SourceContext,
+    SplitData,
+    TaskData,
+    digest,
+    model_input,
+)
+
+__all__ = ["HOLDOUT_EVERY", "REPLAY_SHARE", "SAMPLES_TABLE", "SamplesSource"]
+
+#: The share of a re-search's training frames replayed from the original training data. Half:
+#: as much of the day as of the evening, so neither is forgotten (not measured yet).
+REPLAY_SHARE = 0.5
+#: One sample in this many (by id: every process agrees which) is held out for the merging service's
+#: publish gate: the drift check never reads it and this source leaves it out, so a re-searched version
+#: is judged on samples nothing was trained or selected on. 4: a quarter of what the edges send.
+HOLDOUT_EVERY = 4
+#: The merging service's table of labelled samples.
+SAMPLES_TABLE = "searchmerge_samples"
+_DEFAULT_SPLIT = {"train": 0.6, "val": 0.2, "test": 0.2}
+
+
+class _Frames(Dataset[tuple[torch.Tensor, Any]]):
+    """Decoded sample frames (float32, as the model takes them) and their targets."""
+
+    def __init__(self, frames: list[np.ndarray], targets: list[Any]) -> None:
+        self.frames = frames
+        self.targets = targets
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, Any]:
+        target = self.targets[index]
+        if isinstance(target, dict):
+            target = {"boxes": torch.tensor(target["boxes"], dtype=torch.float32).reshape(-1, 4),
+                      "labels": torch.tensor(target["labels"], dtype=torch.int64)}
+        return torch.from_numpy(self.frames[index]), target
+
+
+class SamplesSource(Source):
+    """``format: samples``: ``storage``, ``deployment``, ``model``, ``original``, ``replay``, ``split``."""
+
+    keys = frozenset({"storage", "deployment", "model", "original", "replay", "split"})
+
+    def check(self, options: Mapping[str, Any], task: str) -> None:
+        where = "data (samples)"
+        for key in ("storage", "deployment", "model"):
+            if not isinstance(options.get(key), str) or not options[key]:
+                raise SearchmergeError(f"{where}: needs '{key}' (text), got {options.get(key)!r}")
+        if not isinstance(options.get("original"), Mapping) or "format" not in options["original"]:
+            raise SearchmergeError(f"{where}: needs 'original', the model's own data section (with a format)")
+        _replay(options.get("replay", REPLAY_SHARE), where)
+        _shares(options.get("split", _DEFAULT_SPLIT), where)
+
+    def open(self, options: Mapping[str, Any], context: SourceContext, *, task: str) -> TaskData:
+        from searchmerge.data.sources import get_source
+
+        where = "data (samples)"
+        self.check(options, task)
+        original_options = dict(options["original"])
+        source = get_source(str(original_options.pop("format")))
+        check_keys(f"{where}, original", original_options, source.keys)
+        original = source.open(original_options, context, task=task)
+        ids, frames, targets = _read(options, where)
+        shares = _shares(options.get("split", _DEFAULT_SPLIT), where)
+        cuts = np.cumsum([shares[name] for name in SPLITS])
+        bounds = [0, *(round(c * len(ids)) for c in cuts)]
+        rows = {name: range(bounds[i], bounds[i + 1]) for i, name in enumerate(SPLITS)}
+        empty = [name for name in SPLITS if not rows[name]]
+        if empty:
+            raise SearchmergeError(f"{where}: deployment {options['deployment']!r} has {len(ids)} labelled samples of"
+                                   f" model {options['model']!r}, too few for a {empty[0]} split; let the edges send"
+                                   " more first")
+        expected = tuple(original.val[0][0].shape)
+        if frames[0].shape != expected:
+            raise SearchmergeError(f"{where}: the samples of model {options['model']!r} are {list(frames[0].shape)},"
+                                   f" but its original data is {list(expected)}")
+        split = {name: _Frames([frames[i] for i in r], [targets[i] for i in r]) for name, r in rows.items()}
+        replay = _replay(options.get("replay", REPLAY_SHARE), where)
+        wanted = min(len(original.train), round(replay / (1 - replay) * len(split["train"]))) if replay else 0
+        chosen = np.sort(np.random.default_rng(context.seed).choice(len(original.train), wanted, replace=False))
+        train: Dataset[Any] = ConcatDataset([split["train"], Subset(original.train, chosen.tolist())])
+        labels: dict[str, np.ndarray] = {}
+        if original.kind == "classification":
+            labels = {name: np.asarray(data.targets, dtype=np.int64) for name, data in split.items()}
+            replayed = original.class_labels("train")
+            labels["train"] = np.concatenate([labels["train"], replayed[chosen] if replayed is not None
+                                              else np.asarray([int(original.train[i][1]) for i in chosen])])
+        return SplitData(
+            train=train, val=split["val"], test=split["test"], kind=original.kind, num_classes=original.num_classes,
+            fingerprint=digest({"format": "samples", "deployment": options["deployment"], "model": options["model"],
+                                "samples": [ids[0], ids[-1], len(ids)], "split": shares, "replay": replay,
+                                "replayed": len(chosen), "original": original.fingerprint}),
+            description=f"{len(ids)} samples of model {options['model']!r} from deployment"
+                        f" {options['deployment']!r}, with {len(chosen)} original training frames replayed",
+            labels=labels,
+            class_names=getattr(original, "class_names", ()),
+        )
+
+
+def _read(options: Mapping[str, Any], where: str) -> tuple[list[int], list[np.ndarray], list[Any]]:
+    """The model's labelled samples, oldest first: their ids, frames (as the model takes them) and targets."""
+    import sqlalchemy as sa
+    from PIL import Image
+
+    table = sa.table(SAMPLES_TABLE, *(sa.column(name) for name in (
+        "id", "deployment", "model", "label", "shape_json", "frame", "encoding", "normalisation_json", "target_json")))
+    try:
+        engine = sa.create_engine(str(options["storage"]))
+        with engine.connect() as conn:
+            rows = conn.execute(sa.select(table).where(table.c.deployment == options["deployment"],
+                                                       table.c.model == options["model"],
+                                                       table.c.encoding == "png",
+                                                       table.c.id % HOLDOUT_EVERY != 0)
+                                .order_by(table.c.id)).all()
+        engine.dispose()
+    except sa.exc.SQLAlchemyError as exc:
+        raise SearchmergeError(f"{where}: cannot read the samples of deployment {options['deployment']!r}:"
+                               f" {redact(str(exc).splitlines()[0])}") from None
+    ids, frames, targets = [], [], []
+    for row in rows:
+        channels, height, width = json.loads(row.shape_json)
+        with Image.open(io.BytesIO(row.frame)) as image:
+            pixels = np.asarray(image, dtype=np.uint8).reshape(height, width, channels)
+        ids.append(int(row.id))
+        frames.append(model_input(pixels, tuple(json.loads(row.normalisation_json))))
+        targets.append(json.loads(row.target_json) if row.target_json else int(row.label))
+    if not ids:
+        raise SearchmergeError(f"{where}: deployment {options['deployment']!r} has no labelled samples of model"
+                               f" {options['model']!r} in {redact_url(str(options['storage']))!r}")
+    return ids, frames, targets
+
+
+def _replay(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+        raise SearchmergeError(f"{where}: replay must be a share in [0, 1) of the training frames, got {value!r}")
+    return float(value)
+
+
+def _shares(value: Any, where: str) -> dict[str, float]:
+    if not isinstance(value, Mapping) or set(value) != set(SPLITS) or not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1 for v in value.values()
+    ) or sum(value.values()) > 1 + 1e-9:
+        raise SearchmergeError(f"{where}: split must give train, val and test shares in (0, 1) adding up to at most 1,"
+                               f" got {value!r}")
+    return {name: float(value[name]) for name in SPLITS}

@@ -1,0 +1,169 @@
+"""The service labels camera frames with the study's teacher, and judges drift from them with no scenario named.
+
+The footage is the walkers of tests/test_video.py; the teacher (tests/teacher_support.py) finds
+the one bright square of a frame, so every label the service gives is known in advance.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+import torch
+from torch import nn
+
+from searchmerge.config.study import StudyFile, open_study_file
+from searchmerge.core.errors import SearchmergeError
+from searchmerge.data.sources import get_source
+from searchmerge.service.cloud.db import open_engine, samples
+from searchmerge.service.cloud.jobs import list_jobs
+from searchmerge.service.cloud.labelling import Labeller, SampleTooLarge, decode_pixels
+from searchmerge.service.cloud.samples import recent_samples, store_samples
+from searchmerge.service.cloud.service import MergingService, ServiceSettings
+from searchmerge.service.cloud.versions import publish_files
+from searchmerge.service.protocol import Sample, SampleBatch, encode_frame
+from tests.fake_edge_service import files_of, make_version
+from tests.teacher_support import square_frame
+from tests.test_video import HEIGHT, WIDTH, write_footage
+
+STUDY = """
+name: walk
+seed: 0
+target: 0.9
+video: {source: walk.mkv, labels: walk.json, image_size: 16}
+teacher: {factory: "tests.teacher_support:square_detector", classes: [person]}
+models:
+  - {name: left, factory: "tests.user_data:tiny_classifier", kwargs: {num_classes: 2}, task: classification,
+     data: {format: video, region: [0.0, 0.0, 0.5, 1.0], query: presence}}
+  - {name: right, factory: "tests.user_data:tiny_classifier", kwargs: {num_classes: 3}, task: classification,
+     data: {format: video, region: [0.5, 0.0, 1.0, 1.0], query: count, bins: [0, 1, 2]}}
+  - {name: boxes, factory: "tests.user_data:tiny_classifier", kwargs: {num_classes: 2}, task: detection,
+     data: {format: video, region: [0.5, 0.0, 1.0, 1.0], query: detection}}
+"""
+#: A square in the left half, and one in the right half (x1, y1, x2, y2 in pixels of the 64 x 48 frame).
+LEFT_SQUARE, RIGHT_SQUARE = (4, 10, 14, 20), (40, 8, 52, 24)
+
+
+@pytest.fixture(scope="module")
+def footage(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_footage(tmp_path_factory.mktemp("walk"))
+
+
+@pytest.fixture()
+def study(footage: Path, tmp_path: Path) -> StudyFile:
+    for name in ("walk.mkv", "walk.json"):
+        shutil.copy(footage / name, tmp_path / name)
+    (tmp_path / "walk.yaml").write_text(STUDY)
+    return open_study_file(tmp_path / "walk.yaml", storage=f"sqlite:///{tmp_path / 'walk.db'}")
+
+
+def sample(model: str, pixels: np.ndarray, **frame: object) -> Sample:
+    return Sample(model=model, frame=encode_frame(pixels, **frame))  # type: ignore[arg-type]
+
+
+def test_the_teacher_labels_whole_frames_and_regions_and_the_view_is_what_the_model_sees(study: StudyFile) -> None:
+    labeller = Labeller(study)
+    left_frame = square_frame(HEIGHT, WIDTH, LEFT_SQUARE)
+    right_frame = square_frame(HEIGHT, WIDTH, RIGHT_SQUARE)
+    nobody = square_frame(HEIGHT, WIDTH, None)
+    batch = SampleBatch(samples=[
+        sample("left", left_frame), sample("left", right_frame), sample("left", nobody),
+        sample("right", right_frame), sample("right", left_frame),
+        sample("right", right_frame[:, 32:], region=[32, 0, 64, 48]),  # the region alone, with its position
+        sample("boxes", right_frame, encoding="jpeg"),
+    ])
+    labelled = labeller.label(batch)
+    assert [item.label for item in labelled[:6]] == [1, 0, 0, 1, 0, 1]
+    target = labelled[6].target
+    assert labelled[6].label == -1 and target is not None and target["labels"] == [1]
+    # The square at x 40..52, y 8..24 of the frame is at x 8..20 (x 0.5), y 8..24 (x 1/3) of the 16 x 16 view.
+    assert np.allclose(target["boxes"], [[4.0, 8 / 3, 10.0, 8.0]], atol=0.6)
+    crops = get_source("video").open({"region": [0.5, 0.0, 1.0, 1.0], "query": "presence"}, _context(study),
+                                     task="classification")
+    assert labelled[3].view.shape == (16, 16, 3) == crops.train.crops.shape[1:]
+    assert np.array_equal(labelled[3].view, labelled[5].view)  # the region alone gives the model the same view
+
+    engine = open_engine(study.storage)
+    assert store_samples(engine, study.workload.name, "gate", batch, labeller) == 7
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(samples).order_by(samples.c.id)).all()
+    assert [row.label for row in rows] == [1, 0, 0, 1, 0, 1, -1]
+    assert all(row.encoding == "png" and row.frame.startswith(b"\x89PNG") for row in rows)
+    assert json.loads(rows[6].target_json)["labels"] == [1]
+    recent = recent_samples(engine, study.workload.name, since=rows[0].received_at, window=10)
+    frame = recent["right"][0].frame
+    assert frame.shape == (3, 16, 16) and frame.dtype == np.float32
+    assert np.allclose(frame, labelled[3].view.transpose(2, 0, 1) / 255.0)  # video models take pixels / 255
+
+
+def _context(study: StudyFile):  # type: ignore[no-untyped-def]
+    from searchmerge.training.prepare import source_context
+
+    return source_context(study.settings, study_path=study.path)
+
+
+def test_frames_that_do_not_fit_are_refused_and_nothing_is_stored(study: StudyFile) -> None:
+    labeller = Labeller(study, max_sample_bytes=4096)
+    frame = square_frame(HEIGHT, WIDTH, LEFT_SQUARE)
+    engine = open_engine(study.storage)
+    bad = [
+        (sample("left", frame[:40]), "its frame is 64x40 pixels; it must be 64x48"),
+        (sample("left", frame[:, :, :1]), "the model takes 3 channel(s)"),
+        (sample("right", frame[:, 32:], region=[0, 0, 32, 48]), "is not inside the 64x48 frame around"),
+        (sample("right", frame[:, 32:], region=[32, 0, 96, 48]), "is not inside the 64x48 frame around"),
+        (sample("nobody", frame), "the deployment has no model 'nobody'"),
+    ]
+    for wrong, message in bad:
+        with pytest.raises(SearchmergeError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            store_samples(engine, study.workload.name, "gate", SampleBatch(samples=[sample("left", frame), wrong]),
+                          labeller)
+    noise = np.random.default_rng(0).integers(0, 256, (HEIGHT, WIDTH, 3), dtype=np.uint8)
+    with pytest.raises(SampleTooLarge, match="more than the 4096 a sample may have"):
+        store_samples(engine, study.workload.name, "gate", SampleBatch(samples=[sample("left", noise)]), labeller)
+    with pytest.raises(SearchmergeError, match="this edge does not run model 'left'"):
+        store_samples(engine, study.workload.name, "gate", SampleBatch(samples=[sample("left", frame)]), labeller,
+                      runs={"right"})
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(samples)).scalar() == 0
+    with pytest.raises(SearchmergeError, match="does not decode as PNG"):
+        decode_pixels(encode_frame(frame).model_copy(update={"data": "iVBORw0KGgo="}), (HEIGHT, WIDTH), 3)
+
+
+def test_a_study_without_a_teacher_cannot_label_camera_frames(study: StudyFile, tmp_path: Path) -> None:
+    (tmp_path / "bare.yaml").write_text(STUDY.replace('teacher: {factory: "tests.teacher_support:square_detector",'
+                                                      ' classes: [person]}\n', ""))
+    bare = open_study_file(tmp_path / "bare.yaml", storage=study.storage)
+    with pytest.raises(SearchmergeError, match="has no teacher: section"):
+        Labeller(bare).label(SampleBatch(samples=[sample("left", square_frame(HEIGHT, WIDTH, None))]))
+
+
+class Nobody(nn.Module):
+    """Always answers 'nobody': right when the region is empty, wrong whenever someone walks in."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tensor([[1.0, 0.0]]).repeat(len(x), 1)
+
+
+def test_a_drift_is_judged_from_teacher_labelled_samples_alone(
+    study: StudyFile, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    service = MergingService(study, ServiceSettings(window=16, min_samples=8, drift_min_edges=1))
+    publish_files(service.engine, study, files_of(make_version(tmp_path / "v1", seed=1)), source_study="walk-greedy",
+                  trial=0, checkpoint="c")
+    monkeypatch.setattr(service, "_models", lambda version: {"left": Nobody()})
+    monkeypatch.setattr(service, "_baseline_accuracies", lambda: {"left": 0.95})
+    empty = square_frame(HEIGHT, WIDTH, None)
+    service.store_samples("gate", SampleBatch(samples=[sample("left", empty) for _ in range(12)]))
+    check = service.check()
+    assert check is not None and not check.missing and check.scenario is None  # the empty street: all right
+    # People walk into the left region: the teacher sees them, the model does not. No scenario is named anywhere.
+    service.store_samples("gate", SampleBatch(samples=[sample("left", square_frame(HEIGHT, WIDTH, LEFT_SQUARE))
+                                                       for _ in range(24)]))
+    check = service.check()
+    assert check is not None and [m.name for m in check.missing] == ["left"] and check.scenario is None
+    (job,) = list_jobs(service.engine, service.deployment)
+    assert (job.parent_study, job.scenario) == ("walk-greedy", "samples:walk")

@@ -38,6 +38,7 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import exc as sa_exc
 
+from searchmerge.analysis.groups import ShareableGroup
 from searchmerge.config.settings import EvaluatorSettings
 from searchmerge.config.study import StudyFile
 from searchmerge.core.errors import SearchmergeError
@@ -169,6 +170,20 @@ class WarmStart:
         moves shared weights, so every model retrains.
         """
         return self.settled if plan == self.settled_plan else frozenset()
+
+    def start_models(
+        self, plan: SharingPlan, groups: Sequence[ShareableGroup], originals: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """Where each model starts when ``plan`` is evaluated.
+
+        A model ``plan`` shares (or keeps settled) starts from the parent's merged weights; any other
+        starts from its ``originals``, not from a copy an earlier evaluation retrained under sharing:
+        the evaluator keeps such a model as it is, scores it on the new data and fine-tunes it only if it
+        misses its target there.
+        """
+        kept = {model for group in groups if group.name in plan.shared for model in group.models}
+        kept |= self.frozen_for(plan)
+        return {name: model if name in kept else originals[name] for name, model in self.models.items()}
 
 
 class MergeSearch:
@@ -473,7 +488,8 @@ class MergeSearch:
             trial.report(worst_ratio, step=check)
             return trial.should_prune()
 
-        start_from = self.warm_start.models if self.warm_start is not None else None
+        start_from = (self.warm_start.start_models(plan, self.evaluator.analysis.groups, self.prepared.models)
+                      if self.warm_start is not None else None)
         evaluation, merged = self.evaluator.evaluate(
             plan, seed=self.seed, report=report, start_from=start_from, frozen=frozen,
             start=self._start_point(start) if start is not None else None,

@@ -658,7 +658,8 @@ def _add_research(commands: argparse._SubParsersAction) -> None:
         " weights, back off from the groups of failing models, then search on. Running it again resumes.",
     )
     _add_study_arguments(research)
-    research.add_argument("--data", default=None, metavar="SCENARIO", help="drift scenario to search on")
+    research.add_argument("--data", default=None, metavar="SCENARIO", help="drift scenario to search on, or the"
+                          " labelled frames of samples:DEPLOYMENT (what its edges sent) or samples:FOLDER")
     research.add_argument("--from-study", default=None, metavar="NAME",
                           help="the parent study (default: the parent workload's search with the best feasible plan)")
     research.add_argument("--parent-study-file", default=None, metavar="OLD.yaml",

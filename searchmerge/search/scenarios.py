@@ -33,6 +33,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from pathlib import Path
 
 from searchmerge.config.data_request import model_request
 from searchmerge.config.drift import DriftScenario
@@ -106,23 +107,28 @@ SAMPLES_PREFIX = "samples:"
 
 def samples_scenario(study: StudyFile, name: str) -> DriftScenario:
     """``samples:DEPLOYMENT``: every model on the samples its edges sent (``format: samples``, in the
-    study's storage), with a replay share of its original training data.
+    study's storage), with a replay share of its original training data; ``samples:FOLDER``: on a
+    folder of labelled frames (``FOLDER/MODEL/LABEL/NAME.png``) instead.
 
     This is drift as the cameras saw it, with no scenario named: the merging service re-searches
     on it when the samples show a model missing its target.
     """
-    deployment = name[len(SAMPLES_PREFIX):]
-    if not deployment:
+    origin = name[len(SAMPLES_PREFIX):]
+    if not origin:
         raise SearchmergeError(f"--data {name!r}: name the deployment, samples:DEPLOYMENT (the study's workload name,"
-                               f" {study.workload.name!r})")
+                               f" {study.workload.name!r}), or a folder of labelled frames, samples:FOLDER")
+    folder = Path(origin).expanduser()
+    where = ({"root": str(folder.absolute())} if folder.is_dir()
+             else {"storage": study.storage, "deployment": origin})
     models = {}
     for spec in study.workload.models:
         request = model_request(spec)
         original = {"format": request.format, **request.options}
-        models[spec.name] = {"data": {"format": "samples", "storage": study.storage, "deployment": deployment,
-                                      "model": spec.name, "original": original}}
+        models[spec.name] = {"data": {"format": "samples", **where, "model": spec.name, "original": original,
+                                      "seed": study.settings.seed}}
+    what = f"folder {origin!r}" if folder.is_dir() else f"the edges of {origin!r}"
     return DriftScenario(name, models=models, only_listed=True,
-                         description=f"the frames the edges of {deployment!r} sent, labelled by the service")
+                         description=f"the labelled frames of {what}")
 
 
 def get_scenario(study: StudyFile, name: str) -> DriftScenario:

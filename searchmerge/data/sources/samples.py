@@ -12,6 +12,9 @@ as 8-bit PNG, its label, when it arrived); this source reads one model's rows::
 * **Splits by time**: the rows in the order they arrived, cut into train, validation and test
   (``split``, default 0.6/0.2/0.2), never shuffled: neighbouring frames of a camera are near
   duplicates, so a random split would judge the models on copies of their training frames.
+* ``seed``: the seed the ``original`` data is opened with (the study's, so that it is the data the
+  model was trained on, not a drift scenario's new footage).
+* A model with no samples (no camera of it was sampled) keeps its own data.
 * **Replay**: ``replay`` (default :data:`REPLAY_SHARE`) is the share of the training split
   taken from the model's ``original`` data (its own ``data:`` section), so that a model learns
   the evening without forgetting the day. Validation and test are the samples alone: a
@@ -24,9 +27,11 @@ builds these sections for every model (:mod:`searchmerge.search.scenarios`).
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -35,7 +40,7 @@ from torch.utils.data import ConcatDataset, Dataset, Subset
 
 from searchmerge.core.errors import SearchmergeError
 from searchmerge.core.keys import check_keys
-from searchmerge.core.redact import redact, redact_url
+from searchmerge.core.redact import redact
 from searchmerge.data.sources.base import (
     SPLITS,
     Source,
@@ -43,8 +48,10 @@ from searchmerge.data.sources.base import (
     SplitData,
     TaskData,
     digest,
+    file_identity,
     model_input,
 )
+from searchmerge.data.sources.images import image_files
 
 __all__ = ["HOLDOUT_EVERY", "REPLAY_SHARE", "SAMPLES_TABLE", "SamplesSource"]
 
@@ -79,15 +86,30 @@ class _Frames(Dataset[tuple[torch.Tensor, Any]]):
 
 
 class SamplesSource(Source):
-    """``format: samples``: ``storage``, ``deployment``, ``model``, ``original``, ``replay``, ``split``."""
+    """``format: samples``: ``storage`` and ``deployment`` (or ``root``), ``model``, ``original``, ``replay``,
+    ``split``, ``seed``.
 
-    keys = frozenset({"storage", "deployment", "model", "original", "replay", "split"})
+    ``root`` instead of the database: a folder of labelled frames, ``ROOT/MODEL/LABEL/NAME.png`` (LABEL a
+    class number; frames in the order of their names, resized to the model's input).
+    """
+
+    keys = frozenset({"storage", "deployment", "root", "model", "original", "seed", "replay", "split"})
+
+    def task_kind(self, task: str) -> str | None:
+        """The kind of a task a source names (the digits' ``digit``): the samples are the original's task."""
+        from searchmerge.data.sources import format_names, get_source
+
+        kinds = (get_source(name).task_kind(task) for name in format_names() if name != "samples")
+        return next((kind for kind in kinds if kind is not None), None)
 
     def check(self, options: Mapping[str, Any], task: str) -> None:
         where = "data (samples)"
-        for key in ("storage", "deployment", "model"):
+        for key in ("model",) if "root" in options else ("storage", "deployment", "model"):
             if not isinstance(options.get(key), str) or not options[key]:
                 raise SearchmergeError(f"{where}: needs '{key}' (text), got {options.get(key)!r}")
+        if "root" in options and ("storage" in options or "deployment" in options):
+            raise SearchmergeError(f"{where}: give either root (a folder of labelled frames) or storage and"
+                                   " deployment (the service's database), not both")
         if not isinstance(options.get("original"), Mapping) or "format" not in options["original"]:
             raise SearchmergeError(f"{where}: needs 'original', the model's own data section (with a format)")
         _replay(options.get("replay", REPLAY_SHARE), where)
@@ -101,18 +123,26 @@ class SamplesSource(Source):
         original_options = dict(options["original"])
         source = get_source(str(original_options.pop("format")))
         check_keys(f"{where}, original", original_options, source.keys)
+        if "seed" in options:  # the study's own seed: the original data as the model was trained on it
+            context = dataclasses.replace(context, seed=int(options["seed"]))
         original = source.open(original_options, context, task=task)
-        ids, frames, targets = _read(options, where)
+        expected = tuple(original.val[0][0].shape)
+        if "root" in options:
+            folder = context.path(options["root"], f"{where}: root") / str(options["model"])
+            ids, frames, targets = _read_folder(folder, expected, source.normalisation, where)
+        else:
+            ids, frames, targets = _read(options, where)
+        if not ids:  # no camera of this model was sampled: it keeps its own data
+            return original
         shares = _shares(options.get("split", _DEFAULT_SPLIT), where)
         cuts = np.cumsum([shares[name] for name in SPLITS])
         bounds = [0, *(round(c * len(ids)) for c in cuts)]
         rows = {name: range(bounds[i], bounds[i + 1]) for i, name in enumerate(SPLITS)}
         empty = [name for name in SPLITS if not rows[name]]
         if empty:
-            raise SearchmergeError(f"{where}: deployment {options['deployment']!r} has {len(ids)} labelled samples of"
-                                   f" model {options['model']!r}, too few for a {empty[0]} split; let the edges send"
-                                   " more first")
-        expected = tuple(original.val[0][0].shape)
+            raise SearchmergeError(f"{where}: {_origin(options)} has {len(ids)} labelled samples of model"
+                                   f" {options['model']!r}, too few for a {empty[0]} split; let the edges send more"
+                                   " first")
         if frames[0].shape != expected:
             raise SearchmergeError(f"{where}: the samples of model {options['model']!r} are {list(frames[0].shape)},"
                                    f" but its original data is {list(expected)}")
@@ -129,11 +159,11 @@ class SamplesSource(Source):
                                               else np.asarray([int(original.train[i][1]) for i in chosen])])
         return SplitData(
             train=train, val=split["val"], test=split["test"], kind=original.kind, num_classes=original.num_classes,
-            fingerprint=digest({"format": "samples", "deployment": options["deployment"], "model": options["model"],
-                                "samples": [ids[0], ids[-1], len(ids)], "split": shares, "replay": replay,
+            fingerprint=digest({"format": "samples", "from": options.get("deployment", "folder"), "model": options["model"],
+                                "samples": [ids[0], ids[-1], len(ids)] if "root" not in options else ids, "split": shares, "replay": replay,
                                 "replayed": len(chosen), "original": original.fingerprint}),
-            description=f"{len(ids)} samples of model {options['model']!r} from deployment"
-                        f" {options['deployment']!r}, with {len(chosen)} original training frames replayed",
+            description=f"{len(ids)} samples of model {options['model']!r} from"
+                        f" {_origin(options)}, with {len(chosen)} original training frames replayed",
             labels=labels,
             class_names=getattr(original, "class_names", ()),
         )
@@ -166,10 +196,40 @@ def _read(options: Mapping[str, Any], where: str) -> tuple[list[int], list[np.nd
         ids.append(int(row.id))
         frames.append(model_input(pixels, tuple(json.loads(row.normalisation_json))))
         targets.append(json.loads(row.target_json) if row.target_json else int(row.label))
-    if not ids:
-        raise SearchmergeError(f"{where}: deployment {options['deployment']!r} has no labelled samples of model"
-                               f" {options['model']!r} in {redact_url(str(options['storage']))!r}")
     return ids, frames, targets
+
+
+def _read_folder(
+    folder: Path, shape: tuple[int, ...], normalisation: tuple[float, float], where: str
+) -> tuple[list[Any], list[np.ndarray], list[Any]]:
+    """A folder of one model's labelled frames, ``LABEL/NAME.png`` (or .jpg), in the order of their names;
+    each frame's identity (path, size, modification time) stands for its id.
+
+    Each frame is resized to the model's input (``shape``: channels, height, width) and taken as the
+    model's original data takes 8-bit pixels (``normalisation``).
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    if not folder.is_dir():
+        return [], [], []
+    files = sorted(((path.name, int(label.name), path) for label in folder.iterdir() if label.is_dir()
+                    and label.name.isdigit() for path in image_files(label)), key=lambda item: item[0])
+    channels, height, width = shape
+    frames, targets = [], []
+    for _, label, path in files:
+        try:
+            with Image.open(path) as image:
+                image = image.convert("L" if channels == 1 else "RGB").resize((width, height), Image.Resampling.BILINEAR)
+                pixels = np.asarray(image, dtype=np.uint8).reshape(height, width, channels)
+        except (UnidentifiedImageError, OSError, ValueError) as exc:
+            raise SearchmergeError(f"{where}: frame {str(path)!r} does not decode: {exc}") from None
+        frames.append(model_input(pixels, normalisation))
+        targets.append(label)
+    return file_identity([path for _, _, path in files], folder), frames, targets
+
+
+def _origin(options: Mapping[str, Any]) -> str:
+    return f"folder {str(options['root'])!r}" if "root" in options else f"deployment {options['deployment']!r}"
 
 
 def _replay(value: Any, where: str) -> float:

@@ -167,3 +167,27 @@ def test_a_drift_is_judged_from_teacher_labelled_samples_alone(
     assert check is not None and [m.name for m in check.missing] == ["left"] and check.scenario is None
     (job,) = list_jobs(service.engine, service.deployment)
     assert (job.parent_study, job.scenario) == ("walk-greedy", "samples:walk")
+
+
+def test_an_edge_camera_stream_shows_the_model_its_region_and_sends_the_whole_frame(
+    study: StudyFile, tmp_path: Path
+) -> None:
+    from PIL import Image
+
+    from searchmerge.service.edge.streams import CameraStream
+
+    folder = tmp_path / "camera"
+    folder.mkdir()
+    for number, box in enumerate((LEFT_SQUARE, RIGHT_SQUARE)):
+        Image.fromarray(square_frame(HEIGHT, WIDTH, box)).save(folder / f"{number:03d}.png")
+    stream = CameraStream(folder, (3, 16, 16), (0.0, 0.0, 0.5, 1.0))
+    first, second = stream.next(), stream.next()
+    crops = get_source("video").open({"region": [0.0, 0.0, 0.5, 1.0], "query": "presence"}, _context(study),
+                                     task="classification")
+    assert first.image.shape == crops.train[0][0].shape == (3, 16, 16)
+    assert float(first.image.max()) == 1.0 and float(second.image.max()) < 0.1  # the square is in the left half once
+    assert first.sample is not None and first.sample.encoded() == (folder / "000.png").read_bytes()
+    labelled = Labeller(study).label(SampleBatch(samples=[Sample(model="left", frame=first.sample),
+                                                          Sample(model="left", frame=second.sample)]))  # type: ignore[arg-type]
+    assert [item.label for item in labelled] == [1, 0]
+    assert np.allclose(labelled[0].view.transpose(2, 0, 1) / 255.0, first.image.numpy())  # what the edge's model saw

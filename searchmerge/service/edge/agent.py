@@ -40,6 +40,7 @@ from typing import Any
 
 import torch
 
+from searchmerge.config.data_request import model_request
 from searchmerge.core.errors import SearchmergeError
 from searchmerge.core.progress import Progress
 from searchmerge.data.sources.base import pixels_of
@@ -54,7 +55,7 @@ from searchmerge.service.edge.local import LocalVersions
 from searchmerge.service.edge.metrics import EdgeMetrics, serve_metrics
 from searchmerge.service.edge.predictions import PredictionLog
 from searchmerge.service.edge.serving import ServingVersion
-from searchmerge.service.edge.streams import DigitsStream, FolderStream
+from searchmerge.service.edge.streams import CameraStream, DigitsStream, FolderStream
 from searchmerge.service.edge.trust import TrustPolicy
 from searchmerge.service.footage import Footage
 from searchmerge.service.protocol import (
@@ -174,7 +175,7 @@ class EdgeSettings:
 class _StreamState:
     name: str
     model: str
-    source: DigitsStream | FolderStream
+    source: DigitsStream | FolderStream | CameraStream
     processed: int = 0
     dropped: int = 0
 
@@ -318,8 +319,12 @@ class EdgeAgent:
             if not equals or model not in workload.names:
                 raise SearchmergeError(f"stream {spec!r}: give MODEL=digits or MODEL=FOLDER, with MODEL one of"
                                        f" {', '.join(workload.names)}")
+            request = model_request(workload.spec(model))
             if where == "digits":
-                source: DigitsStream | FolderStream = DigitsStream(footage, model)
+                source: DigitsStream | FolderStream | CameraStream = DigitsStream(footage, model)
+            elif request.format == "video":  # a camera's whole frames; the model sees its region
+                region = tuple(request.options.get("region") or (0.0, 0.0, 1.0, 1.0))
+                source = CameraStream(Path(where), tuple(workload.spec(model).input_shape), region)  # type: ignore[arg-type]
             else:
                 source = FolderStream(Path(where), footage.input_shape(model))
             taken = sum(s.model == model for s in streams)
@@ -376,12 +381,13 @@ class EdgeAgent:
             "scenario": source.scenario if source else None, "version": version.info.version,
             "prediction": prediction, "truth": frame.truth,
         })
-        if source is not None and stream.processed % self.settings.sample_every == 0:
+        if (source is not None or frame.sample is not None) and stream.processed % self.settings.sample_every == 0:
             if len(self._samples) >= _QUEUE:
                 self._samples.popleft()
                 self.metrics.samples_discarded.inc()
-            pixels = pixels_of(frame.image.numpy(), stream.source.normalisation)  # 8-bit PNG, not raw floats
-            self._samples.append(Sample(model=stream.model, frame=encode_frame(pixels), source=source,
+            # 8-bit PNG or JPEG, not raw floats: the camera's frame, or the digits frame the model saw.
+            encoded = frame.sample or encode_frame(pixels_of(frame.image.numpy(), stream.source.normalisation))
+            self._samples.append(Sample(model=stream.model, frame=encoded, source=source,
                                         version=version.info.version, prediction=prediction))
 
     def _take_ready(self) -> None:

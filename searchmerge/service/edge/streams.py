@@ -6,11 +6,15 @@ the model's camera; :meth:`DigitsStream.drift` turns a drift scenario on mid-run
 same cameras, changed as the scenario says, on the scenario's own footage). Its frames
 carry their provenance, so the service can label the samples. A folder stream shows
 the images of a folder (PNG or JPEG, sorted by name), resized to the model's input and
-normalised as the digits data are; its frames have no provenance and are not sampled.
+normalised as the digits data are; its frames have no provenance and are not sampled. A
+camera stream shows a folder of a camera's whole frames to a model on video footage, which
+sees its region of them; each sampled frame goes to the service whole, for its teacher.
 """
 
 from __future__ import annotations
 
+import base64
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,10 +25,12 @@ import torch.nn.functional as F
 
 from searchmerge.core.errors import SearchmergeError
 from searchmerge.data.sources import get_source
+from searchmerge.data.sources.base import model_input
+from searchmerge.data.sources.frames import crop_frame
 from searchmerge.service.footage import Footage
-from searchmerge.service.protocol import DigitsSource
+from searchmerge.service.protocol import DigitsSource, Frame
 
-__all__ = ["DigitsStream", "FolderStream", "StreamFrame"]
+__all__ = ["CameraStream", "DigitsStream", "FolderStream", "StreamFrame"]
 
 #: Images in [0, 1] are normalised as ``(x - 0.5) / 0.5``, as the digits data are.
 _MEAN, _STD = 0.5, 0.5
@@ -39,6 +45,8 @@ class StreamFrame:
     index: int
     source: DigitsSource | None
     truth: int | None
+    #: The camera's whole frame as it came (PNG or JPEG), sent as the sample for the service's teacher.
+    sample: Frame | None = None
 
 
 class DigitsStream:
@@ -105,3 +113,44 @@ class FolderStream:
         image = F.interpolate(image[None], size=(height, width), mode="bilinear", align_corners=False)[0]
         image = image.expand(channels, -1, -1) if image.shape[0] == 1 else image[:channels]
         return StreamFrame(((image - _MEAN) / _STD).contiguous(), index, None, None)
+
+
+class CameraStream:
+    """A camera's whole frames (a folder of PNG or JPEG images, sorted, looping) for a model on video footage.
+
+    The model sees its region of each frame, cropped and resized as the video source does
+    (:func:`~searchmerge.data.sources.frames.crop_frame`), in [0, 1]. The frame itself, as the camera
+    gave it, goes to the service as the sample: the service's teacher labels it there.
+
+    Args:
+        folder: The frames.
+        shape: The model's input (channels, height, width).
+        region: The model's region (x0, y0, x1, y1, shares of the frame).
+    """
+
+    normalisation = get_source("video").normalisation
+
+    def __init__(self, folder: Path, shape: tuple[int, ...], region: tuple[float, float, float, float]) -> None:
+        self.files = sorted(p for p in folder.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES) if folder.is_dir() else []
+        if not self.files:
+            raise SearchmergeError(f"frame folder {str(folder)!r} has no PNG or JPEG images")
+        self.shape = shape
+        self.region = region
+        self._position = 0
+
+    def next(self) -> StreamFrame:
+        from PIL import Image
+
+        index = self._position % len(self.files)
+        self._position += 1
+        raw = self.files[index].read_bytes()
+        with Image.open(io.BytesIO(raw)) as picture:
+            pixels = np.asarray(picture.convert("RGB"), dtype=np.uint8)
+        height, width = pixels.shape[:2]
+        x0, y0, x1, y1 = self.region
+        box = (round(x0 * width), round(y0 * height), round(x1 * width), round(y1 * height))
+        view = crop_frame(pixels, box, tuple(self.shape[1:]))  # type: ignore[arg-type]
+        image = torch.from_numpy(model_input(view, self.normalisation))
+        encoding = "png" if self.files[index].suffix.lower() == ".png" else "jpeg"
+        sample = Frame(encoding=encoding, data=base64.b64encode(raw).decode())
+        return StreamFrame(image, index, None, None, sample)

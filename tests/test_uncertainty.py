@@ -132,13 +132,25 @@ def test_each_trial_records_feasible_the_worst_ratio_and_each_ratios_interval(
     attrs = trial.user_attrs
     prepared = prepare_study(study)
     assert isinstance(attrs["feasible"], bool) and attrs["feasible"] == (attrs["constraint"] <= 0)
-    worst = min(prepared.models, key=lambda name: attrs[f"ratio:{name}"])
-    assert attrs["worst_model"] == worst and attrs["worst_ratio"] == pytest.approx(attrs[f"ratio:{worst}"], abs=1e-5)
+    assert attrs["worst_ratio"] == pytest.approx(min(attrs[f"ratio:{name}"] for name in prepared.models), abs=1e-5)
+    worst = attrs["worst_model"]  # the model that decides the constraint (its validation or test ratio)
+    assert worst in prepared.models
     assert f"{attrs['constraint']:+.4f}" in attrs["constraint_is"] and worst in attrs["constraint_is"]
     for name in prepared.models:
         assert attrs[f"samples:{name}"] == len(prepared.data[name].val)
         assert f"n={attrs[f'samples:{name}']}" in attrs[f"ratio_ci95:{name}"]
     assert search.optuna_study.metric_names == ["bytes saved (B)"]
+    # The note the dashboard shows first: the verdict and how the constraint follows from the worst ratio.
+    from optuna_dashboard._note import get_note_from_system_attrs
+
+    optuna_study = search.optuna_study
+    system_attrs = optuna_study._storage.get_study_system_attrs(optuna_study._study_id)
+    note = get_note_from_system_attrs(system_attrs, trial._trial_id)["body"]
+    verdict = "**feasible**" if attrs["feasible"] else "**infeasible**"
+    assert note.startswith(f"{verdict}: constraint {attrs['constraint']:+.4f} = target 0.9 - worst ratio")
+    assert f"of {worst}" in note.splitlines()[0]
+    for name in prepared.models:
+        assert f"| {name} | {attrs[f'ratio:{name}']:.3f} |" in note and f"| {attrs[f'samples:{name}']} |" in note
     assert trial.intermediate_values, "the checks are reported as the trial's curve"
     if attrs["feasible"]:
         assert trial.intermediate_values[max(trial.intermediate_values)] >= study.settings.target

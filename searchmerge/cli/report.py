@@ -102,8 +102,10 @@ def _looks_numeric(text: str) -> bool:
 
 
 def interval_text(interval: Any) -> str:
-    """An interval as ``[low, high]`` (``-`` where there is none)."""
-    return "-" if interval is None else f"[{interval.low:.3f}, {interval.high:.3f}]"
+    """An interval as ``[low, high]``, ``exact`` said (``-`` where there is none)."""
+    if interval is None:
+        return "-"
+    return f"[{interval.low:.3f}, {interval.high:.3f}]" + (" exact" if interval.method == "exact" else "")
 
 
 def acceptance_text(rule: str, margin: float) -> str:

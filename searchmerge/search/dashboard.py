@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["CURVE_NOTE", "save_trial_note", "trial_note"]
+__all__ = ["CURVE_NOTE", "constraint_text", "save_trial_note", "trial_note"]
 
 #: What a trial's intermediate values are (the dashboard labels their plot "Objective Value").
 CURVE_NOTE = ("Intermediate values: the worst ratio at each check of the cheap retraining, which stops at the"
@@ -26,18 +26,21 @@ CURVE_NOTE = ("Intermediate values: the worst ratio at each check of the cheap r
               " when a model cannot reach its target; a plan answered from the store has none.")
 
 
-def trial_note(evaluation: Any) -> str:
-    """The Markdown note of one evaluated plan (an :class:`~searchmerge.training.evaluate.Evaluation`)."""
+def constraint_text(evaluation: Any) -> str:
+    """How the constraint follows from the worst ratio: ``constraint +0.1220 = target 0.95 - worst ratio 0.8280 of M``."""
     worst = evaluation.worst_model
-    accepted = min(evaluation.accepted(worst))
-    verdict = "feasible" if evaluation.feasible else "infeasible"
     judged = "worst ratio" if evaluation.accept == "point" else "worst lower end of a ratio's 95% CI"
     if evaluation.accept_margin:
         judged += f" minus margin {evaluation.accept_margin:g}"
-    headline = (f"**{verdict}**: constraint {evaluation.constraint:+.4f} = target {evaluation.target:g} - {judged}"
-                f" {accepted:.4f} of {worst.name} (feasible when <= 0)")
+    return (f"constraint {evaluation.constraint:+.4f} = target {evaluation.target:g} - {judged}"
+            f" {min(evaluation.accepted(worst)):.4f} of {worst.name} (feasible when <= 0)")
+
+
+def trial_note(evaluation: Any) -> str:
+    """The Markdown note of one evaluated plan (an :class:`~searchmerge.training.evaluate.Evaluation`)."""
+    verdict = "feasible" if evaluation.feasible else "infeasible"
     lines = [
-        headline,
+        f"**{verdict}**: {constraint_text(evaluation)}",
         "",
         f"bytes saved: {evaluation.saved_bytes:,} B ({evaluation.saved_bytes / 1e6:.3f} MB)",
         "",

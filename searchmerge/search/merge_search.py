@@ -45,7 +45,7 @@ from searchmerge.core.errors import SearchmergeError
 from searchmerge.core.progress import Counter, Progress, counted
 from searchmerge.core.space import GroupInfo, SearchSpace, SharingPlan
 from searchmerge.runtime.objective import DeployObjective
-from searchmerge.search.dashboard import save_trial_note
+from searchmerge.search.dashboard import constraint_text, save_trial_note
 from searchmerge.search.scenarios import drifted_workload, get_scenario
 from searchmerge.search.strategies import (
     SAVED_BYTES_OBJECTIVE,
@@ -764,19 +764,12 @@ def _trial_attributes(evaluation: Any, checkpoint: str, cached: bool) -> dict[st
     the constraint follows from it (``constraint_is``), then per model its ratio, the validation
     samples it was measured on (``samples:MODEL``) and its 95% interval (``ratio_ci95:MODEL``).
     """
-    worst = evaluation.worst_model
-    accepted = min(evaluation.accepted(worst))
-    verdict = "feasible" if evaluation.feasible else "infeasible"
-    how = "ratio" if evaluation.accept == "point" else "lower end of the ratio's 95% CI"
-    if evaluation.accept_margin:
-        how += f" minus margin {evaluation.accept_margin:g}"
     attrs: dict[str, Any] = {
         "feasible": evaluation.feasible,
         "constraint": evaluation.constraint,
         "worst_ratio": evaluation.worst_ratio,
-        "worst_model": worst.name,
-        "constraint_is": f"target {evaluation.target:g} - {how} {accepted:.4f} of {worst.name}"
-                         f" = {evaluation.constraint:+.4f}: {verdict} when <= 0",
+        "worst_model": evaluation.worst_model.name,
+        "constraint_is": constraint_text(evaluation),
         "stop_reason": evaluation.stop_reason,
         "unique_bytes": evaluation.unique_bytes,
         "saved_bytes": evaluation.saved_bytes,

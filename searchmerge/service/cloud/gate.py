@@ -4,10 +4,12 @@ A re-search picks the plan whose worst ratio on its own validation data is best,
 small validation splits the plan picked at exactly the target is the one most likely to
 be below it on the edge (issue 24: a version published at 0.950 scored 0.938 there). So
 before a job publishes, its plan's merged models are scored on labelled samples that
-nothing before had a say on: the share of the edges' samples held out from the drift check
-(:data:`~searchmerge.service.cloud.samples.HOLDOUT_EVERY`, one in four by id), and the
-re-search trains and selects on its drift scenario's data, never on samples. Only samples
-received since the current version was published count (what the edges see now).
+nothing before had a say on: the share of the edges' samples held out
+(:data:`~searchmerge.data.sources.samples.HOLDOUT_EVERY`, one in four by id) from the drift
+check, which decides to re-search, and from the re-search's data (a re-search on
+``samples:DEPLOYMENT`` trains and selects on the other samples; one on a drift scenario, on
+that scenario's data). Only samples received since the current version was published count
+(what the edges see now).
 
 Each model with at least ``min_samples`` held-out samples is judged by the project's one
 feasibility rule, as the study accepts ratios (``accept:``: the measured ratio by default,

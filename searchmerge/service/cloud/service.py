@@ -122,9 +122,7 @@ class ServiceSettings:
         self.min_samples = min_samples
         self.confidence = confidence
         self.max_upload_bytes = max_upload_bytes
-        if max_sample_bytes < 1:
-            raise SearchmergeError(f"the sample size limit must be positive, got {max_sample_bytes}")
-        self.max_sample_bytes = max_sample_bytes
+        self.max_sample_bytes = max_sample_bytes  # checked by the Labeller
         self.heartbeat_interval = heartbeat_interval
         self.check_every = check_every
         self.signing_key = signing_key

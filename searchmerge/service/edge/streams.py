@@ -95,9 +95,7 @@ class FolderStream:
     normalisation = (_MEAN, _STD)
 
     def __init__(self, folder: Path, shape: tuple[int, ...]) -> None:
-        self.files = sorted(p for p in folder.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES) if folder.is_dir() else []
-        if not self.files:
-            raise SearchmergeError(f"frame folder {str(folder)!r} has no PNG or JPEG images")
+        self.files = _frame_files(folder)
         self.shape = shape
         self._position = 0
 
@@ -131,9 +129,7 @@ class CameraStream:
     normalisation = get_source("video").normalisation
 
     def __init__(self, folder: Path, shape: tuple[int, ...], region: tuple[float, float, float, float]) -> None:
-        self.files = sorted(p for p in folder.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES) if folder.is_dir() else []
-        if not self.files:
-            raise SearchmergeError(f"frame folder {str(folder)!r} has no PNG or JPEG images")
+        self.files = _frame_files(folder)
         self.shape = shape
         self.region = region
         self._position = 0
@@ -154,3 +150,11 @@ class CameraStream:
         encoding = "png" if self.files[index].suffix.lower() == ".png" else "jpeg"
         sample = Frame(encoding=encoding, data=base64.b64encode(raw).decode())
         return StreamFrame(image, index, None, None, sample)
+
+
+def _frame_files(folder: Path) -> list[Path]:
+    """The PNG and JPEG images of ``folder``, sorted by name; a folder without any is refused."""
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES) if folder.is_dir() else []
+    if not files:
+        raise SearchmergeError(f"frame folder {str(folder)!r} has no PNG or JPEG images")
+    return files

@@ -63,3 +63,17 @@ def test_a_folder_of_labelled_frames_is_read_the_same_way(study: StudyFile, tmp_
     assert tuple(frame.shape) == (1, 16, 16) and np.allclose(frame.numpy(), 160 / 127.5 - 1, atol=1e-5)
     with pytest.raises(SearchmergeError, match="name the deployment"):
         drifted_data(study, "samples:")
+
+
+def test_samples_and_replayed_frames_batch_together(study: StudyFile) -> None:
+    from searchmerge.data.loading import in_order
+    from searchmerge.data.tasks import get_kind
+
+    labeller = Labeller(study)
+    test = labeller.footage.data(None)["a"].test
+    store_samples(open_engine(study.storage), study.workload.name, "gate", SampleBatch(samples=[
+        Sample(model="a", frame=digits_frame(test[i][0]), source=DigitsSource(kind="digits", index=i))
+        for i in range(12)]), labeller)
+    a = drifted_data(study, f"samples:{study.workload.name}")["a"]
+    images, labels = next(in_order(a.train, get_kind("classification"), len(a.train)))
+    assert images.shape[0] == labels.shape[0] == len(a.train) > 5  # samples first, then the replayed frames

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import ConcatDataset, Dataset, Subset
+from torch.utils.data import ConcatDataset, Dataset
 
 from searchmerge.core.errors import SearchmergeError
 from searchmerge.core.keys import check_keys
@@ -83,6 +83,22 @@ class _Frames(Dataset[tuple[torch.Tensor, Any]]):
             target = {"boxes": torch.tensor(target["boxes"], dtype=torch.float32).reshape(-1, 4),
                       "labels": torch.tensor(target["labels"], dtype=torch.int64)}
         return torch.from_numpy(self.frames[index]), target
+
+
+class _Replayed(Dataset[tuple[torch.Tensor, Any]]):
+    """Some original training frames, with a class as a plain ``int`` as the samples have it (sources give
+    a class as an ``int`` or a 0-d tensor, and one batch must not mix the two)."""
+
+    def __init__(self, data: Dataset[Any], indices: list[int]) -> None:
+        self.data = data
+        self.indices = indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, Any]:
+        image, target = self.data[self.indices[index]]
+        return image, int(target) if isinstance(target, (int, torch.Tensor)) else target
 
 
 class SamplesSource(Source):
@@ -150,7 +166,7 @@ class SamplesSource(Source):
         replay = _replay(options.get("replay", REPLAY_SHARE), where)
         wanted = min(len(original.train), round(replay / (1 - replay) * len(split["train"]))) if replay else 0
         chosen = np.sort(np.random.default_rng(context.seed).choice(len(original.train), wanted, replace=False))
-        train: Dataset[Any] = ConcatDataset([split["train"], Subset(original.train, chosen.tolist())])
+        train: Dataset[Any] = ConcatDataset([split["train"], _Replayed(original.train, chosen.tolist())])
         labels: dict[str, np.ndarray] = {}
         if original.kind == "classification":
             labels = {name: np.asarray(data.targets, dtype=np.int64) for name, data in split.items()}

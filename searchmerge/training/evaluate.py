@@ -398,7 +398,8 @@ class Evaluator:
                                                                                                       unchanged=unchanged))
             assert interval is not None  # refused in __init__ otherwise
             lower = interval.low
-        return accepted_ratio(ratio, lower, rule=settings.accept, margin=settings.accept_margin) >= self.target
+        accepted = accepted_ratio(ratio, lower, rule=settings.accept, margin=settings.accept_margin)
+        return is_feasible(constraint_value(self.target, [accepted]))
 
     @repeatable_kernels()
     def evaluate(

@@ -501,15 +501,7 @@ def _add_plan_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _share_or_off(text: str) -> float | None:
     """A share in (0, 1], or ``off``; checked while parsing."""
-    if text.strip().lower() == "off":
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"a share in (0, 1] or 'off', got {text!r}") from None
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"a share in (0, 1] or 'off', got {value}")
-    return value
+    return None if text.strip().lower() == "off" else _fraction(text, "the share")
 
 
 def _n_trials(text: str) -> int:
@@ -524,12 +516,17 @@ def _n_trials(text: str) -> int:
 
 
 def _target(text: str) -> float:
+    return _fraction(text, "target")
+
+
+def _fraction(text: str, what: str) -> float:
+    """A number in (0, 1], or an argparse error naming ``what``."""
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"target must be a number in (0, 1], got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"{what} must be a number in (0, 1], got {text!r}") from None
     if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"target must be in (0, 1], got {text!r}")
+        raise argparse.ArgumentTypeError(f"{what} must be in (0, 1], got {text!r}")
     return value
 
 

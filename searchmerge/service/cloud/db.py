@@ -13,14 +13,14 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from searchmerge.core.errors import SearchmergeError
 from searchmerge.core.redact import redact, redact_url
 from searchmerge.storage.dbclock import db_later, db_now
 
-__all__ = ["db_later", "db_now", "edges", "jobs", "now", "open_engine", "samples", "utc", "versions"]
+__all__ = ["db_later", "db_now", "edges", "jobs", "now", "open_engine", "reading", "samples", "utc", "versions"]
 
 _metadata = sa.MetaData()
 
@@ -126,7 +126,7 @@ def open_engine(url: str) -> Engine:
     tables; the loser's error is harmless once the tables exist.
     """
     try:
-        engine = sa.create_engine(url)
+        engine = sa.create_engine(url, **_pool(url))
     except Exception as exc:  # noqa: BLE001 - any failure to open means an unusable URL
         raise SearchmergeError(f"cannot open the service's database {redact_url(url)!r}: {redact(str(exc))}") from None
     try:
@@ -137,6 +137,30 @@ def open_engine(url: str) -> Engine:
                                    f" {redact(str(exc).splitlines()[0])}") from None
     _add_columns(engine, url)
     return engine
+
+
+#: Connections a service keeps open to a server database (and opens beyond them at a peak): the API
+#: answers requests in a pool of 40 threads (anyio's default), each needing a connection for a
+#: moment; with SQLAlchemy's default of 5 kept, a service under 100 edges opened and closed
+#: connections all the time (benchmarks/bench_service_load.py). At most 20 a process, so that
+#: several services and workers stay within PostgreSQL's default of 100 connections.
+POOL_SIZE, POOL_OVERFLOW = 10, 10
+
+
+def _pool(url: str) -> dict[str, int]:
+    """The pool's size for a server database (SQLite files keep SQLAlchemy's own pooling)."""
+    return {} if url.startswith("sqlite") else {"pool_size": POOL_SIZE, "max_overflow": POOL_OVERFLOW}
+
+
+def reading(engine: Engine) -> Connection:
+    """A connection for reads that need no transaction of their own (use it in a ``with``).
+
+    It runs in autocommit: on PostgreSQL a plain ``engine.connect()`` costs a ``BEGIN`` and a
+    ``ROLLBACK`` round trip around each read, which doubled the database's share of answering
+    a poll under load (benchmarks/bench_service_load.py). Each statement still sees committed
+    rows only, as under PostgreSQL's default isolation.
+    """
+    return engine.connect().execution_options(isolation_level="AUTOCOMMIT")
 
 
 def _has_tables(engine: Engine) -> bool:

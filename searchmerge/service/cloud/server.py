@@ -24,6 +24,12 @@ from searchmerge.service.cloud.tokens import create_edge_token, edge_names
 __all__ = ["check_tls", "create_edge_token", "edge_names", "run_app", "serve"]
 
 
+#: How long an idle connection stays open. Longer than an edge's poll interval (5 s by default):
+#: with uvicorn's default of 5 s the service closed connections just as edges reused them, and
+#: about 1 request in 250 failed under load (benchmarks/bench_service_load.py).
+KEEP_ALIVE_SECONDS = 65
+
+
 def serve(study: StudyFile, settings: ServiceSettings, *, host: str = "127.0.0.1", port: int = 8000,
           tls_cert: Path | None = None, tls_key: Path | None = None, progress: Progress | None = None) -> None:
     """Run the merging service of ``study`` on ``host:port`` until it is stopped.
@@ -71,4 +77,4 @@ def run_app(app: Any, *, host: str, port: int, tls_cert: Path | None = None, tls
     options: dict[str, Any] = {}
     if tls_cert is not None and tls_key is not None:
         options.update(ssl_certfile=str(tls_cert), ssl_keyfile=str(tls_key))
-    uvicorn.run(app, host=host, port=port, log_level="warning", **options)
+    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_keep_alive=KEEP_ALIVE_SECONDS, **options)

@@ -24,7 +24,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from searchmerge.core.errors import SearchmergeError
-from searchmerge.service.cloud.db import edges, now, open_engine
+from searchmerge.service.cloud.db import edges, now, open_engine, reading
 
 __all__ = ["EDGE_NAME", "authenticate", "create_edge_token", "edge_names"]
 
@@ -64,7 +64,7 @@ def create_edge_token(url: str, deployment: str, name: str) -> str:
 def authenticate(engine: Engine, deployment: str, token: str) -> str | None:
     """The edge whose token ``token`` is, or ``None`` when it is nobody's."""
     name, dot, _ = token.rpartition(".")
-    with engine.connect() as conn:
+    with reading(engine) as conn:  # every request asks: no transaction round trips
         stored = conn.execute(
             sa.select(edges.c.token_sha256).where(edges.c.deployment == deployment, edges.c.name == name)
         ).scalar() if dot and EDGE_NAME.fullmatch(name) else None

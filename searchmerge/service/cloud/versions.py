@@ -43,7 +43,7 @@ from sqlalchemy.exc import IntegrityError
 from searchmerge.config.study import StudyFile
 from searchmerge.core.errors import SearchmergeError
 from searchmerge.search.merge_search import MergeSearch, TrialSummary
-from searchmerge.service.cloud.db import now, utc, versions
+from searchmerge.service.cloud.db import now, reading, utc, versions
 from searchmerge.service.protocol import VersionInfo
 from searchmerge.service.signing import Signer
 from searchmerge.storage.blobs import ArtifactNotFound, ListableArtifactStore, write_bytes
@@ -100,7 +100,7 @@ def list_versions(engine: Engine, deployment: str) -> list[VersionInfo]:
 
 def current_version(engine: Engine, deployment: str) -> VersionInfo | None:
     """The version edges should run: the pinned one, else the newest one not withdrawn (``None`` before the first)."""
-    with engine.connect() as conn:
+    with reading(engine) as conn:  # every poll asks: no transaction round trips
         row = conn.execute(
             sa.select(versions).where(versions.c.deployment == deployment, versions.c.pinned_at.is_not(None))
             .order_by(versions.c.pinned_at.desc()).limit(1)

@@ -115,7 +115,7 @@ def main() -> None:
     search = open_search(study, strategy="greedy")
     if search.best() is None:
         search.run(len(search.finished_trials()) + args.search_trials)
-    child = f"{parent}-{args.scenario}"
+    child = f"{parent}-samples:{study.workload.name}"  # the service re-searches on the samples it labelled
     if child in optuna.get_all_study_names(storage):
         optuna.delete_study(study_name=child, storage=storage)  # a re-search of an earlier run is not reused
     baselines = {name: b.val_accuracy for name, b in prepare_study(study).baselines.items()}

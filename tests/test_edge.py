@@ -300,7 +300,8 @@ def test_drift_injected_at_the_edge_is_repaired_by_a_new_version_end_to_end(
         stop(edge)
         stop(service)
     job = status["jobs"][0]
-    assert (job["scenario"], job["state"], job["version"]) == ("night", "published", 2)
+    # The service judged the drift from the samples it labelled, and re-searched on them: no scenario named.
+    assert (job["scenario"], job["state"], job["version"]) == (f"samples:{study.workload.name}", "published", 2)
     lines = [json.loads(line) for line in (state / "predictions.jsonl").read_text().splitlines()]
     frames = [line for line in lines if "prediction" in line]
     drifted = min(line["t"] for line in frames if line["scenario"] == "night")

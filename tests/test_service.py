@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from searchmerge.cli.commands import main
 from searchmerge.config.study import StudyFile
 from searchmerge.core.errors import SearchmergeError
+from searchmerge.data.sources.samples import HOLDOUT_EVERY
 from searchmerge.search.merge_search import load_search
 from searchmerge.service.cloud.app import create_app
 from searchmerge.service.cloud.db import edges, open_engine, samples, versions
@@ -247,7 +248,11 @@ def test_a_drift_seen_in_the_samples_starts_one_research_on_them_that_publishes_
     # The re-search trained and judged on the samples the service labelled (format: samples).
     research_study = load_search(study, study_name=f"{PARENT}-{data}")
     assert research_study.lineage()["scenario"] == data  # type: ignore[index]
-    assert all(d.description.startswith("32 samples of model") for d in research_study.prepared.data.values())
+    with service.engine.connect() as conn:  # every sample but those held out for the publish gate
+        kept = {model: conn.execute(sa.select(sa.func.count()).select_from(samples).where(
+            samples.c.model == model, samples.c.id % HOLDOUT_EVERY != 0)).scalar() for model in ("a", "b", "c")}
+    assert all(data.description.startswith(f"{kept[name]} samples of model {name!r}")
+               for name, data in research_study.prepared.data.items())
     if job.state != "published":  # the re-search found no plan to publish in its one trial: nothing changed
         assert len(list_versions(service.engine, service.deployment)) == before
         return

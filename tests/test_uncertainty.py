@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from scipy.stats import binomtest
 
 from searchmerge.cli.commands import main
@@ -14,6 +15,7 @@ from searchmerge.config.settings import EvaluatorSettings, StudySettings
 from searchmerge.config.study import StudyFile, open_study_file
 from searchmerge.core.space import SharingPlan
 from searchmerge.core.uncertainty import wilson
+from searchmerge.data.tasks import get_kind
 from searchmerge.search.merge_search import open_search
 from searchmerge.training.evaluate import (
     Cost,
@@ -24,6 +26,7 @@ from searchmerge.training.evaluate import (
 )
 from searchmerge.training.prepare import prepare_study
 from tests.conftest import copy_prepared
+from tests.test_tasks import Oracle
 
 AB_GROUP = "layer3.0.conv1"
 
@@ -154,3 +157,28 @@ def test_each_trial_records_feasible_the_worst_ratio_and_each_ratios_interval(
     assert trial.intermediate_values, "the checks are reported as the trial's curve"
     if attrs["feasible"]:
         assert trial.intermediate_values[max(trial.intermediate_values)] >= study.settings.target
+
+
+def test_a_detectors_map_gets_a_bootstrap_interval_over_its_images() -> None:
+    kind = get_kind("detection")
+    targets, answers = [], []
+    for i in range(12):  # one box per image; a third of them answered 4 pixels off (missed at IoU 0.5)
+        box = torch.tensor([[2.0, 2.0, 12.0, 12.0]]) + i
+        targets.append({"boxes": box, "labels": torch.tensor([1])})
+        answers.append({"boxes": box - (0.0 if i % 3 else 4.0), "labels": torch.tensor([1])})
+    batch = kind.collate([(torch.zeros(3, 32, 32), t) for t in targets])
+    detector, cpu = Oracle(answers).eval(), torch.device("cpu")
+    mean_ap = kind.metric(detector, [batch], cpu)
+    interval = kind.metric_interval(detector, [batch], cpu)
+    assert interval is not None and interval.method == "bootstrap" and interval.samples == 12
+    assert interval.low < mean_ap < interval.high
+    assert kind.metric_interval(detector, [batch], cpu) == interval  # seeded: the same every time
+    assert get_kind("classification").metric_interval(detector, [batch], cpu) is None  # Wilson's, from the count
+    outcome = ModelOutcome(name="d", accuracy=mean_ap, baseline=0.8, ratio=mean_ap / 0.8, meets_target=False,
+                           samples=12, interval="bootstrap", metric_bounds=(interval.low, interval.high))
+    ratio = outcome.ratio_interval
+    assert ratio is not None and ratio.method == "bootstrap"
+    assert (ratio.low, ratio.high) == pytest.approx((interval.low / 0.8, interval.high / 0.8))
+    assert outcome.baseline_interval is None  # the original's mAP was not resampled
+    stored = Evaluation.from_dict(SharingPlan.of(["g"]), json.loads(json.dumps(_evaluation(outcome).to_dict())))
+    assert stored.models[0].ratio_interval == ratio

@@ -105,7 +105,7 @@ def interval_text(interval: Any) -> str:
     """An interval as ``[low, high]``, ``exact`` said (``-`` where there is none)."""
     if interval is None:
         return "-"
-    return f"[{interval.low:.3f}, {interval.high:.3f}]" + (" exact" if interval.method == "exact" else "")
+    return f"[{interval.low:.3f}, {interval.high:.3f}]" + ("" if interval.method == "wilson" else f" {interval.method}")
 
 
 def acceptance_text(rule: str, margin: float) -> str:
@@ -115,8 +115,8 @@ def acceptance_text(rule: str, margin: float) -> str:
 
 
 INTERVAL_NOTE = ("95% CI: Wilson score interval of the accuracy on its n validation samples (a ratio's: over the"
-                 " baseline's value); exact: an unchanged original on its own data; '-': the metric is not a"
-                 " proportion (mAP), no interval")
+                 " baseline's value); bootstrap: mAP's, over resampled images (evaluate only); exact: an unchanged"
+                 " original on its own data; '-': none (mAP in a search's trials)")
 
 
 def format_models(evaluation: Any) -> str:

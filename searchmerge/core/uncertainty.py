@@ -12,7 +12,9 @@ the dashboard's attributes, the drift checks and the service, so no two disagree
   baseline is the fixed reference the ratio is judged against (its own interval is
   reported beside it).
 * A metric that is not a proportion of samples (mAP) gets no Wilson interval; its task
-  kind says so (``TaskKind.proportion``) and it is reported with its count only.
+  kind says so (``TaskKind.proportion``). Where the kind can score each sample's share of it
+  again (``TaskKind.metric_interval``: a detector's mAP over resampled images), its interval is
+  a percentile :func:`bootstrap`; otherwise it is reported with its count only.
 * A model whose weights are still its original's, scored on its baseline's data, has a
   ratio of exactly 1 (the same predictions on the same samples): its interval is ``[1, 1]``.
 
@@ -27,13 +29,19 @@ Example:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from statistics import NormalDist
 
-__all__ = ["CONFIDENCE", "Interval", "exact", "wilson"]
+import numpy as np
+
+__all__ = ["BOOTSTRAP_RESAMPLES", "CONFIDENCE", "Interval", "bootstrap", "exact", "wilson"]
 
 #: The two-sided confidence of every interval reported, unless a caller asks for another.
 CONFIDENCE = 0.95
+#: Resamples of a bootstrap interval: enough for the 2.5th and 97.5th percentiles to settle to
+#: about a hundredth of a ratio, few enough that a detector's mAP is recomputed in seconds.
+BOOTSTRAP_RESAMPLES = 200
 
 
 @dataclass(frozen=True)
@@ -43,7 +51,7 @@ class Interval:
     low: float
     high: float
     samples: int
-    #: ``wilson`` or ``exact`` (nothing to estimate: an unchanged model on its own data).
+    #: ``wilson``, ``bootstrap``, or ``exact`` (nothing to estimate: an unchanged model on its own data).
     method: str
     confidence: float = CONFIDENCE
 
@@ -77,6 +85,30 @@ def wilson(proportion: float, samples: int, confidence: float = CONFIDENCE) -> I
     centre = (p + z2n / 2) / (1 + z2n)
     half = z / (1 + z2n) * math.sqrt(p * (1 - p) / samples + z2n / (4 * samples))
     return Interval(max(0.0, centre - half), min(1.0, centre + half), samples, "wilson", confidence)
+
+
+def bootstrap(
+    statistic: Callable[[np.ndarray], float], samples: int, *, resamples: int = BOOTSTRAP_RESAMPLES,
+    confidence: float = CONFIDENCE, seed: int = 0,
+) -> Interval:
+    """The percentile bootstrap interval of a statistic of ``samples`` items.
+
+    ``statistic`` is given the indices of a resample (drawn with replacement, ``samples`` of
+    them) and returns the statistic of those items; ``seed`` makes the interval repeatable.
+
+    Example:
+        >>> values = np.array([0.0, 1.0] * 50)
+        >>> interval = bootstrap(lambda index: float(values[index].mean()), 100)
+        >>> interval.low < 0.5 < interval.high, interval.method
+        (True, 'bootstrap')
+    """
+    if samples <= 0:
+        return Interval(0.0, 0.0, 0, "bootstrap", confidence)
+    rng = np.random.default_rng(seed)
+    values = [statistic(rng.integers(0, samples, samples)) for _ in range(resamples)]
+    tail = (1 - confidence) / 2
+    low, high = np.quantile(values, [tail, 1 - tail])
+    return Interval(float(low), float(high), samples, "bootstrap", confidence)
 
 
 def exact(value: float, samples: int, confidence: float = CONFIDENCE) -> Interval:

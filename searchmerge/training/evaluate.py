@@ -51,6 +51,7 @@ from searchmerge.training.train import (
     recalibrate_batch_norm,
     repeatable_kernels,
     score,
+    score_interval,
     steps_per_epoch,
 )
 
@@ -77,18 +78,23 @@ ReportFn = Callable[[int, float], bool]
 ObserveFn = Callable[[int, Mapping[str, float], Mapping[str, nn.Module]], None]
 
 
-def ratio_interval(ratio: float, baseline: float, samples: int, method: str) -> Interval | None:
+def ratio_interval(
+    ratio: float, baseline: float, samples: int, method: str, bounds: tuple[float, float] | None = None
+) -> Interval | None:
     """The 95% interval of a ratio measured on ``samples`` samples against a ``baseline``.
 
     ``method``: ``wilson`` (the metric is a proportion: its accuracy's Wilson interval over
-    the baseline), ``exact`` (an unchanged model on its baseline's data: nothing to
-    estimate), or ``""`` (no interval: a metric that is not a proportion, or a record made
-    before sample counts were kept).
+    the baseline), ``bootstrap`` (the metric's bootstrap ``bounds`` over the baseline),
+    ``exact`` (an unchanged model on its baseline's data: nothing to estimate), or ``""``
+    (no interval: a metric that is not a proportion and was not bootstrapped, or a record
+    made before sample counts were kept).
     """
     if method == "exact":
         return exact(ratio, samples)
     if method == "wilson" and samples > 0:
         return wilson(ratio * baseline, samples).scaled(baseline)
+    if method == "bootstrap" and bounds is not None:
+        return Interval(bounds[0], bounds[1], samples, "bootstrap").scaled(baseline)
     return None
 
 
@@ -109,8 +115,10 @@ class ModelOutcome:
     retrained: bool = True
     #: The validation samples ``ratio`` was measured on (0: a record made before counts were kept).
     samples: int = 0
-    #: How its interval is computed: ``wilson``, ``exact`` or ``""`` (none; see :func:`ratio_interval`).
+    #: How its interval is computed: ``wilson``, ``bootstrap``, ``exact`` or ``""`` (none; see :func:`ratio_interval`).
     interval: str = ""
+    #: The bootstrap interval of the merged model's metric (``bootstrap`` only).
+    metric_bounds: tuple[float, float] | None = None
     #: The test samples and the original's test metric, where ``test_ratio`` was measured.
     test_samples: int = 0
     test_baseline: float | None = None
@@ -123,12 +131,12 @@ class ModelOutcome:
     @property
     def ratio_interval(self) -> Interval | None:
         """The 95% interval of the validation ratio (``None`` where there is none)."""
-        return ratio_interval(self.ratio, self.baseline, self.samples, self.interval)
+        return ratio_interval(self.ratio, self.baseline, self.samples, self.interval, self.metric_bounds)
 
     @property
     def baseline_interval(self) -> Interval | None:
-        """The 95% interval of the original's validation metric, on the same samples."""
-        return wilson(self.baseline, self.samples) if self.interval and self.samples else None
+        """The 95% interval of the original's validation accuracy, on the same samples (Wilson's only)."""
+        return wilson(self.baseline, self.samples) if self.interval in ("wilson", "exact") and self.samples else None
 
     @property
     def test_interval(self) -> Interval | None:
@@ -155,6 +163,14 @@ class ModelOutcome:
 
 
 _OUTCOME_FIELDS = frozenset(f.name for f in dataclasses.fields(ModelOutcome))
+
+
+def _outcome(data: Mapping[str, Any]) -> ModelOutcome:
+    """A :class:`ModelOutcome` as :meth:`ModelOutcome.to_dict` wrote it (JSON lists back to tuples)."""
+    fields = {k: v for k, v in data.items() if k in _OUTCOME_FIELDS}
+    if fields.get("metric_bounds") is not None:
+        fields["metric_bounds"] = tuple(fields["metric_bounds"])
+    return ModelOutcome(**fields)
 
 
 @dataclass(frozen=True)
@@ -235,7 +251,7 @@ class Evaluation:
             plan=plan,
             stop_reason=data["stop_reason"],
             target=data["target"],
-            models=tuple(ModelOutcome(**{k: v for k, v in m.items() if k in _OUTCOME_FIELDS}) for m in data["models"]),
+            models=tuple(_outcome(m) for m in data["models"]),
             unique_bytes=data["unique_bytes"],
             saved_bytes=data["saved_bytes"],
             cost=Cost(**data["cost"]),
@@ -627,9 +643,27 @@ def evaluate_plan(
     names = [g.name for g in evaluator.analysis.groups]
     plan = share if isinstance(share, SharingPlan) else SharingPlan.parse(share, names)
     evaluation, merged = evaluator.evaluate(plan.checked(names), seed=seed)
+    evaluation = _bootstrapped(evaluator, evaluation, merged)
     key = merged_key(prepared, plan, target=evaluator.target, settings=settings, seed=seed)
     checkpoint = study.store.put(key, merged_state(merged), {"evaluation": evaluation.to_dict()})
     return evaluation, checkpoint
+
+
+def _bootstrapped(evaluator: Evaluator, evaluation: Evaluation, merged: Mapping[str, nn.Module]) -> Evaluation:
+    """``evaluation`` with a bootstrap interval for each model whose metric is not a proportion (mAP).
+
+    Done for the one plan ``evaluate`` reports, not at every check or search trial: it scores
+    the split once more and recomputes the metric for every resample (seconds per detector).
+    """
+    models = []
+    for m in evaluation.models:
+        kind = evaluator.prepared.kinds[m.name]
+        interval = None if kind.proportion else score_interval(
+            merged[m.name], evaluator.prepared.data[m.name].val, kind, device=evaluator.device,
+            workers=evaluator.prepared.settings.workers)
+        models.append(m if interval is None else dataclasses.replace(
+            m, interval="bootstrap", metric_bounds=(interval.low, interval.high)))
+    return dataclasses.replace(evaluation, models=tuple(models))
 
 
 def export_plan(

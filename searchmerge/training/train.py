@@ -18,6 +18,7 @@ from torch import nn
 from torch.utils.data import Dataset, Subset
 
 from searchmerge.config.settings import TrainSettings
+from searchmerge.core.uncertainty import Interval
 from searchmerge.data.loading import batches, in_order
 from searchmerge.data.tasks import TaskKind, get_kind
 
@@ -29,6 +30,7 @@ __all__ = [
     "recalibrate_batch_norm",
     "repeatable_kernels",
     "score",
+    "score_interval",
     "steps_per_epoch",
     "train_model",
 ]
@@ -88,6 +90,20 @@ def score(
     model.eval()
     try:
         return kind.metric(model, in_order(dataset, kind, batch_size, workers=workers), device)
+    finally:
+        model.train(was_training)
+
+
+def score_interval(
+    model: nn.Module, dataset: Dataset[Any], kind: TaskKind, *, device: torch.device, batch_size: int = 512,
+    workers: int = 0,
+) -> Interval | None:
+    """The 95% interval of :func:`score` where the task kind tells one (a detector's bootstrap), else ``None``."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return kind.metric_interval(model, in_order(dataset, kind, batch_size, workers=workers), device)
     finally:
         model.train(was_training)
 

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from searchmerge.core.errors import SearchmergeError
+from searchmerge.core.uncertainty import Interval
 
 __all__ = ["Batch", "MODEL_ERRORS", "TaskKind", "describe", "eval_output", "first_line", "image_and_target"]
 
@@ -54,6 +55,15 @@ class TaskKind(ABC):
     @abstractmethod
     def metric(self, model: nn.Module, batches: Iterable[Batch], device: torch.device) -> float:
         """The metric of ``model`` (in eval mode, without gradients) over every batch of a split."""
+
+    def metric_interval(self, model: nn.Module, batches: Iterable[Batch], device: torch.device) -> Interval | None:
+        """The 95% interval of :meth:`metric` over every batch of a split, where the kind can tell one.
+
+        A kind whose metric is a proportion needs none (its interval is Wilson's, from the count);
+        one whose metric is not may resample its samples (:func:`~searchmerge.core.uncertainty.bootstrap`).
+        ``None``: the metric is reported with its sample count only.
+        """
+        return None
 
     @abstractmethod
     def statistics_pass(self, model: nn.Module, batch: Batch) -> None:

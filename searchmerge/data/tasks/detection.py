@@ -5,7 +5,10 @@ training mode ``model(images, targets)`` returns a dict of losses, which are sum
 eval mode ``model(images)`` returns per image a dict of ``boxes`` (x1, y1, x2, y2 in
 pixels), ``scores`` and ``labels``. Label 0 is the background, so object classes are
 1..K and the model is built with ``num_classes = K + 1``. The metric is the mean average
-precision at an IoU of 0.5, computed by torchmetrics (with pycocotools underneath).
+precision at an IoU of 0.5, computed by torchmetrics (with pycocotools underneath). mAP
+is not a proportion of images, so its 95% interval is a bootstrap over the images
+(:meth:`Detection.metric_interval`): the detections are made once and the mAP of each
+resample of images computed again.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import torch
 from torch import nn
 
 from searchmerge.core.errors import SearchmergeError
+from searchmerge.core.uncertainty import Interval, bootstrap
 from searchmerge.data.sources.base import check_boxes
 from searchmerge.data.tasks.base import (
     MODEL_ERRORS,
@@ -32,6 +36,28 @@ from searchmerge.data.tasks.base import (
 __all__ = ["Detection"]
 
 _OUTPUT_KEYS = ("boxes", "scores", "labels")
+
+
+def _detections(
+    model: nn.Module, batches: Iterable[Batch], device: torch.device, kind: TaskKind
+) -> tuple[list[dict[str, torch.Tensor]], list[dict[str, torch.Tensor]]]:
+    """Each image's detections and target boxes, on the CPU, in the order of the batches."""
+    outputs, targets = [], []
+    for batch in batches:
+        images, truth = kind.to_device(batch, device)
+        outputs += [{key: output[key].detach().cpu() for key in _OUTPUT_KEYS} for output in model(images)]
+        targets += [{key: target[key].cpu() for key in ("boxes", "labels")} for target in truth]
+    return outputs, targets
+
+
+def _mean_ap(outputs: list[dict[str, torch.Tensor]], targets: list[dict[str, torch.Tensor]]) -> float:
+    from torchmetrics.detection import MeanAveragePrecision
+
+    mean_ap = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", iou_thresholds=[0.5])
+    if outputs:
+        mean_ap.update(outputs, targets)
+    # With one IoU threshold the mean over thresholds is the AP at 0.5; -1 means no boxes at all.
+    return max(0.0, float(mean_ap.compute()["map"]))
 
 
 class Detection(TaskKind):
@@ -56,18 +82,14 @@ class Detection(TaskKind):
         return sum(losses.values())  # type: ignore[return-value]
 
     def metric(self, model: nn.Module, batches: Iterable[Batch], device: torch.device) -> float:
-        from torchmetrics.detection import MeanAveragePrecision
+        return _mean_ap(*_detections(model, batches, device, self))
 
-        mean_ap = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", iou_thresholds=[0.5])
-        for batch in batches:
-            images, targets = self.to_device(batch, device)
-            outputs = model(images)
-            mean_ap.update(
-                [{key: output[key].detach().cpu() for key in _OUTPUT_KEYS} for output in outputs],
-                [{key: target[key].cpu() for key in ("boxes", "labels")} for target in targets],
-            )
-        # With one IoU threshold the mean over thresholds is the AP at 0.5; -1 means no boxes at all.
-        return max(0.0, float(mean_ap.compute()["map"]))
+    def metric_interval(self, model: nn.Module, batches: Iterable[Batch], device: torch.device) -> Interval | None:
+        """The percentile bootstrap interval of mAP@0.5 over the split's images (``None`` without images)."""
+        outputs, targets = _detections(model, batches, device, self)
+        if not outputs:
+            return None
+        return bootstrap(lambda index: _mean_ap([outputs[i] for i in index], [targets[i] for i in index]), len(outputs))
 
     def statistics_pass(self, model: nn.Module, batch: Batch) -> None:
         model(*batch)  # in training mode a torchvision detector needs the targets

@@ -45,6 +45,12 @@ def test_one_edge_needs_a_sustained_share_and_several_edges_need_only_to_see_it(
     assert not weigh_evidence({"a": two}, ["a"], "night", min_edges=3).enough
     assert evidence.describe().startswith("samples of 'night' per edge: dock: 4 of 10, gate: 4 of 54;")
     assert not weigh_evidence({"a": two}, ["b"], "night").enough  # only the missing models' windows count
+    # Judged from the samples alone (no scenario), every sample is evidence: a one-edge deployment
+    # still repairs itself, but one edge among several is not enough unless it sent half the window.
+    assert weigh_evidence({"a": window(("gate", None, 64))}, ["a"], None).enough
+    crowd = window(("gate", None, 20), ("dock", None, 22), ("pier", None, 22))
+    assert not weigh_evidence({"a": crowd}, ["a"], None, min_edges=4).enough
+    assert weigh_evidence({"a": crowd}, ["a"], None).enough  # three edges saw it
     with pytest.raises(SearchmergeError, match="--drift-edge-share must be in"):
         weigh_evidence({}, ["a"], "night", edge_share=1.5)
     with pytest.raises(SystemExit):

@@ -5,8 +5,8 @@ The service labels a sample by its provenance, but the pixels are the edge's: on
 re-search whose result every edge then runs. So a miss the drift check finds starts a
 re-search only with *evidence*: drifted samples in the missing models' windows from at least
 ``min_edges`` edges, or, from one edge alone, drifted samples that make up at least
-``edge_share`` of that edge's samples in those windows (a drift the edge sees steadily, as a
-site whose lighting changed does, not a burst among its ordinary frames). The second rule
+``edge_share`` of all the samples in those windows (a drift the edge sees steadily, as a
+site whose lighting changed does, not a burst among ordinary frames). The second rule
 keeps a one-edge deployment able to repair itself; ``edge_share=None`` turns it off, so that
 only several edges together can start a re-search.
 """
@@ -46,8 +46,14 @@ class DriftEvidence:
 
     @property
     def best_share(self) -> float:
-        """The largest share of one edge's samples that is of the scenario."""
-        return max((drifted / total for _, drifted, total in self.edges if total), default=0.0)
+        """The largest share of the windows' samples that one edge's evidence makes up.
+
+        Of the windows, not of the edge's own samples: judged from the samples alone (no
+        scenario), every sample an edge sent is evidence, so a share of its own samples would
+        always be 1 and one edge would always suffice.
+        """
+        total = sum(count for _, _, count in self.edges)
+        return max((drifted / total for _, drifted, _ in self.edges), default=0.0) if total else 0.0
 
     @property
     def enough(self) -> bool:
@@ -61,7 +67,7 @@ class DriftEvidence:
         what = "samples" if self.scenario is None else f"samples of {self.scenario!r}"
         rule = f"at least {self.min_edges} edge(s) with {what}"
         if self.edge_share is not None:
-            rule += f", or {self.edge_share:.0%} of one edge's samples"
+            rule += f", or {self.edge_share:.0%} of the windows' samples from one edge"
         return f"{what} per edge: {seen}; a re-search needs {rule}"
 
 

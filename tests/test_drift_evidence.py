@@ -76,7 +76,7 @@ def test_a_drift_waits_for_a_second_edge_and_jobs_are_limited_per_hour(
 ) -> None:
     lines: list[str] = []
     service = MergingService(study, ServiceSettings(window=16, min_samples=8, max_jobs_per_hour=1,
-                                                    drift_edge_share=None), progress=lines.append)
+                                                    drift_edge_share=None, research_samples=1), progress=lines.append)
     publish_files(service.engine, study, files_of(make_version(tmp_path / "v1", seed=1)), source_study="parent",
                   trial=0, checkpoint="c")
     monkeypatch.setattr(service, "_models", lambda version: {"a": Constant()})

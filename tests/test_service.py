@@ -60,7 +60,8 @@ def study(prepared_tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> Stud
 @pytest.fixture(scope="module")
 def service(study: StudyFile) -> MergingService:
     """A service with version 1 published; its caretaker is not started (the tests drive it)."""
-    service = MergingService(study, ServiceSettings(min_samples=8, window=16, heartbeat_interval=1, research_trials=1))
+    service = MergingService(study, ServiceSettings(min_samples=8, window=16, heartbeat_interval=1, research_trials=1,
+                                                    research_samples=16))
     service.publish_first()
     return service
 

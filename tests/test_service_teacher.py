@@ -151,7 +151,9 @@ class Nobody(nn.Module):
 def test_a_drift_is_judged_from_teacher_labelled_samples_alone(
     study: StudyFile, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    service = MergingService(study, ServiceSettings(window=16, min_samples=8, drift_min_edges=1))
+    lines: list[str] = []
+    service = MergingService(study, ServiceSettings(window=16, min_samples=8, drift_min_edges=1, research_samples=30),
+                             progress=lines.append)
     publish_files(service.engine, study, files_of(make_version(tmp_path / "v1", seed=1)), source_study="walk-greedy",
                   trial=0, checkpoint="c")
     monkeypatch.setattr(service, "_models", lambda version: {"left": Nobody()})
@@ -165,6 +167,12 @@ def test_a_drift_is_judged_from_teacher_labelled_samples_alone(
                                                        for _ in range(24)]))
     check = service.check()
     assert check is not None and [m.name for m in check.missing] == ["left"] and check.scenario is None
+    # 36 samples so far, 27 of them not held out for the publish gate: the re-search waits for 30 to train on.
+    assert not list_jobs(service.engine, service.deployment)
+    assert any("the re-search waits for 30 samples of each" in line and "left: 27 so far" in line for line in lines)
+    service.store_samples("gate", SampleBatch(samples=[sample("left", square_frame(HEIGHT, WIDTH, LEFT_SQUARE))
+                                                       for _ in range(4)]))
+    service.check()
     (job,) = list_jobs(service.engine, service.deployment)
     assert (job.parent_study, job.scenario) == ("walk-greedy", "samples:walk")
 

@@ -332,7 +332,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     signing_key = args.signing_key or os.environ.get("SEARCHMERGE_SIGNING_KEY")
     settings = ServiceSettings(parent_study=args.study_name, research_trials=args.research_trials, window=args.window,
                                min_samples=args.min_samples, max_upload_bytes=args.max_upload_bytes,
-                               max_sample_bytes=args.max_sample_bytes,
+                               max_sample_bytes=args.max_sample_bytes, research_samples=args.research_samples,
                                heartbeat_interval=args.heartbeat, job_attempts=args.job_attempts,
                                samples_per_minute=args.samples_per_minute,
                                drift_min_edges=args.drift_min_edges, drift_edge_share=args.drift_edge_share,
@@ -811,6 +811,8 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--max-upload-bytes", type=int, default=1 << 20, help="largest request body (default: 1 MiB)")
     serve.add_argument("--max-sample-bytes", type=int, default=512 * 1024,
                        help="largest encoded frame of one sample (default: 512 KiB; larger: 413)")
+    serve.add_argument("--research-samples", type=int, default=512,
+                       help="samples of each missing model a re-search waits for, to train and judge on (default: 512)")
     serve.add_argument("--heartbeat", type=int, default=10, metavar="SECONDS", help="heartbeat of the re-search's trials")
     serve.add_argument("--samples-per-minute", type=int, default=600, metavar="N", help="each edge's quota of samples"
                        " (past it: 429 with Retry-After; default: 600)")

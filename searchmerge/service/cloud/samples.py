@@ -26,7 +26,7 @@ from searchmerge.service.cloud.db import now, samples
 from searchmerge.service.cloud.labelling import Labeller, target_json
 from searchmerge.service.protocol import SampleBatch
 
-__all__ = ["HOLDOUT_EVERY", "LabelledSample", "prune_samples", "recent_samples", "store_samples", "stored_frame"]
+__all__ = ["HOLDOUT_EVERY", "LabelledSample", "count_samples", "prune_samples", "recent_samples", "store_samples", "stored_frame"]
 
 
 @dataclass(frozen=True)
@@ -113,6 +113,15 @@ def recent_samples(
                 for row in reversed(rows)
             ]
     return found
+
+
+def count_samples(engine: Engine, deployment: str, *, since: datetime) -> dict[str, int]:
+    """Per model, its samples received at or after ``since`` that a re-search on them reads (not held out)."""
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(samples.c.model, sa.func.count()).where(
+            samples.c.deployment == deployment, samples.c.received_at >= since,
+            samples.c.id % HOLDOUT_EVERY != 0).group_by(samples.c.model)).all()
+    return {model: int(count) for model, count in rows}
 
 
 def prune_samples(engine: Engine, deployment: str, *, keep: int) -> None:

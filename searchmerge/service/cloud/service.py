@@ -48,6 +48,7 @@ from searchmerge.service.cloud.monitor import SampleCheck, check_samples
 from searchmerge.service.cloud.quotas import SampleQuota
 from searchmerge.service.cloud.samples import (
     LabelledSample,
+    count_samples,
     prune_samples,
     recent_samples,
     store_samples,
@@ -70,7 +71,13 @@ from searchmerge.service.signing import Signer
 from searchmerge.training.deployment import load_deployment
 from searchmerge.training.prepare import prepare_study
 
-__all__ = ["MergingService", "ServiceSettings"]
+__all__ = ["RESEARCH_SAMPLES", "MergingService", "ServiceSettings"]
+
+#: Samples of each missing model a re-search waits for: with the 0.6/0.2/0.2 split, about 300 to train
+#: on (with as many original frames replayed) and 100 each to select and test on. Fewer made the
+#: tiny digits study's re-search stop after a few optimiser steps with nothing learnt (a validation
+#: split of 7 frames).
+RESEARCH_SAMPLES = 512
 
 _log = logging.getLogger("searchmerge.service")
 
@@ -87,6 +94,8 @@ class ServiceSettings:
         confidence: Of the Wilson interval whose upper end must miss the target.
         max_upload_bytes: The largest request body accepted (larger: 413).
         max_sample_bytes: The largest encoded frame of one sample (larger: 413).
+        research_samples: Samples of each missing model (received since the current version, not held
+            out for the publish gate) a re-search needs before it starts: it trains and judges on them.
         heartbeat_interval: Of the re-search's trials (a dead service's trial is retried after twice this).
         check_every: Seconds between drift checks while samples arrive.
         signing_key: The operator's private key (``searchmerge keys init``); every version published
@@ -110,7 +119,7 @@ class ServiceSettings:
                  job_attempts: int = MAX_ATTEMPTS, samples_per_minute: int = 600,
                  drift_min_edges: int = DRIFT_MIN_EDGES, drift_edge_share: float | None = DRIFT_EDGE_SHARE,
                  max_jobs_per_hour: int = MAX_JOBS_PER_HOUR, run_jobs: bool = True,
-                 max_sample_bytes: int = MAX_SAMPLE_BYTES) -> None:
+                 max_sample_bytes: int = MAX_SAMPLE_BYTES, research_samples: int = RESEARCH_SAMPLES) -> None:
         if research_trials < 1 or window < 1 or not 1 <= min_samples <= window or max_upload_bytes < 1:
             raise SearchmergeError("research trials, window and upload limit must be positive, and"
                                    f" 1 <= min-samples <= window (got {min_samples} and {window})")
@@ -123,6 +132,9 @@ class ServiceSettings:
         self.confidence = confidence
         self.max_upload_bytes = max_upload_bytes
         self.max_sample_bytes = max_sample_bytes  # checked by the Labeller
+        if research_samples < 1:
+            raise SearchmergeError(f"--research-samples must be at least 1, got {research_samples}")
+        self.research_samples = research_samples
         self.heartbeat_interval = heartbeat_interval
         self.check_every = check_every
         self.signing_key = signing_key
@@ -282,7 +294,8 @@ class MergingService:
                               self.study.settings.target, min_samples=self.settings.min_samples,
                               confidence=self.settings.confidence)
         self.last_check = check
-        prune_samples(self.engine, self.deployment, keep=4 * self.settings.window)
+        # Kept: the check's windows, and the samples a re-search trains and judges on.
+        prune_samples(self.engine, self.deployment, keep=max(4 * self.settings.window, 2 * self.settings.research_samples))
         if check.missing:
             names = "; ".join(m.describe() for m in check.missing)
             # What the cameras saw, as the teacher labelled it, is what to re-search on: no scenario is named.
@@ -302,6 +315,14 @@ class MergingService:
         the deployment is within its jobs per hour (a job that exists already is always found again)."""
         if find_job(self.engine, self.deployment, parent_study=current.source_study, scenario=data):
             return True
+        have = count_samples(self.engine, self.deployment, since=current.created_at)
+        short = {m.name: have.get(m.name, 0) for m in check.missing if have.get(m.name, 0) < self.settings.research_samples}
+        if short:
+            counts = ", ".join(f"{name}: {count}" for name, count in sorted(short.items()))
+            self._note(f"version {current.version}: {', '.join(m.name for m in check.missing)} miss(es) the target in the"
+                       f" samples; the re-search waits for {self.settings.research_samples} samples of each to train and"
+                       f" judge on", detail=f"{counts} so far; {names}")
+            return False
         evidence = weigh_evidence(recent, (m.name for m in check.missing), None,
                                   min_edges=self.settings.drift_min_edges, edge_share=self.settings.drift_edge_share)
         if not evidence.enough:

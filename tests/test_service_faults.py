@@ -207,6 +207,7 @@ def publish(engine, study, search, best, *, scenario=None, signer=None):
                          checkpoint=best.checkpoint, scenario=scenario)
 
 jobs.research, jobs.publish = research, publish
+jobs._passes_gate = lambda *args: True  # the publish gate has its own tests; the stand-in plan has no samples
 log_to_stderr()
 if role == "worker":
     run_worker(study, heartbeat_interval=1, poll=0.2)

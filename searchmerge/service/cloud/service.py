@@ -27,7 +27,7 @@ from searchmerge.search.confirmation import confirmation_state
 from searchmerge.search.merge_search import deployed_plan
 from searchmerge.search.scenarios import SAMPLES_PREFIX
 from searchmerge.search.selection import select_search
-from searchmerge.service.cloud.db import edges, now, open_engine
+from searchmerge.service.cloud.db import edges, now, open_engine, reading
 from searchmerge.service.cloud.evidence import (
     DRIFT_EDGE_SHARE,
     DRIFT_MIN_EDGES,
@@ -250,7 +250,7 @@ class MergingService:
 
     def _runs(self, edge: str) -> set[str] | None:
         """The models ``edge`` reported running (its streams' models); ``None`` before it reported any."""
-        with self.engine.connect() as conn:
+        with reading(self.engine) as conn:  # every upload asks: no transaction round trips
             reported = conn.execute(sa.select(edges.c.stats_json).where(
                 edges.c.deployment == self.deployment, edges.c.name == edge)).scalar()
         streams = EdgeStats.model_validate_json(reported).streams if reported else {}
@@ -319,9 +319,9 @@ class MergingService:
         short = {m.name: have.get(m.name, 0) for m in check.missing if have.get(m.name, 0) < self.settings.research_samples}
         if short:
             counts = ", ".join(f"{name}: {count}" for name, count in sorted(short.items()))
-            self._note(f"version {current.version}: {', '.join(m.name for m in check.missing)} miss(es) the target in the"
-                       f" samples; the re-search waits for {self.settings.research_samples} samples of each to train and"
-                       f" judge on", detail=f"{counts} so far; {names}")
+            self._note(f"version {current.version}: models miss the target in the samples; the re-search waits for"
+                       f" {self.settings.research_samples} samples of each to train and judge on",
+                       detail=f"{counts} so far; {names}")
             return False
         evidence = weigh_evidence(recent, (m.name for m in check.missing), None,
                                   min_edges=self.settings.drift_min_edges, edge_share=self.settings.drift_edge_share)

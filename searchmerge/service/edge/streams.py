@@ -50,12 +50,18 @@ class StreamFrame:
 
 
 class DigitsStream:
-    """The digits generator's test footage of ``model``, in its camera, looping.
+    """The digits generator's footage of ``model``, in its camera, looping.
+
+    Undrifted, the stream shows the test footage (frames no model was trained or judged on). In
+    a drift scenario it shows all of the scenario's footage, train, validation and test in turn
+    (no model has seen any of it): the service re-searches on the samples it is sent, and a
+    stream that looped over a few hundred frames would send it the same frames again and again,
+    so that the frames it judges a re-search on would be copies of those it trained on.
 
     Args:
         footage: The deployment's footage (:class:`~searchmerge.service.footage.Footage`).
         model: The model whose camera the stream is.
-        split: Which footage to show (``test``: frames no model was trained or judged on).
+        split: Which footage to show undrifted.
     """
 
     #: How its frames were made from 8-bit pixels (the digits data's normalisation).
@@ -69,11 +75,12 @@ class DigitsStream:
         self._position = 0
         self._frames = self._load()
 
-    def _load(self) -> Any:
+    def _load(self) -> list[tuple[str, Any]]:
         data = self.footage.data(self.scenario)
         if self.model not in data:
             raise SearchmergeError(f"the deployment has no model {self.model!r} for a digits stream")
-        return getattr(data[self.model], self.split)
+        splits = (self.split,) if self.scenario is None else ("train", "val", "test")
+        return [(split, getattr(data[self.model], split)) for split in splits]
 
     def drift(self, scenario: str | None) -> None:
         """Switch the camera to ``scenario`` (``None``: back to normal), from the next frame on."""
@@ -82,11 +89,15 @@ class DigitsStream:
         self._position = 0
 
     def next(self) -> StreamFrame:
-        index = self._position % len(self._frames)
+        position = self._position % sum(len(frames) for _, frames in self._frames)
         self._position += 1
-        image, label = self._frames[index]
-        source = DigitsSource(kind="digits", scenario=self.scenario, split=self.split, index=index)  # type: ignore[arg-type]
-        return StreamFrame(image, index, source, int(label))
+        for split, frames in self._frames:
+            if position < len(frames):
+                break
+            position -= len(frames)
+        image, label = frames[position]
+        source = DigitsSource(kind="digits", scenario=self.scenario, split=split, index=position)  # type: ignore[arg-type]
+        return StreamFrame(image, position, source, int(label))
 
 
 class FolderStream:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import statistics
@@ -73,6 +74,8 @@ class Record:
     """What the simulated edges saw, per kind of request."""
 
     latencies: dict[str, list[float]] = field(default_factory=lambda: {"samples": [], "version": []})
+    #: (when sent, latency) of every request: whether the slowest came together (a stall) or spread out.
+    timeline: list[tuple[float, float, str]] = field(default_factory=list)
     errors: dict[str, int] = field(default_factory=lambda: {"samples": 0, "version": 0})
     error_kinds: dict[str, int] = field(default_factory=dict)
     offered: int = 0
@@ -130,6 +133,7 @@ async def one_edge(url: str, edge: str, token: str, uploads: list[bytes], *, bat
             except httpx.HTTPError as exc:
                 ok, reason, answer = False, type(exc).__name__, None
             record.latencies[kind].append(time.perf_counter() - began)
+            record.timeline.append((began, time.perf_counter() - began, kind))
             if not ok:
                 record.errors[kind] += 1
                 record.error_kinds[f"{kind} {reason}"] = record.error_kinds.get(f"{kind} {reason}", 0) + 1
@@ -196,6 +200,19 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def slow_seconds(timeline: list[tuple[float, float, str]]) -> tuple[int, list[int]]:
+    """The slowest 1% of requests, and the seconds of the run (from its first request) they were sent in."""
+    start = min((sent for sent, _, _ in timeline), default=0.0)
+    slowest = sorted(timeline, key=lambda entry: entry[1])[-max(1, len(timeline) // 100):]
+    return len(slowest), sorted({int(sent - start) for sent, _, _ in slowest})
+
+
+def after_warmup(timeline: list[tuple[float, float, str]], kind: str, warmup: float) -> list[float]:
+    """The latencies of ``kind`` sent after the first ``warmup`` seconds (every edge connecting at once)."""
+    start = min((sent for sent, _, _ in timeline), default=0.0)
+    return [latency for sent, latency, k in timeline if k == kind and sent - start >= warmup]
+
+
 def percentile(values: list[float], share: float) -> float:
     if not values:
         return float("nan")
@@ -214,6 +231,9 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=60.0)
     parser.add_argument("--reuse", default=None, metavar="NAME", help="the deployment an earlier run made in --work"
                         " (skips preparing the originals)")
+    parser.add_argument("--warmup", type=float, default=5.0, help="seconds at the start also reported apart"
+                        " (default: 5)")
+    parser.add_argument("--no-gc", action="store_true", help="no garbage collection in this process during the run")
     parser.add_argument("--json", action="store_true", help="also print one JSON line")
     args = parser.parse_args()
     if not 1 <= args.edges <= MAX_EDGES or not 1 <= args.duration <= MAX_DURATION or args.rate <= 0:
@@ -242,9 +262,17 @@ def main() -> None:
                     break
             except httpx.TransportError:
                 time.sleep(0.5)
-        time.sleep(5.0)  # the caretaker's first steps (loading version 1, the baselines) settle
+        # The first drift check loads the version's models and the baselines, and holds the API up for
+        # a second or two: one upload first, and the run starts once that check is done.
+        first = next(iter(tokens.items()))
+        headers = {"Authorization": f"Bearer {first[1]}", "Content-Type": "application/json"}
+        httpx.post(f"{url}/v1/edges/{first[0]}/samples", content=uploads[0], headers=headers, timeout=60)
+        while httpx.get(f"{url}/v1/edges/{first[0]}/status", headers=headers, timeout=60).json().get("check") is None:
+            time.sleep(0.5)
         load_before, size_before, id_before = os.getloadavg()[0], database_bytes(study), newest_sample_id(study)
         service_cpu, client_cpu = cpu_seconds(service.pid), cpu_seconds(os.getpid())
+        if args.no_gc:
+            gc.disable()  # whether the client's own collections make the tail
         record = asyncio.run(drive(url, tokens, uploads, batch=args.batch, rate=args.rate, poll=args.poll,
                                    duration=args.duration))
         service_cpu, client_cpu = cpu_seconds(service.pid) - service_cpu, cpu_seconds(os.getpid()) - client_cpu
@@ -254,6 +282,7 @@ def main() -> None:
         service.terminate()
         service.wait(timeout=60)
     inserted, rows = id_after - id_before, stored_rows(study)
+    slow, seconds = slow_seconds(record.timeline)
     backend = "sqlite" if study.storage.startswith("sqlite") else "postgresql"
     result = {
         "storage": backend, "edges": args.edges, "rate": args.rate, "batch": args.batch, "poll": args.poll,
@@ -266,10 +295,14 @@ def main() -> None:
         "version_p50_ms": 1000 * percentile(record.latencies["version"], 0.5),
         "version_p99_ms": 1000 * percentile(record.latencies["version"], 0.99),
         "requests": {kind: len(values) for kind, values in record.latencies.items()},
+        "warmup_s": args.warmup,
+        "samples_p50_ms_after_warmup": 1000 * percentile(after_warmup(record.timeline, "samples", args.warmup), 0.5),
+        "samples_p99_ms_after_warmup": 1000 * percentile(after_warmup(record.timeline, "samples", args.warmup), 0.99),
+        "version_p99_ms_after_warmup": 1000 * percentile(after_warmup(record.timeline, "version", args.warmup), 0.99),
         "mean_samples_ms": 1000 * statistics.fmean(record.latencies["samples"] or [0.0]),
         "db_growth_bytes_per_hour": (size_after - size_before) / args.duration * 3600,
         "db_bytes_after": size_after, "rows_after": rows, "load_average_before": load_before, "load_average_after": load_after,
-        "service_cpu_s": service_cpu, "client_cpu_s": client_cpu,
+        "slowest_1pct_sent_in_seconds": seconds, "service_cpu_s": service_cpu, "client_cpu_s": client_cpu,
         "service_cpu_ms_per_request": 1000 * service_cpu / max(1, sum(map(len, record.latencies.values()))),
     }
     print(f"{backend}: {args.edges} edges x {args.rate:g} samples/s ({args.batch} per upload), polls every"
@@ -279,6 +312,11 @@ def main() -> None:
           f" p99 {result['samples_p99_ms']:.0f} ms; errors {record.errors['samples']}")
     print(f"  version polls: {len(record.latencies['version'])}, p50 {result['version_p50_ms']:.0f} ms, p99"
           f" {result['version_p99_ms']:.0f} ms; errors {record.errors['version']}")
+    print(f"  after the first {args.warmup:g} s (every edge connecting at once): samples p50"
+          f" {result['samples_p50_ms_after_warmup']:.0f} ms, p99 {result['samples_p99_ms_after_warmup']:.0f} ms;"
+          f" polls p99 {result['version_p99_ms_after_warmup']:.0f} ms")
+    print(f"  the slowest {slow} requests (1%) were sent in second(s) {', '.join(map(str, seconds))} of the"
+          f" {args.duration:g}")
     if record.error_kinds:
         print(f"  errors by kind: {record.error_kinds}")
     print(f"  CPU: the service {service_cpu:.1f} s ({result['service_cpu_ms_per_request']:.1f} ms a request, including"

@@ -33,6 +33,7 @@ class Footage:
         self.settings = settings
         self.scenarios = known_scenarios(settings)
         self._data: dict[str | None, dict[str, Any]] = {}
+        self._shapes: dict[str, tuple[int, ...]] = {}
         self._lock = threading.Lock()
 
     def data(self, scenario: str | None) -> dict[str, Any]:
@@ -66,5 +67,10 @@ class Footage:
         return int(label)
 
     def input_shape(self, model: str) -> tuple[int, ...]:
-        """The shape of the frames of ``model``'s footage (channels, height, width)."""
-        return tuple(self.data(None)[model].test[0][0].shape)
+        """The shape of the frames of ``model``'s footage (channels, height, width).
+
+        Asked for every sample; a frame is rendered (camera and all) to learn it, so it is kept.
+        """
+        if model not in self._shapes:
+            self._shapes[model] = tuple(self.data(None)[model].test[0][0].shape)
+        return self._shapes[model]

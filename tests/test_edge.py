@@ -279,8 +279,11 @@ def test_drift_injected_at_the_edge_is_repaired_by_a_new_version_end_to_end(
     study = searched_copy(prepared_tiny, tmp_path_factory, "edge-e2e")
     port, metrics = free_port(), free_port()
     private, public = init_keys(tmp_path / "keys")  # version 2, published by the re-search job, is signed too
-    service = start_service(study, port, tmp_path / "service.log", "--research-trials", "1", "--min-samples", "16",
-                            "--window", "32", "--signing-key", str(private))
+    # The re-search trains on the night samples the edge sends: it waits for 1200 of each model (not held out),
+    # which the edge sends within about three minutes at 10 frames a second, each one sampled.
+    service = start_service(study, port, tmp_path / "service.log", "--research-trials", "4", "--min-samples", "16",
+                            "--window", "32", "--signing-key", str(private), "--research-samples", "1200",
+                            "--samples-per-minute", "12000")
     token = create_edge_token(study.storage, study.workload.name, "gate")
     state = tmp_path / "edge"
     log = tmp_path / "edge.log"

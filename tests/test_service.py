@@ -226,15 +226,16 @@ def test_versions_are_published_once_served_with_their_checksum_and_rolled_back(
 def test_a_drift_seen_in_the_samples_starts_one_research_on_them_that_publishes_once(
     study: StudyFile, service: MergingService, tokens: dict[str, str]
 ) -> None:
-    # Undrifted samples: every model holds its target.
+    # Undrifted samples from an edge that has not reported its streams (so it may send any model's): every
+    # model holds its target.
     for model in ("a", "b", "c"):
-        service.store_samples("gate", SampleBatch(samples=digits_samples(service.footage, model, None, 16)))
+        service.store_samples("field", SampleBatch(samples=digits_samples(service.footage, model, None, 16)))
     check = service.check()
     assert check is not None and check.version == 1 and not check.missing
     assert all(m.judged for m in check.models) and list_jobs(service.engine, service.deployment) == []
     # Night: the models miss on their labelled samples; the job re-searches on those samples, no scenario named.
     for model in ("a", "b", "c"):
-        service.store_samples("gate", SampleBatch(samples=digits_samples(service.footage, model, "night", 16)))
+        service.store_samples("field", SampleBatch(samples=digits_samples(service.footage, model, "night", 16)))
     check = service.check()
     assert check is not None and check.missing
     data = f"samples:{service.deployment}"

@@ -234,8 +234,9 @@ def test_a_drift_seen_in_the_samples_starts_one_research_on_them_that_publishes_
     assert check is not None and check.version == 1 and not check.missing
     assert all(m.judged for m in check.models) and list_jobs(service.engine, service.deployment) == []
     # Night: the models miss on their labelled samples; the job re-searches on those samples, no scenario named.
+    # 32 of each, so that the window of 16 (the gate's held-out samples excluded) holds night samples alone.
     for model in ("a", "b", "c"):
-        service.store_samples("field", SampleBatch(samples=digits_samples(service.footage, model, "night", 16)))
+        service.store_samples("field", SampleBatch(samples=digits_samples(service.footage, model, "night", 32)))
     check = service.check()
     assert check is not None and check.missing
     data = f"samples:{service.deployment}"
@@ -328,7 +329,7 @@ def test_the_service_state_lives_in_postgresql_too(service: MergingService, tmp_
     again, created_again = request_research(engine, deployment, parent_study="p", scenario="night", n_trials=2)
     assert created and not created_again and first.id == again.id
     batch = SampleBatch(samples=digits_samples(service.footage, "a", "night", 5))
-    assert store_samples(engine, deployment, "gate", batch, service.footage) == 5
+    assert store_samples(engine, deployment, "gate", batch, service.labeller) == 5
     prune_samples(engine, deployment, keep=2)
     with engine.connect() as conn:
         kept = conn.execute(sa.select(samples.c.frame_index).where(samples.c.deployment == deployment)

@@ -21,11 +21,19 @@ from searchmerge.core.errors import SearchmergeError
 from searchmerge.data.sources import get_source
 from searchmerge.service.cloud.db import open_engine, samples
 from searchmerge.service.cloud.jobs import list_jobs
-from searchmerge.service.cloud.labelling import Labeller, SampleTooLarge, decode_pixels
+from searchmerge.service.cloud.labelling import (
+    ImageTeacher,
+    Labeller,
+    ProvenanceTeacher,
+    SampleTooLarge,
+    decode_pixels,
+)
 from searchmerge.service.cloud.samples import recent_samples, store_samples
 from searchmerge.service.cloud.service import MergingService, ServiceSettings
 from searchmerge.service.cloud.versions import publish_files
-from searchmerge.service.protocol import Sample, SampleBatch, encode_frame
+from searchmerge.service.protocol import DigitsSource, Sample, SampleBatch, encode_frame
+from tests.conftest import TINY_STUDY
+from tests.edge_cloud_support import digits_frame
 from tests.fake_edge_service import files_of, make_version
 from tests.teacher_support import square_frame
 from tests.test_video import HEIGHT, WIDTH, write_footage
@@ -139,6 +147,50 @@ def test_a_study_without_a_teacher_cannot_label_camera_frames(study: StudyFile, 
     bare = open_study_file(tmp_path / "bare.yaml", storage=study.storage)
     with pytest.raises(SearchmergeError, match="has no teacher: section"):
         Labeller(bare).label(SampleBatch(samples=[sample("left", square_frame(HEIGHT, WIDTH, None))]))
+
+
+def test_a_digits_study_is_labelled_by_the_generator_its_teacher(tmp_path: Path) -> None:
+    (tmp_path / "tiny.yaml").write_text(TINY_STUDY)
+    tiny = open_study_file(tmp_path / "tiny.yaml", storage=f"sqlite:///{tmp_path / 'tiny.db'}")
+    labeller = Labeller(tiny)
+    assert isinstance(labeller.teacher, ProvenanceTeacher)  # no teacher: section: the generator is the teacher
+    night = labeller.footage.data("night")["b"].val
+    labelled = labeller.label(SampleBatch(samples=[
+        Sample(model="b", frame=digits_frame(night[i][0]), source=DigitsSource(kind="digits", scenario="night",
+                                                                              split="val", index=i))
+        for i in range(4)]))
+    assert [frame.label for frame in labelled] == [int(night[i][1]) for i in range(4)]
+    assert [(frame.scenario, frame.split, frame.index) for frame in labelled] == [("night", "val", i) for i in range(4)]
+    assert labelled[0].target is None and labelled[0].view.shape == (16, 16, 1)
+    with pytest.raises(SearchmergeError, match="sample 0: model 'b' is a digits model: its sample needs the frame's"
+                                               r" provenance \(source\)"):
+        labeller.label(SampleBatch(samples=[Sample(model="b", frame=digits_frame(night[0][0]))]))
+
+
+def test_each_teacher_refuses_in_one_line_the_samples_it_cannot_label(study: StudyFile, tmp_path: Path) -> None:
+    digits_model = ('  - {name: d, factory: "searchmerge.zoo:small_vgg", kwargs: {num_classes: 2, widths: [4, 8, 8]},'
+                    ' task: high}\n')
+    (tmp_path / "mixed.yaml").write_text(STUDY + digits_model)
+    mixed = open_study_file(tmp_path / "mixed.yaml", storage=study.storage)
+    provenance = Sample(model="d", frame=digits_frame(np.zeros((3, 32, 32), np.float32)),
+                        source=DigitsSource(kind="digits", index=0))
+    labeller = Labeller(mixed)
+    assert isinstance(labeller.teacher, ImageTeacher)  # the teacher: section names the study's teacher
+    with pytest.raises(SearchmergeError) as refused:
+        labeller.label(SampleBatch(samples=[provenance]))
+    assert str(refused.value) == ("sample 0: model 'd' reads the digits generator, whose frames are labelled by their"
+                                  " provenance, but this study's teacher is the detector of its teacher: section,"
+                                  " which labels camera frames only")
+    with pytest.raises(SearchmergeError, match="its teacher is not the digits generator"):
+        labeller.footage  # noqa: B018 - the property refuses
+    # Without the section, the generator is the teacher, and a camera frame is refused the way it always was.
+    (tmp_path / "bare.yaml").write_text(STUDY.replace('teacher: {factory: "tests.teacher_support:square_detector",'
+                                                      ' classes: [person]}\n', "") + digits_model)
+    bare = Labeller(open_study_file(tmp_path / "bare.yaml", storage=study.storage))
+    assert isinstance(bare.teacher, ProvenanceTeacher)
+    with pytest.raises(SearchmergeError, match="sample 0: study file .* has no teacher: section, so the service cannot"
+                                               " label camera frames"):
+        bare.label(SampleBatch(samples=[sample("left", square_frame(HEIGHT, WIDTH, None))]))
 
 
 class Nobody(nn.Module):

@@ -1,22 +1,27 @@
-"""Labelling the frames the edges send: the study's teacher for camera footage, provenance for the digits.
+"""Labelling the frames the edges send: every sample is labelled by the study's one teacher.
 
 The service never takes an edge's word for a label. A sample carries the pixels the edge
 saw (PNG or JPEG, :class:`~searchmerge.service.protocol.Frame`), and the service labels them
-itself, with the one labeller a model's data has:
+itself, with its study's teacher (:func:`study_teacher`), one of two kinds behind one
+interface (:class:`SampleTeacher`: a sample of a model in, the sample as stored out):
 
-* a model on **video footage** (``format: video``) is labelled by the study's **teacher**
-  (its ``teacher:`` section): the teacher runs on the whole frame (or on the part of it the
-  sample gives, with its position), and the model's question about its region
+* :class:`ImageTeacher`, the detector of the study file's ``teacher:`` section, labels camera
+  frames (``format: video`` models) by their pixels: it runs on the whole frame (or on the
+  part of it the sample gives, with its position), and the model's question about its region
   (:class:`~searchmerge.data.sources.video.RegionQuestion`, the same code that labels the
   footage) turns the boxes into its target: presence, a count bin, or boxes;
-* a model of the **digits generator** is labelled by **provenance**: the generator is
-  deterministic, so the frame the sample names has a known label (the generator's own).
+* :class:`ProvenanceTeacher`, the digits generator, is the teacher of a study of the
+  generator (``format: digits`` models) with no ``teacher:`` section: the generator is
+  deterministic, so the frame a sample's provenance (scenario, split, index) names has a
+  known label, the generator's own.
 
-What the model sees of the frame (its region's crop at its input size) is what is stored,
-as PNG, with the label. Every check runs before anything is stored, so an upload is stored
-whole or refused whole: a frame too large (:class:`SampleTooLarge`, HTTP 413), a model the
-deployment or the edge does not run, a frame that does not decode or does not fit the
-model (:class:`~searchmerge.core.errors.SearchmergeError`, HTTP 422).
+A sample the study's teacher cannot label (a provenance sample sent to a study with a
+detector, a camera frame to the digits generator) is one error line. What the model sees of
+the frame (its region's crop at its input size) is what is stored, as PNG, with the label.
+Every check runs before anything is stored, so an upload is stored whole or refused whole: a
+frame too large (:class:`SampleTooLarge`, HTTP 413), a model the deployment or the edge does
+not run, a frame that does not decode or does not fit the model
+(:class:`~searchmerge.core.errors.SearchmergeError`, HTTP 422).
 """
 
 from __future__ import annotations
@@ -25,10 +30,10 @@ import dataclasses
 import io
 import json
 import threading
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -42,7 +47,17 @@ from searchmerge.service.footage import Footage
 from searchmerge.service.protocol import Frame, Sample, SampleBatch, encode_frame
 from searchmerge.training.prepare import source_context
 
-__all__ = ["MAX_SAMPLE_BYTES", "LabelledFrame", "Labeller", "SampleTooLarge", "decode_pixels"]
+__all__ = [
+    "MAX_SAMPLE_BYTES",
+    "ImageTeacher",
+    "LabelledFrame",
+    "Labeller",
+    "ProvenanceTeacher",
+    "SampleTeacher",
+    "SampleTooLarge",
+    "decode_pixels",
+    "study_teacher",
+]
 
 #: The largest encoded frame of one sample, by default (a 640 x 480 JPEG is about 50 kB; a PNG of
 #: the same frame up to about 500 kB).
@@ -77,86 +92,43 @@ class LabelledFrame:
     index: int = 0
 
 
-class Labeller:
-    """Labels a deployment's samples with its study's teacher, or the digits generator's provenance.
+class SampleTeacher(Protocol):
+    """What labels a study's samples (:func:`study_teacher` picks it): one method, one sample.
 
-    The teacher is loaded at the first sample that needs it (a service of a digits study never
-    loads one), and run by one thread at a time.
-
-    Args:
-        study: The study file of the deployment (its models, footage and ``teacher:``).
-        max_sample_bytes: The largest encoded frame of one sample.
+    Implementations check everything about the sample their kind depends on (the frame's
+    size and channels, its region, its provenance) and raise
+    :class:`~searchmerge.core.errors.SearchmergeError`, one line, when it cannot be labelled.
     """
 
-    def __init__(self, study: StudyFile, *, max_sample_bytes: int = MAX_SAMPLE_BYTES) -> None:
-        if max_sample_bytes < 1:
-            raise SearchmergeError(f"the sample size limit must be positive, got {max_sample_bytes}")
+    def label(self, sample: Sample, request: DataRequest) -> LabelledFrame:
+        """``sample`` (of the model ``request`` describes) as stored: what the model sees, with its label."""
+        ...
+
+
+class ImageTeacher:
+    """The study file's ``teacher:`` detector, labelling camera frames by their pixels.
+
+    The detector is loaded at the first sample (a study without a ``teacher:`` section is told
+    so then), and run by one thread at a time.
+
+    Args:
+        study: The study file (its ``teacher:`` section, and the footage its models' regions are of).
+    """
+
+    def __init__(self, study: StudyFile) -> None:
         self.study = study
-        self.max_sample_bytes = max_sample_bytes
-        self.requests: dict[str, DataRequest] = {spec.name: model_request(spec) for spec in study.workload.models}
-        self.footage = Footage(study.workload, study.settings)
         self._context = source_context(study.settings, study_path=study.path, cache_dir=study.cache_dir)
         self._questions: dict[str, RegionQuestion] = {}
-        self._teacher: Teacher | None = None
+        self._detector: Teacher | None = None
         self._lock = threading.Lock()
 
-    def normalisation(self, model: str) -> tuple[float, float]:
-        """How ``model`` takes 8-bit pixels (see :attr:`searchmerge.data.sources.Source.normalisation`)."""
-        return self.requests[model].source.normalisation
-
-    def label(self, batch: SampleBatch, *, runs: Collection[str] | None = None) -> list[LabelledFrame]:
-        """Every sample of ``batch`` labelled, or an error naming the first that cannot be.
-
-        Args:
-            batch: The upload.
-            runs: The models the sending edge runs (its reported streams); ``None``: any of the deployment's.
-
-        Raises:
-            SampleTooLarge: If a frame is larger than ``max_sample_bytes`` (checked first, for all samples).
-            SearchmergeError: If a sample is of a model the deployment or the edge does not run, or its
-                frame does not decode, does not fit the model, or has no labeller.
-        """
-        for position, sample in enumerate(batch.samples):
-            if sample.frame.size > self.max_sample_bytes:
-                raise SampleTooLarge(f"sample {position}: its frame has {sample.frame.size} bytes, more than the"
-                                     f" {self.max_sample_bytes} a sample may have")
-        for position, sample in enumerate(batch.samples):
-            if sample.model not in self.requests:
-                raise SearchmergeError(f"sample {position}: the deployment has no model {sample.model!r} (its models:"
-                                       f" {', '.join(self.requests)})")
-            if runs is not None and sample.model not in runs:
-                raise SearchmergeError(f"sample {position}: this edge does not run model {sample.model!r} (its"
-                                       f" streams run {', '.join(sorted(runs)) or 'none'})")
-        labelled = []
-        for position, sample in enumerate(batch.samples):
-            try:
-                labelled.append(self._label(sample))
-            except SearchmergeError as exc:
-                raise SearchmergeError(f"sample {position}: {exc}") from None
-        return labelled
-
-    def _label(self, sample: Sample) -> LabelledFrame:
-        request = self.requests[sample.model]
-        if isinstance(request.source, VideoSource):
-            return self._label_footage(sample, request)
-        if request.format == "digits":
-            return self._label_digits(sample)
-        raise SearchmergeError(f"model {sample.model!r} reads {request.format!r} data, whose frames the service cannot"
-                               " label: only video footage (by the study's teacher) and the digits generator (by"
-                               " provenance) are")
-
-    def _label_digits(self, sample: Sample) -> LabelledFrame:
-        if sample.source is None:
-            raise SearchmergeError(f"model {sample.model!r} is a digits model: its sample needs the frame's provenance"
-                                   " (source) to be labelled")
-        channels, height, width = self.footage.input_shape(sample.model)
-        pixels = decode_pixels(sample.frame, (height, width), channels)
-        label = self.footage.label(sample)
-        source = sample.source
-        return LabelledFrame(sample.model, label, None, pixels, _png(pixels), source.scenario, source.split,
-                             source.index)
-
-    def _label_footage(self, sample: Sample, request: DataRequest) -> LabelledFrame:
+    def label(self, sample: Sample, request: DataRequest) -> LabelledFrame:
+        if not isinstance(request.source, VideoSource):
+            if request.format == "digits":
+                raise SearchmergeError(f"model {sample.model!r} reads the digits generator, whose frames are labelled"
+                                       " by their provenance, but this study's teacher is the detector of its"
+                                       " teacher: section, which labels camera frames only")
+            raise _cannot_label(sample.model, request)
         question = self._question(sample.model, request)
         frame_height, frame_width = question.frame_size
         region = sample.frame.region
@@ -170,15 +142,15 @@ class Labeller:
                 raise SearchmergeError(f"its region {region} (pixels) is not inside the {frame_width}x{frame_height}"
                                        f" frame around model {sample.model!r}'s region {list(question.box)}")
         pixels = decode_pixels(sample.frame, (bottom - top, right - left), 3)
-        teacher = self.teacher()
-        unknown = sorted(set(question.classes) - set(teacher.classes))
+        detector = self.detector()
+        unknown = sorted(set(question.classes) - set(detector.classes))
         if unknown:
             raise SearchmergeError(f"model {sample.model!r} asks about {', '.join(unknown)}, which the study's teacher"
-                                   f" does not know (it knows {', '.join(teacher.classes)})")
+                                   f" does not know (it knows {', '.join(detector.classes)})")
         with self._lock:
-            found = teacher.detect([pixels])[0]
+            found = detector.detect([pixels])[0]
         boxes = found.boxes + np.asarray([left, top, left, top], dtype=np.float32)
-        target = question.target(boxes, found.classes, teacher.classes)
+        target = question.target(boxes, found.classes, detector.classes)
         local = dataclasses.replace(question, box=(question.box[0] - left, question.box[1] - top,
                                                    question.box[2] - left, question.box[3] - top))
         view = local.view(pixels)
@@ -197,16 +169,139 @@ class Labeller:
                 raise SearchmergeError(f"model {model!r}: {exc}") from None
         return self._questions[model]
 
-    def teacher(self) -> Teacher:
-        """The study's teacher, loaded once."""
+    def detector(self) -> Teacher:
+        """The ``teacher:`` section's detector, loaded once."""
         with self._lock:
-            if self._teacher is None:
+            if self._detector is None:
                 settings = self.study.settings.teacher
                 if settings is None:
-                    raise SearchmergeError(f"study file {str(self.study.path)!r} has no teacher: section, so the"
-                                           " service cannot label camera frames (docs/study-files.md)")
-                self._teacher = load_teacher(settings, Path(self.study.path).parent)
-            return self._teacher
+                    raise _no_teacher_section(self.study)
+                self._detector = load_teacher(settings, Path(self.study.path).parent)
+            return self._detector
+
+
+class ProvenanceTeacher:
+    """The digits generator as a study's teacher: a sample is labelled by the frame its provenance names.
+
+    The sample's ``source`` (drift scenario, split, index) names a frame of the generator's
+    footage of the model (:class:`~searchmerge.service.footage.Footage`, made once per
+    scenario); its label is the generator's, and its pixels must fit the model's input.
+
+    Args:
+        study: The study file (its workload and settings make the generator's footage).
+    """
+
+    def __init__(self, study: StudyFile) -> None:
+        self.study = study
+        self.footage = Footage(study.workload, study.settings)
+
+    def label(self, sample: Sample, request: DataRequest) -> LabelledFrame:
+        if request.format != "digits":
+            # camera frames need the detector of a teacher: section, which this study does not have
+            raise _no_teacher_section(self.study) if isinstance(request.source, VideoSource) else _cannot_label(
+                sample.model, request)
+        if sample.source is None:
+            raise SearchmergeError(f"model {sample.model!r} is a digits model: its sample needs the frame's provenance"
+                                   " (source) to be labelled")
+        channels, height, width = self.footage.input_shape(sample.model)
+        pixels = decode_pixels(sample.frame, (height, width), channels)
+        label = self.footage.label(sample)
+        source = sample.source
+        return LabelledFrame(sample.model, label, None, pixels, _png(pixels), source.scenario, source.split,
+                             source.index)
+
+
+def study_teacher(study: StudyFile, requests: Mapping[str, DataRequest] | None = None) -> SampleTeacher:
+    """The teacher that labels ``study``'s samples.
+
+    The study file's ``teacher:`` section names it (an :class:`ImageTeacher`); a study with no
+    such section whose models read the digits generator (``format: digits``) has the generator
+    as its teacher (a :class:`ProvenanceTeacher`). Any other study gets an :class:`ImageTeacher`
+    too, which says at its first camera frame that the study file has no ``teacher:`` section.
+
+    Args:
+        study: The study file.
+        requests: Its models' data requests by name (made from the study when not given).
+    """
+    if study.settings.teacher is None:
+        if requests is None:
+            requests = {spec.name: model_request(spec) for spec in study.workload.models}
+        if any(request.format == "digits" for request in requests.values()):
+            return ProvenanceTeacher(study)
+    return ImageTeacher(study)
+
+
+class Labeller:
+    """Labels a deployment's samples with its study's teacher (:func:`study_teacher`).
+
+    Args:
+        study: The study file of the deployment (its models, footage and ``teacher:``).
+        max_sample_bytes: The largest encoded frame of one sample.
+        teacher: The teacher to label with, instead of the study's.
+    """
+
+    def __init__(self, study: StudyFile, *, max_sample_bytes: int = MAX_SAMPLE_BYTES,
+                 teacher: SampleTeacher | None = None) -> None:
+        if max_sample_bytes < 1:
+            raise SearchmergeError(f"the sample size limit must be positive, got {max_sample_bytes}")
+        self.study = study
+        self.max_sample_bytes = max_sample_bytes
+        self.requests: dict[str, DataRequest] = {spec.name: model_request(spec) for spec in study.workload.models}
+        self.teacher: SampleTeacher = teacher if teacher is not None else study_teacher(study, self.requests)
+
+    @property
+    def footage(self) -> Footage:
+        """The digits generator's footage the study's teacher labels from (a study whose teacher is the generator)."""
+        if not isinstance(self.teacher, ProvenanceTeacher):
+            raise SearchmergeError(f"study file {str(self.study.path)!r}: its teacher is not the digits generator, so"
+                                   " it has no generator footage")
+        return self.teacher.footage
+
+    def normalisation(self, model: str) -> tuple[float, float]:
+        """How ``model`` takes 8-bit pixels (see :attr:`searchmerge.data.sources.Source.normalisation`)."""
+        return self.requests[model].source.normalisation
+
+    def label(self, batch: SampleBatch, *, runs: Collection[str] | None = None) -> list[LabelledFrame]:
+        """Every sample of ``batch`` labelled, or an error naming the first that cannot be.
+
+        Args:
+            batch: The upload.
+            runs: The models the sending edge runs (its reported streams); ``None``: any of the deployment's.
+
+        Raises:
+            SampleTooLarge: If a frame is larger than ``max_sample_bytes`` (checked first, for all samples).
+            SearchmergeError: If a sample is of a model the deployment or the edge does not run, or its
+                frame does not decode, does not fit the model, or is not one the study's teacher labels.
+        """
+        for position, sample in enumerate(batch.samples):
+            if sample.frame.size > self.max_sample_bytes:
+                raise SampleTooLarge(f"sample {position}: its frame has {sample.frame.size} bytes, more than the"
+                                     f" {self.max_sample_bytes} a sample may have")
+        for position, sample in enumerate(batch.samples):
+            if sample.model not in self.requests:
+                raise SearchmergeError(f"sample {position}: the deployment has no model {sample.model!r} (its models:"
+                                       f" {', '.join(self.requests)})")
+            if runs is not None and sample.model not in runs:
+                raise SearchmergeError(f"sample {position}: this edge does not run model {sample.model!r} (its"
+                                       f" streams run {', '.join(sorted(runs)) or 'none'})")
+        labelled = []
+        for position, sample in enumerate(batch.samples):
+            try:
+                labelled.append(self.teacher.label(sample, self.requests[sample.model]))
+            except SearchmergeError as exc:
+                raise SearchmergeError(f"sample {position}: {exc}") from None
+        return labelled
+
+
+def _no_teacher_section(study: StudyFile) -> SearchmergeError:
+    return SearchmergeError(f"study file {str(study.path)!r} has no teacher: section, so the service cannot label"
+                            " camera frames (docs/study-files.md)")
+
+
+def _cannot_label(model: str, request: DataRequest) -> SearchmergeError:
+    return SearchmergeError(f"model {model!r} reads {request.format!r} data, whose frames the service cannot label:"
+                            " only video footage (by the study's teacher) and the digits generator (by provenance)"
+                            " are")
 
 
 def decode_pixels(frame: Frame, size: tuple[int, int], channels: int) -> np.ndarray:

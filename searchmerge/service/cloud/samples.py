@@ -1,7 +1,8 @@
 """Sampled frames: labelled by the service, stored whole or not at all.
 
-Every sample of an upload is labelled first (:mod:`searchmerge.service.cloud.labelling`:
-the study's teacher for camera footage, provenance for the digits generator) and the
+Every sample of an upload is labelled first, by the study's teacher
+(:mod:`searchmerge.service.cloud.labelling`: a detector for camera footage, the generator,
+by provenance, for the digits) and the
 upload is refused, before anything is stored, when one cannot be. The frame is stored as
 the model sees it, in 8-bit PNG, with its label, in the same row (one transaction for
 the upload).

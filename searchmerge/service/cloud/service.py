@@ -61,6 +61,7 @@ from searchmerge.service.cloud.versions import (
     write_version,
 )
 from searchmerge.service.cloud.worker import JobRunner
+from searchmerge.service.footage import Footage
 from searchmerge.service.protocol import (
     EdgeStats,
     SampleBatch,
@@ -173,7 +174,6 @@ class MergingService:
                               job_attempts=self.settings.job_attempts, signer=self.signer, say=self.say)
         self.quota = SampleQuota(per_minute=self.settings.samples_per_minute)
         self.labeller = Labeller(study, max_sample_bytes=self.settings.max_sample_bytes)
-        self.footage = self.labeller.footage  # the digits generator, which labels digits samples by provenance
         self._progress = progress
         self.last_check: SampleCheck | None = None
         self._last_note = ""
@@ -182,6 +182,11 @@ class MergingService:
         self._samples_arrived = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+
+    @property
+    def footage(self) -> Footage:
+        """The digits generator's footage, which labels the samples of a digits study by their provenance."""
+        return self.labeller.footage
 
     def say(self, line: str, level: int = logging.INFO) -> None:
         """Log ``line`` on the ``searchmerge.service`` logger (with its time and level), and pass it to

@@ -21,6 +21,10 @@ model, one of three ways::
 Relative paths are read against the study file's folder. :func:`load_teacher` makes the
 :class:`~searchmerge.data.teacher.Teacher`; :func:`read_teacher` reads the section from a
 study file, or from a file holding only the section (``searchmerge label --teacher``).
+
+A study of the digits generator needs no section: without one, the service takes the
+generator itself as the study's teacher, labelling each sample by its provenance (the
+service's ``study_teacher``, :mod:`searchmerge.service.cloud.labelling`).
 """
 
 from __future__ import annotations

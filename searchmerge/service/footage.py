@@ -3,8 +3,9 @@
 The generator is deterministic, so a frame is named by its provenance (the model's
 stream, the drift scenario its camera was in, the split and the index) and the same
 provenance gives the same frame and label in every process. The edge's camera streams
-show these frames; the merging service labels the samples they send from the same
-footage, with the generator's own labels.
+show these frames; in the merging service the generator is the teacher of a digits study
+(:class:`~searchmerge.service.cloud.labelling.ProvenanceTeacher`), which labels the samples
+they send from the same footage, with the generator's own labels.
 """
 
 from __future__ import annotations

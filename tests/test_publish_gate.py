@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import logging
+from datetime import datetime, timezone
 from pathlib import Path
 
+import optuna
 import pytest
+import sqlalchemy as sa
 
 from searchmerge.config.study import StudyFile
+from searchmerge.core.errors import SearchmergeError
 from searchmerge.search.merge_search import load_search
 from searchmerge.service.cloud import jobs as jobs_module
+from searchmerge.service.cloud.db import jobs as jobs_table
 from searchmerge.service.cloud.gate import GATE_MIN_SAMPLES, check_held_out
 from searchmerge.service.cloud.jobs import request_research, run_job
 from searchmerge.service.cloud.samples import HOLDOUT_EVERY, recent_samples
@@ -72,3 +77,53 @@ def test_a_version_that_misses_on_held_out_samples_is_not_published_and_the_curr
     (line,) = [r.getMessage() for r in caplog.records if "not published" in r.getMessage()]
     assert f"version {before.version} kept" in line and "held-out samples" in line and "MISSES" in line
     assert f"on {GATE_MIN_SAMPLES} held-out samples" in line and "95% CI" in line
+
+
+def test_a_version_no_model_of_which_could_be_judged_is_held_back_until_the_job_is_requeued(
+    service: MergingService, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    study: StudyFile = service.study
+    short = 4 * GATE_MIN_SAMPLES - 8  # ids 1.. in turn: 14 of each model's are held out, 2 too few
+    store(service, None, short)
+    before = current_version(service.engine, service.deployment)
+    assert before is not None
+    job, _ = request_research(service.engine, service.deployment, parent_study=PARENT, scenario="night", n_trials=1)
+
+    def copied(*_a: object, **_k: object) -> object:
+        """A stand-in re-search: the parent's trials copied into the job's study (its best is the deployed plan,
+        which holds on undrifted samples), so a pass publishes a version of the job's study."""
+        try:
+            optuna.copy_study(from_study_name=PARENT, from_storage=study.storage, to_storage=study.storage,
+                              to_study_name=job.study_name)
+        except optuna.exceptions.DuplicatedStudyError:
+            pass  # copied by the first run
+        return load_search(study, study_name=job.study_name)
+
+    monkeypatch.setattr(jobs_module, "research", copied)
+    with caplog.at_level(logging.WARNING, logger="searchmerge.service"):
+        ended = run_job(service.engine, study, job, heartbeat_interval=1)
+    assert ended.state == "held-back" and ended.version is None, ended.message
+    assert current_version(service.engine, service.deployment) == before  # kept
+    held = short // HOLDOUT_EVERY
+    counts = f"a: {held}, b: {held}, c: {held} held-out samples; the gate needs {GATE_MIN_SAMPLES} of a model"
+    (line,) = [r.getMessage() for r in caplog.records if "not published" in r.getMessage()]
+    assert f"version {before.version} kept" in line and "no model had enough held-out samples" in line
+    assert counts in line and f"not judged (needs {GATE_MIN_SAMPLES})" in line and "MISSES" not in line
+    assert "no model had enough held-out samples" in ended.message and counts in ended.message
+    assert f"version {before.version} is kept" in ended.message and "re-queue" in ended.message
+    # The drift check never starts it again; the operator re-queues it (docs/edge-cloud.md) once more samples came.
+    store(service, None)
+    with service.engine.begin() as conn:
+        conn.execute(sa.update(jobs_table).where(jobs_table.c.id == job.id).values(
+            state="queued", attempts=0, finished_at=None, message=""))
+    again = run_job(service.engine, study, job, heartbeat_interval=1)
+    assert again.state == "published" and again.version == before.version + 1, again.message
+    published = current_version(service.engine, service.deployment)
+    assert published is not None and published.version == again.version and published.source_study == job.study_name
+
+
+def test_the_gate_judges_a_model_on_at_least_one_sample(service: MergingService) -> None:
+    search = load_search(service.study, study_name=PARENT)
+    with pytest.raises(SearchmergeError, match="at least 1 held-out sample"):
+        check_held_out(service.engine, search, search.best(), since=datetime.now(timezone.utc),  # type: ignore[arg-type]
+                       min_samples=0)

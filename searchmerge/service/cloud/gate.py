@@ -11,14 +11,16 @@ check, which decides to re-search, and from the re-search's data (a re-search on
 that scenario's data). Only samples received since the current version was published count
 (what the edges see now).
 
-Each model with at least ``min_samples`` held-out samples is judged by the project's one
-feasibility rule, as the study accepts ratios (``accept:``: the measured ratio by default,
-or its 95% Wilson interval's lower end, less a margin): its accuracy on the samples over
-its original's validation accuracy. The version is refused when a judged model misses;
-the job then keeps the current version and logs one WARNING line with the numbers. A
-model with fewer held-out samples is named as not judged; a version none of whose models
-could be judged (a re-search asked for by hand, with no edge samples yet) is published
-with that said.
+Each model with at least ``min_samples`` held-out samples (at least one) is judged by the
+project's one feasibility rule, as the study accepts ratios (``accept:``: the measured ratio
+by default, or its 95% Wilson interval's lower end, less a margin): its accuracy on the
+samples over its original's validation accuracy. A model with fewer held-out samples is
+named as not judged. The version **passes only when at least one model was judged and no
+judged model misses**: a version none of whose models could be judged (a re-search asked for
+by hand, or one whose edges have sent too few samples since the current version) is not
+published, like one that misses. Either way the job keeps the current version and logs one
+WARNING line with the numbers (each model's held-out samples and, when nothing could be
+judged, how many the gate needs); :attr:`GateVerdict.refusal` is the job's message.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from datetime import datetime
 from sqlalchemy.engine import Engine
 
 from searchmerge.config.settings import EvaluatorSettings
+from searchmerge.core.errors import SearchmergeError
 from searchmerge.core.feasibility import accepted_ratio, constraint_value, is_feasible
 from searchmerge.search.merge_search import MergeSearch, TrialSummary
 from searchmerge.service.cloud.monitor import ModelCheck, check_samples
@@ -53,6 +56,11 @@ class GateVerdict:
     accept: str = "point"
     accept_margin: float = 0.0
 
+    def __post_init__(self) -> None:
+        if self.min_samples < 1:  # 0 would judge a model on no samples at all
+            raise SearchmergeError(f"the publish gate judges a model on at least 1 held-out sample, not"
+                                   f" {self.min_samples}")
+
     def accepted(self, model: ModelCheck) -> float:
         """The ratio the rule judges ``model`` by: measured, or its interval's lower end, less the margin."""
         ratio = model.accuracy / model.baseline if model.baseline else 0.0
@@ -69,7 +77,23 @@ class GateVerdict:
 
     @property
     def passes(self) -> bool:
-        return not self.failing
+        """At least one model was judged, and no judged model misses: nothing unjudged is published."""
+        return bool(self.judged) and not self.failing
+
+    def counts(self) -> str:
+        """Each model's held-out samples, e.g. ``a: 12, b: 9``."""
+        return ", ".join(f"{m.name}: {m.samples}" for m in self.models)
+
+    @property
+    def refusal(self) -> str | None:
+        """Why the version is not published (``None`` when it passes), in a few words with the numbers."""
+        if not self.judged:
+            return (f"no model had enough held-out samples to be judged ({self.counts()} held-out samples; the gate"
+                    f" needs {self.min_samples} of a model)")
+        if self.failing:
+            return (f"trial {self.trial} misses its target on held-out samples"
+                    f" ({', '.join(m.name for m in self.failing)})")
+        return None
 
     def describe(self) -> str:
         """One line in which every number says what it is."""
@@ -94,7 +118,13 @@ def check_held_out(
     engine: Engine, search: MergeSearch, trial: TrialSummary, *, since: datetime,
     min_samples: int = GATE_MIN_SAMPLES, window: int = GATE_WINDOW,
 ) -> GateVerdict:
-    """Score ``trial``'s merged models (a re-search's best) on the held-out samples received since ``since``."""
+    """Score ``trial``'s merged models (a re-search's best) on the held-out samples received since ``since``.
+
+    Raises:
+        SearchmergeError: If ``min_samples`` is below 1.
+    """
+    if min_samples < 1:
+        raise SearchmergeError(f"the publish gate judges a model on at least 1 held-out sample, not {min_samples}")
     deployment = search.study_file.workload.name
     held = recent_samples(engine, deployment, since=since, window=window, held_out=True)
     models = search.merged_models(trial)

@@ -46,7 +46,7 @@ from searchmerge.search.merge_search import MergeSearch, TrialSummary
 from searchmerge.search.research import research
 from searchmerge.service.cloud.db import db_later, db_now, jobs, now, utc
 from searchmerge.service.cloud.gate import GATE_MIN_SAMPLES, check_held_out
-from searchmerge.service.cloud.versions import current_version, publish
+from searchmerge.service.cloud.versions import current_version, list_versions, publish
 from searchmerge.service.protocol import JobInfo
 from searchmerge.service.signing import Signer
 
@@ -249,20 +249,36 @@ class _Lease:
                           " updated no row)")
 
 
-def _passes_gate(
-    engine: Engine, job: JobInfo, search: MergeSearch, best: TrialSummary, min_samples: int, say: Progress
-) -> bool:
-    """Whether the job's best plan passes the publish gate; a refusal is one WARNING line with the numbers."""
-    current = current_version(engine, search.study_file.workload.name)
+def _gate(
+    engine: Engine, deployment: str, job: JobInfo, search: MergeSearch, best: TrialSummary, min_samples: int,
+    say: Progress,
+) -> str | None:
+    """Why the job's best plan may not be published (``None``: it passes the publish gate).
+
+    A refusal is also one WARNING line with the numbers: each model's held-out samples, its ratio
+    there, and which missed or could not be judged (and how many samples the gate needs).
+    """
+    current = current_version(engine, deployment)
     if current is None:
-        return True  # nothing to keep: version 1 is the parent search's, confirmed by the operator
+        return None  # nothing to keep: version 1 is the parent search's, confirmed by the operator
+    if any(v.source_study == job.study_name == search.study_name and v.trial == best.number
+           for v in list_versions(engine, deployment)):
+        # Published by an attempt of this job killed before it recorded that: it passed the gate then
+        # (the samples since its own version are not the ones it was judged on).
+        say(f"job {job.id}: trial {best.number} of {search.study_name!r} was published before; the gate passed it then")
+        return None
     verdict = check_held_out(engine, search, best, since=current.created_at, min_samples=min_samples)
-    if not verdict.passes:
-        _log.warning("job %d: not published, version %d kept: %s", job.id, current.version, verdict.describe())
-        return False
-    judged = "" if verdict.judged else " (no model had enough held-out samples to be judged)"
-    say(f"job {job.id}: publish gate passed{judged}: {verdict.describe()}")
-    return True
+    refusal = verdict.refusal
+    if refusal is None:
+        say(f"job {job.id}: publish gate passed: {verdict.describe()}")
+        return None
+    _log.warning("job %d: not published, version %d kept: %s: %s", job.id, current.version, refusal,
+                 verdict.describe())
+    if not verdict.judged:
+        return (f"trial {best.number}: {refusal} since version {current.version}; version {current.version} is kept."
+                " The drift check does not start this job again: re-queue it once the edges have sent more samples"
+                " (see 'The publish gate' in docs/edge-cloud.md)")
+    return f"{refusal}; version {current.version} is kept"
 
 
 def _finish(engine: Engine, job_id: int, holder: str, **values: object) -> bool:
@@ -282,9 +298,11 @@ def run_job(
     """Run (or resume) a re-search job to its end and publish its best feasible plan.
 
     The plan is published only if it passes the publish gate (:mod:`~searchmerge.service.cloud.gate`):
-    its target on the samples held out from the drift check, for every model with at least
-    ``gate_min_samples`` of them. Otherwise the job ends ``held-back``, the current version stays,
-    and one WARNING line gives the numbers.
+    at least one model has ``gate_min_samples`` (at least 1) of the samples held out from the drift
+    check since the current version, and every model that has them meets its target on them.
+    Otherwise (a model misses, or no model could be judged) the job ends ``held-back``, the current
+    version stays, one WARNING line gives the numbers, and the job's message says why. The drift
+    check does not start a held-back job again; re-queued by hand, it is judged anew.
 
     The job is claimed first (by ``holder``, default: this process) unless ``holder`` holds it
     already; a job another process holds, or that is not pending, is returned as it is. It ends
@@ -322,10 +340,8 @@ def run_job(
                 _finish(engine, job.id, holder, state="no-feasible-plan", finished_at=now(),
                         message=f"{job.n_trials} trials found no feasible plan; run more with 'searchmerge research"
                         f" {study.path} --data {job.scenario} --from-study {job.parent_study} --n-trials N'")
-            elif not _passes_gate(engine, job, search, best, gate_min_samples, say):
-                _finish(engine, job.id, holder, state="held-back", finished_at=now(),
-                        message=f"trial {best.number} misses its target on held-out samples; the current version"
-                        " is kept")
+            elif (refusal := _gate(engine, deployment, job, search, best, gate_min_samples, say)) is not None:
+                _finish(engine, job.id, holder, state="held-back", finished_at=now(), message=refusal)
             else:
                 held.renew()
                 held.check()  # publish only while this process holds the job

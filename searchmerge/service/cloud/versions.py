@@ -46,7 +46,11 @@ from searchmerge.search.merge_search import MergeSearch, TrialSummary
 from searchmerge.service.cloud.db import now, reading, utc, versions
 from searchmerge.service.protocol import VersionInfo
 from searchmerge.service.signing import Signer
-from searchmerge.storage.blobs import ArtifactNotFound, ListableArtifactStore, write_bytes
+from searchmerge.storage.blobs import (
+    ArtifactNotFound,
+    ListableArtifactStore,
+    write_bytes,
+)
 from searchmerge.training.deployment import MANIFEST_FILE, WEIGHTS_FILE
 
 __all__ = [

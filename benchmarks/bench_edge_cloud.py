@@ -18,13 +18,27 @@ job and version records and the edge's ``/healthz`` it prints:
   frame of the new version) at the demo's frame rate, and over the whole run;
 * bytes the switch copied to the device against the bytes of the whole deployment;
 * per model, the accuracy on the drifted frames before and after the switch over its
-  original's validation accuracy, against the target.
+  original's validation accuracy, against the target;
+* per version the edge served and per model, the ratio the search judged the version's plan by
+  (its trial's accuracy on its validation data over the original's validation accuracy) beside
+  the ratio on the edge: the edge's own predictions (``predictions.jsonl``) scored against the
+  labels the service gives those frames (its ``Labeller``; for digits, the generator's label by
+  provenance), over the same baseline, split into undrifted and drifted frames, with sample
+  counts and 95% Wilson intervals (:func:`score_versions`). ``--json`` prints it all as one
+  JSON document.
+
+The service and the edge run at their own defaults (``searchmerge serve`` and ``searchmerge
+edge`` as the README runs them: 10 re-search trials, a window of 64, 32 samples to judge, 512
+samples to re-search on, 10 fps, every 10th frame sampled, a poll every 5 s) unless an option
+below is given; the drift comes after 60 s, as in the README.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -37,11 +51,17 @@ import httpx
 import optuna
 
 from searchmerge.config.study import open_study_file
+from searchmerge.core.uncertainty import wilson
 from searchmerge.search.merge_search import default_study_name, open_search
 from searchmerge.service.cloud.db import open_engine
+from searchmerge.service.cloud.db import samples as samples_table
 from searchmerge.service.cloud.jobs import list_jobs
+from searchmerge.service.cloud.labelling import Labeller
+from searchmerge.service.cloud.samples import HOLDOUT_EVERY
 from searchmerge.service.cloud.tokens import create_edge_token
 from searchmerge.service.cloud.versions import list_versions
+from searchmerge.service.edge.agent import EdgeSettings
+from searchmerge.service.protocol import DigitsSource, Frame, Sample
 from searchmerge.service.signing import init_keys
 from searchmerge.training.prepare import prepare_study
 
@@ -59,12 +79,14 @@ def _json(url: str, **options: object) -> dict | None:
         return None
 
 
-def _process(args: list[str], log: Path) -> subprocess.Popen[bytes]:
+def _process(args: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     with open(log, "ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "searchmerge.cli", *args], stdout=out, stderr=subprocess.STDOUT)
+        return subprocess.Popen([sys.executable, "-m", "searchmerge.cli", *args], stdout=out, stderr=subprocess.STDOUT,
+                                env=env)
 
 
-def _until(condition, process: subprocess.Popen[bytes], log: Path, limit: float):  # type: ignore[no-untyped-def]
+def _until(condition, process: subprocess.Popen[bytes], log: Path, limit: float, *, give_up: bool = True):  # type: ignore[no-untyped-def]
+    """``condition()``'s first true value; past ``limit`` seconds an exit, or (``give_up=False``) ``None``."""
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
         value = condition()
@@ -73,7 +95,10 @@ def _until(condition, process: subprocess.Popen[bytes], log: Path, limit: float)
         if process.poll() is not None:
             sys.exit(f"a process exited ({process.returncode}); see {log}")
         time.sleep(0.2)
-    sys.exit(f"gave up after {limit:.0f} s; see {log}")
+    if give_up:
+        sys.exit(f"gave up after {limit:.0f} s; see {log}")
+    print(f"no new version after {limit:.0f} s; reporting what was served", file=sys.stderr)
+    return None
 
 
 def _copy_study(study_path: Path, work: Path) -> tuple[Path, str]:
@@ -89,20 +114,31 @@ def _copy_study(study_path: Path, work: Path) -> tuple[Path, str]:
     return work / study_path.name, f"sqlite:///{work / database.name}"
 
 
+def _edge_default(name: str) -> object:
+    """The edge agent's default for one of its settings (what ``searchmerge edge`` runs with)."""
+    return next(f.default for f in dataclasses.fields(EdgeSettings) if f.name == name)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--study", default="studies/digits-edge.yaml")
     parser.add_argument("--work", default="bench-edge", help="folder for the copy, logs and the edge's state")
     parser.add_argument("--search-trials", type=int, default=10, help="greedy trials if the parent has no feasible plan")
     parser.add_argument("--scenario", default="night")
-    parser.add_argument("--research-trials", type=int, default=3)
-    parser.add_argument("--fps", type=float, default=10.0)
-    parser.add_argument("--sample-every", type=int, default=2)
-    parser.add_argument("--drift-after", type=float, default=10.0)
-    parser.add_argument("--min-samples", type=int, default=32)
-    parser.add_argument("--window", type=int, default=64)
-    parser.add_argument("--observe", type=float, default=30.0, help="seconds served by the new version")
-    parser.add_argument("--limit", type=float, default=7200.0, help="give up after this many seconds")
+    parser.add_argument("--drift-after", type=float, default=60.0, help="seconds (the README's 60)")
+    service = parser.add_argument_group("the service's settings (default: those of searchmerge serve)")
+    service.add_argument("--research-trials", type=int)
+    service.add_argument("--min-samples", type=int)
+    service.add_argument("--window", type=int)
+    service.add_argument("--research-samples", type=int)
+    edge = parser.add_argument_group("the edge's settings (default: those of searchmerge edge)")
+    edge.add_argument("--fps", type=float, default=_edge_default("fps"))
+    edge.add_argument("--sample-every", type=int, default=_edge_default("sample_every"))
+    edge.add_argument("--poll", type=float, default=_edge_default("poll_seconds"))
+    parser.add_argument("--observe", type=float, default=60.0, help="seconds served by the new version")
+    parser.add_argument("--limit", type=float, default=7200.0,
+                        help="stop waiting for a new version after this many seconds, and report what was served")
+    parser.add_argument("--json", action="store_true", help="print the report as one JSON document")
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -124,60 +160,228 @@ def main() -> None:
 
     port, metrics = _port(), _port()
     service_log, edge_log = work / "service.log", work / "edge.log"
-    service = _process(["serve", str(path), "--storage", storage, "--port", str(port), "--research-trials",
-                        str(args.research_trials), "--min-samples", str(args.min_samples), "--window",
-                        str(args.window), "--signing-key", str(private)], service_log)
+    options = [f"--{name.replace('_', '-')}={value}" for name in ("research_trials", "min_samples", "window", "research_samples")
+               if (value := getattr(args, name)) is not None]
+    service = _process(["serve", str(path), "--storage", storage, "--port", str(port), *options,
+                        "--signing-key", str(private)], service_log)
     edge = None
+    engine = open_engine(storage)
+
+    def settled() -> dict | None:
+        """The edge's health once it serves a re-searched version, or once every job ended without one."""
+        health = _json(f"http://127.0.0.1:{metrics}/healthz")
+        if health and health["version"] >= 2:
+            return health
+        jobs = list_jobs(engine, study.workload.name)
+        if health and jobs and all(job.state in ("held-back", "no-feasible-plan", "failed") for job in jobs):
+            return health
+        return None
+
     try:
         _until(lambda: _json(f"http://127.0.0.1:{port}/healthz"), service, service_log, args.limit)
-        edge = _process(["edge", "--server", f"http://127.0.0.1:{port}", "--token", token, "--state-dir",
+        environment = {**os.environ, "SEARCHMERGE_EDGE_TOKEN": token}  # as the README passes it
+        edge = _process(["edge", "--server", f"http://127.0.0.1:{port}", "--state-dir",
                          str(work / "edge"), "--fps", str(args.fps), "--sample-every", str(args.sample_every),
-                         "--poll", "1", "--drift", args.scenario, "--drift-after", str(args.drift_after),
-                         "--metrics-port", str(metrics), "--trust", str(public)], edge_log)
-        health = _until(lambda: (h := _json(f"http://127.0.0.1:{metrics}/healthz")) and h["version"] == 2 and h,
-                        edge, edge_log, args.limit)
+                         "--poll", str(args.poll), "--drift", args.scenario, "--drift-after", str(args.drift_after),
+                         "--metrics-port", str(metrics), "--trust", str(public)], edge_log, env=environment)
+        health = _until(settled, edge, edge_log, args.limit, give_up=False)
         time.sleep(args.observe)  # frames of the new version on the drifted streams
+        health = _json(f"http://127.0.0.1:{metrics}/healthz") or health
     finally:
         for process in (edge, service):
             if process is not None:
                 process.terminate()
                 process.wait()
-    report(work, study, storage, baselines, health, args)
+    result = report(work, study, storage, baselines, health or {}, args)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print_report(result)
 
 
-def report(work: Path, study, storage: str, baselines: dict[str, float], health: dict, args) -> None:  # type: ignore[no-untyped-def]
+def _read_predictions(folder: Path) -> list[dict]:
+    """The edge's prediction lines, oldest first (rotated files ``.N`` ... ``.1`` before the current one)."""
+    files = sorted(folder.glob("predictions.jsonl.*"), key=lambda f: -int(f.suffix[1:])) + [folder / "predictions.jsonl"]
+    return [json.loads(line) for file in files if file.exists() for line in file.read_text().splitlines()]
+
+
+def teacher_labels(study, frames: list[dict]) -> tuple[list[int], int, int]:  # type: ignore[no-untyped-def]
+    """The label the service gives each frame the edge served; and how many disagree with the edge's ``truth``
+    and with the frame index the edge logged (both should be 0).
+
+    The edge logs a digits frame's index in its split and its scenario, not the split: a stream
+    shows ``test`` undrifted, and in a drift scenario ``train``, ``val`` and ``test`` in turn
+    (:class:`~searchmerge.service.edge.streams.DigitsStream`), and dropped frames are never
+    taken from the stream, so the n-th frame a stream served in a scenario names its split. Each
+    frame is then labelled by the service's own :class:`Labeller` (for digits, by provenance:
+    :meth:`Footage.label`), as if the edge had sent it as a sample.
+    """
+    footage = Labeller(study).footage
+    blank = Frame(encoding="png", data="")
+    served: dict[tuple[str, str | None], int] = {}
+    cache: dict[tuple[str, str | None, str, int], int] = {}
+    labels, untrue, misplaced = [], 0, 0
+    for frame in frames:
+        model, scenario = frame["model"], frame["scenario"]
+        order = ("test",) if scenario is None else ("train", "val", "test")
+        data = footage.data(scenario)[model]
+        lengths = [len(getattr(data, split)) for split in order]
+        position = served.get((frame["stream"], scenario), 0) % sum(lengths)
+        served[(frame["stream"], scenario)] = served.get((frame["stream"], scenario), 0) + 1
+        for split, length in zip(order, lengths):
+            if position < length:
+                break
+            position -= length
+        misplaced += position != frame["frame"]
+        key = (model, scenario, split, position)
+        if key not in cache:
+            source = DigitsSource(kind="digits", scenario=scenario, split=split, index=position)  # type: ignore[arg-type]
+            cache[key] = footage.label(Sample(model=model, frame=blank, source=source))
+        labels.append(cache[key])
+        untrue += cache[key] != frame["truth"]
+    return labels, untrue, misplaced
+
+
+def _ratio(correct: int, samples: int, baseline: float) -> dict:
+    """An accuracy on ``samples`` frames over ``baseline``, with the 95% Wilson interval of the accuracy, scaled."""
+    accuracy = correct / samples if samples else 0.0
+    interval = wilson(accuracy, samples)
+    return {"samples": samples, "correct": correct, "accuracy": accuracy, "ratio": accuracy / baseline,
+            "ci95": [interval.low / baseline, interval.high / baseline]}
+
+
+def score_versions(study, storage: str, baselines: dict[str, float], frames: list[dict], labels: list[int]) -> list[dict]:  # type: ignore[no-untyped-def]
+    """Per version the edge served and per model: the ratio its search judged it by, beside the edge's.
+
+    The search's ratio is its trial's (``ratio:MODEL``: the plan's accuracy on the validation
+    data of that search, over the original's validation accuracy), with the validation samples
+    and interval the trial recorded. The edge's is the accuracy of the edge's predictions under
+    that version against ``labels``, over ``baselines`` (the original's validation accuracy,
+    the search's baseline), for the undrifted and the drifted frames apart.
+    """
     engine = open_engine(storage)
-    job = list_jobs(engine, study.workload.name)[0]
-    version = list_versions(engine, study.workload.name)[1]
-    lines = [json.loads(line) for line in (work / "edge" / "predictions.jsonl").read_text().splitlines()]
+    rows = []
+    for version in list_versions(engine, study.workload.name):
+        mine = [(f, label) for f, label in zip(frames, labels) if f["version"] == version.version]
+        if not mine:
+            continue
+        attrs = optuna.load_study(study_name=version.source_study, storage=storage).trials[version.trial].user_attrs
+        for model, baseline in baselines.items():
+            row = {"version": version.version, "study": version.source_study, "trial": version.trial, "model": model,
+                   "baseline": baseline, "search": {
+                       "ratio": attrs.get(f"ratio:{model}"), "samples": attrs.get(f"samples:{model}"),
+                       "ci95": attrs.get(f"ratio_ci95:{model}"), "baseline": attrs.get(f"baseline_ci95:{model}"),
+                       "worst_ratio": attrs.get("worst_ratio"), "worst_model": attrs.get("worst_model")}}
+            for part in ("undrifted", "drifted"):
+                chosen = [(f, label) for f, label in mine
+                          if f["model"] == model and (f["scenario"] is None) == (part == "undrifted")]
+                row[part] = _ratio(sum(f["prediction"] == label for f, label in chosen), len(chosen), baseline)
+            rows.append(row)
+    return rows
+
+
+def _stored_samples(storage: str, deployment: str) -> dict[str, dict[str, int]]:
+    """Per model, the labelled samples the service still holds (it prunes old ones), by version and scenario,
+    and how many of them are held out for the publish gate (one in ``HOLDOUT_EVERY`` by id) or not."""
+    import sqlalchemy as sa
+
+    engine = open_engine(storage)
+    held = samples_table.c.id % HOLDOUT_EVERY == 0
+    with engine.connect() as conn:
+        found = conn.execute(sa.select(samples_table.c.model, samples_table.c.edge_version, samples_table.c.scenario,
+                                       held.label("held"), sa.func.count())
+                             .where(samples_table.c.deployment == deployment)
+                             .group_by(samples_table.c.model, samples_table.c.edge_version, samples_table.c.scenario,
+                                       "held")).all()
+    counts: dict[str, dict[str, int]] = {}
+    for model, version, scenario, is_held, n in found:
+        mine = counts.setdefault(model, {})
+        key = f"version {version} {scenario or 'undrifted'}"
+        mine[key] = mine.get(key, 0) + int(n)
+        part = "held out" if is_held else "drift check and re-search"
+        mine[part] = mine.get(part, 0) + int(n)
+    return counts
+
+
+def report(work: Path, study, storage: str, baselines: dict[str, float], health: dict, args) -> dict:  # type: ignore[no-untyped-def]
+    engine = open_engine(storage)
+    jobs = list_jobs(engine, study.workload.name)
+    versions = list_versions(engine, study.workload.name)
+    lines = _read_predictions(work / "edge")
     frames = [line for line in lines if "prediction" in line]
     drops = [line for line in lines if "dropped" in line]
-    drift = min(line["t"] for line in frames if line["scenario"] == args.scenario)
-    switch = min(line["t"] for line in frames if line["version"] == 2)
-    detected, published = job.detected_at.timestamp(), version.created_at.timestamp()
-    during = sum(d["dropped"] for d in drops if published <= d["t"] <= switch + 1 / args.fps)
-    trials = optuna.load_study(study_name=job.study_name, storage=storage).trials
-    print(f"study {study.path.name}: {len(study.workload.models)} models, {args.fps:g} fps per stream,"
-          f" 1 in {args.sample_every} frames sampled, drift {args.scenario!r} after {args.drift_after:g} s")
-    print(f"re-search {job.study_name!r}: {len(trials)} trial(s), {sum(bool(t.user_attrs.get('from_store')) for t in trials)}"
-          f" answered from the checkpoint store; published trial {version.trial} as version 2")
-    print(f"drift -> detected  {detected - drift:8.1f} s")
-    print(f"drift -> published {published - drift:8.1f} s")
-    print(f"drift -> switched  {switch - drift:8.1f} s  (publication -> switch {switch - published:.1f} s)")
-    print(f"frames dropped during the switch: {during}; over the whole run: {sum(d['dropped'] for d in drops)}"
-          f" of {len(frames) + sum(d['dropped'] for d in drops)}")
-    print(f"bytes copied to the device by the switch: {health['last_switch_bytes']} of"
-          f" {health['deployment_bytes']} ({health['last_switch_bytes'] / health['deployment_bytes']:.1%})")
-    target = study.settings.target
-    print(f"accuracy on the drifted frames over the original's validation accuracy (target {target}):")
-    for model, baseline in baselines.items():
-        ratios = []
-        for number in (1, 2):
-            chosen = [f for f in frames if f["model"] == model and f["scenario"] == args.scenario and f["version"] == number]
-            ratios.append(sum(f["prediction"] == f["truth"] for f in chosen) / len(chosen) / baseline if chosen else 0.0)
-        print(f"  {model:14s} version 1: {ratios[0]:.3f}  version 2: {ratios[1]:.3f}"
-              f"  {'meets' if ratios[1] >= target else 'MISSES'} the target")
-    print(f"(run at {datetime.now().isoformat(timespec='seconds')}; logs in {work})")
+    drifted = [line["t"] for line in frames if line["scenario"] == args.scenario]
+    drift = min(drifted) if drifted else None
+    switches = []
+    for job in jobs:
+        version = next((v for v in versions if v.version == job.version), None)
+        trials = optuna.load_study(study_name=job.study_name, storage=storage).trials if job.started_at else []
+        entry = {"job": job.id, "state": job.state, "study": job.study_name, "trials": len(trials),
+                 "from_store": sum(bool(t.user_attrs.get("from_store")) for t in trials),
+                 "detected": job.detected_at.timestamp() - drift if drift else None, "message": job.message}
+        if version is not None:
+            served = [line["t"] for line in frames if line["version"] == version.version]
+            published = version.created_at.timestamp()
+            switch = min(served) if served else None
+            entry.update(version=version.version, trial=version.trial,
+                         published=published - drift if drift else None,
+                         switched=switch - drift if drift and switch else None,
+                         dropped_during_switch=sum(d["dropped"] for d in drops if switch and published <= d["t"] <= switch + 1 / args.fps))
+        switches.append(entry)
+    labels, untrue, misplaced = teacher_labels(study, frames)
+    return {
+        "study": study.path.name, "models": len(study.workload.models), "fps": args.fps, "sample_every": args.sample_every,
+        "scenario": args.scenario, "drift_after": args.drift_after, "target": study.settings.target,
+        "seed": study.settings.seed, "jobs": switches,
+        "frames": len(frames), "dropped": sum(d["dropped"] for d in drops),
+        "switch_bytes": health.get("last_switch_bytes"), "deployment_bytes": health.get("deployment_bytes"),
+        "labels_disagreeing_with_edge_truth": untrue, "frames_out_of_place": misplaced,
+        "stored_samples": _stored_samples(storage, study.workload.name),
+        "versions": score_versions(study, storage, baselines, frames, labels),
+        "run_at": datetime.now().isoformat(timespec="seconds"), "work": str(work),
+        "load_average": os.getloadavg(),
+    }
+
+
+def _interval(part: dict) -> str:
+    return f"{part['ratio']:.3f} [{part['ci95'][0]:.3f}, {part['ci95'][1]:.3f}] n={part['samples']}" if part["samples"] else "-"
+
+
+def print_report(result: dict) -> None:
+    print(f"study {result['study']}: {result['models']} models, {result['fps']:g} fps per stream, 1 in"
+          f" {result['sample_every']} frames sampled, drift {result['scenario']!r} after {result['drift_after']:g} s,"
+          f" seed {result['seed']}")
+    for job in result["jobs"]:
+        print(f"re-search job {job['job']} {job['study']!r}: {job['state']}, {job['trials']} trial(s),"
+              f" {job['from_store']} answered from the checkpoint store"
+              + (f"; published trial {job['trial']} as version {job['version']}" if "version" in job else f"; {job['message']}"))
+        print(f"  drift -> detected  {job['detected']:8.1f} s" if job["detected"] is not None else "  (no drift served)")
+        if job.get("published") is not None:
+            print(f"  drift -> published {job['published']:8.1f} s")
+        if job.get("switched") is not None:
+            print(f"  drift -> switched  {job['switched']:8.1f} s  (publication -> switch"
+                  f" {job['switched'] - job['published']:.1f} s; frames dropped during it: {job['dropped_during_switch']})")
+    print(f"frames dropped over the whole run: {result['dropped']} of {result['frames'] + result['dropped']}")
+    if any(job.get("switched") is not None for job in result["jobs"]) and result["deployment_bytes"]:
+        print(f"bytes copied to the device by the last switch: {result['switch_bytes']} of {result['deployment_bytes']}"
+              f" ({result['switch_bytes'] / result['deployment_bytes']:.1%})")
+    print(f"labels (the service's Labeller) that disagree with the edge's logged truth: {result['labels_disagreeing_with_edge_truth']};"
+          f" frames whose split position disagrees with the logged index: {result['frames_out_of_place']}")
+    print(f"labelled samples the service still holds (one in {HOLDOUT_EVERY} by id held out for the publish gate):")
+    for model, counts in result["stored_samples"].items():
+        print(f"  {model:14s} " + ", ".join(f"{key}: {n}" for key, n in counts.items()))
+    print(f"ratio = accuracy / the original's validation accuracy (target {result['target']}); edge: its predictions"
+          " scored against the service's labels, 95% Wilson interval")
+    print(f"{'version':>7s} {'model':14s} {'search (validation)':32s} {'edge, undrifted':30s} {'edge, ' + result['scenario']:30s}")
+    for row in result["versions"]:
+        search = row["search"]
+        judged = f"{search['ratio']:.3f} {search['ci95'] or ''}" if search["ratio"] is not None else "-"
+        drifted = row["drifted"]
+        verdict = "" if not drifted["samples"] else ("meets" if drifted["ratio"] >= result["target"] else "MISSES")
+        print(f"{row['version']:>7d} {row['model']:14s} {judged:32s} {_interval(row['undrifted']):30s}"
+              f" {_interval(drifted):30s} {verdict}")
+    print(f"(run at {result['run_at']}, load average {', '.join(f'{x:.1f}' for x in result['load_average'])};"
+          f" logs in {result['work']})")
 
 
 if __name__ == "__main__":

@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from datetime import datetime, timezone
 from pathlib import Path
 
 import optuna
 import pytest
-import sqlalchemy as sa
 
+from searchmerge.cli import main
 from searchmerge.config.study import StudyFile
 from searchmerge.core.errors import SearchmergeError
 from searchmerge.search.merge_search import load_search
 from searchmerge.service.cloud import jobs as jobs_module
-from searchmerge.service.cloud.db import jobs as jobs_table
 from searchmerge.service.cloud.gate import GATE_MIN_SAMPLES, check_held_out
-from searchmerge.service.cloud.jobs import request_research, run_job
+from searchmerge.service.cloud.jobs import list_jobs, request_research, run_job
 from searchmerge.service.cloud.samples import HOLDOUT_EVERY, recent_samples
 from searchmerge.service.cloud.service import MergingService, ServiceSettings
 from searchmerge.service.cloud.versions import current_version
@@ -80,7 +80,8 @@ def test_a_version_that_misses_on_held_out_samples_is_not_published_and_the_curr
 
 
 def test_a_version_no_model_of_which_could_be_judged_is_held_back_until_the_job_is_requeued(
-    service: MergingService, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    service: MergingService, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     study: StudyFile = service.study
     short = 4 * GATE_MIN_SAMPLES - 8  # ids 1.. in turn: 14 of each model's are held out, 2 too few
@@ -111,11 +112,22 @@ def test_a_version_no_model_of_which_could_be_judged_is_held_back_until_the_job_
     assert counts in line and f"not judged (needs {GATE_MIN_SAMPLES})" in line and "MISSES" not in line
     assert "no model had enough held-out samples" in ended.message and counts in ended.message
     assert f"version {before.version} is kept" in ended.message and "re-queue" in ended.message
-    # The drift check never starts it again; the operator re-queues it (docs/edge-cloud.md) once more samples came.
+    # The drift check never starts it again; the operator re-queues it once more samples came.
+    assert f"searchmerge jobs {study.path} --requeue {job.id}" in ended.message
     store(service, None)
-    with service.engine.begin() as conn:
-        conn.execute(sa.update(jobs_table).where(jobs_table.c.id == job.id).values(
-            state="queued", attempts=0, finished_at=None, message=""))
+    args = ["jobs", str(study.path), "--storage", study.storage]
+    assert main([*args, "--requeue", str(job.id + 1000)]) == 2  # no such job
+    capsys.readouterr()
+    assert main([*args, "--requeue", str(job.id), "--n-trials", "2"]) == 0
+    assert f"job {job.id} (" in capsys.readouterr().out
+    assert main([*args, "--requeue", str(job.id)]) == 2  # queued now: nothing to re-queue
+    assert "is queued; only a job that is held-back" in capsys.readouterr().err
+    assert main([*args, "--json"]) == 0
+    listed = {j["id"]: j for j in json.loads(capsys.readouterr().out)}
+    assert (listed[job.id]["state"], listed[job.id]["n_trials"], listed[job.id]["attempts"]) == ("queued", 2, 0)
+    assert main(args) == 0
+    assert f"job {job.id}: queued, {job.study_name!r} on night, 2 trials, 0 attempts" in capsys.readouterr().out
+    job = next(j for j in list_jobs(service.engine, service.deployment) if j.id == job.id)
     again = run_job(service.engine, study, job, heartbeat_interval=1)
     assert again.state == "published" and again.version == before.version + 1, again.message
     published = current_version(service.engine, service.deployment)

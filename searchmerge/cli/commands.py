@@ -405,6 +405,31 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_jobs(args: argparse.Namespace) -> int:
+    from searchmerge.service.cloud.db import open_engine
+    from searchmerge.service.cloud.jobs import list_jobs, requeue_job
+
+    study = _open_study(args)
+    engine = open_engine(study.storage)
+    if args.requeue is not None:
+        job = requeue_job(engine, study.workload.name, args.requeue, n_trials=args.n_trials)
+        print(f"job {job.id} ({job.study_name!r}, up to {job.n_trials} trials) is queued again; the service or a"
+              " worker resumes its re-search and puts its best plan to the publish gate once more")
+        return 0
+    found = list_jobs(engine, study.workload.name)
+    if args.json:
+        print(json.dumps([job.model_dump(mode="json") for job in found], indent=2))
+        return 0
+    if not found:
+        print(f"deployment {study.workload.name!r} has no re-search jobs")
+    for job in found:
+        version = f", version {job.version}" if job.version is not None else ""
+        print(f"job {job.id}: {job.state}{version}, {job.study_name!r} on {job.scenario}, {job.n_trials} trials,"
+              f" {job.attempts} attempts, detected {job.detected_at:%Y-%m-%d %H:%M:%S} UTC"
+              + (f": {job.message}" if job.message else ""))
+    return 0
+
+
 def cmd_unpin(args: argparse.Namespace) -> int:
     from searchmerge.service.cloud.db import open_engine
     from searchmerge.service.cloud.versions import pinned_version, unpin
@@ -876,6 +901,19 @@ def _add_unpin(commands: argparse._SubParsersAction) -> None:
     unpin.set_defaults(handler=cmd_unpin)
 
 
+def _add_jobs(commands: argparse._SubParsersAction) -> None:
+    jobs = commands.add_parser("jobs", help="the re-search jobs of a deployment; queue an ended one again",
+                               description="List the deployment's re-search jobs (state, version, message). A job"
+                               " the publish gate held back, or that found no feasible plan or failed, is not"
+                               " retried by itself: --requeue J asks again once the edges have sent more samples.")
+    _add_study_arguments(jobs)
+    jobs.add_argument("--requeue", type=int, default=None, metavar="J", help="queue job J again")
+    jobs.add_argument("--n-trials", type=int, default=None, metavar="N",
+                      help="with --requeue: let its re-search run up to N trials in all")
+    jobs.add_argument("--json", action="store_true", help="print the jobs as one JSON document")
+    jobs.set_defaults(handler=cmd_jobs)
+
+
 def _add_edge(commands: argparse._SubParsersAction) -> None:
     edge = commands.add_parser(
         "edge",
@@ -963,7 +1001,7 @@ def _add_dashboard(commands: argparse._SubParsersAction) -> None:
 _COMMANDS = (
     _add_analyze, _add_label, _add_prepare, _add_evaluate, _add_search, _add_drift_check, _add_research,
     _add_confirm, _add_export, _add_store, _add_report, _add_profile, _add_simulate, _add_serve, _add_keys,
-    _add_edge_token, _add_rollback, _add_unpin, _add_edge, _add_dashboard,
+    _add_edge_token, _add_rollback, _add_unpin, _add_jobs, _add_edge, _add_dashboard,
 )
 
 

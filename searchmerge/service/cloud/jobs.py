@@ -62,11 +62,14 @@ __all__ = [
     "lease_seconds",
     "list_jobs",
     "request_research",
+    "requeue_job",
     "run_job",
 ]
 
 #: States of a job that is still to run (or was running when its service died).
 PENDING = ("queued", "running")
+#: States of a job that ended without a version, and that an operator may ask to run again.
+REQUEUABLE = ("held-back", "no-feasible-plan", "failed")
 
 _log = logging.getLogger("searchmerge.service")
 #: Starts of a job (a crash counts) after which it is failed with its last error.
@@ -127,6 +130,37 @@ def request_research(
         created = False  # detected before (perhaps by a service that died since)
     found = _find(engine, deployment, parent_study, scenario)
     return found, created
+
+
+def requeue_job(engine: Engine, deployment: str, job_id: int, *, n_trials: int | None = None) -> JobInfo:
+    """Queue an ended job again (``searchmerge jobs STUDY --requeue J``): the only way a drift is re-searched twice.
+
+    A held-back job is not retried by itself (one job per parent study and data, see
+    :func:`request_research`); once the edges have sent more samples, the operator asks again.
+    The service or a worker then claims it, resumes its re-search (trials up to ``n_trials``:
+    raise it for more) and puts its best plan to the publish gate once more.
+
+    Raises:
+        SearchmergeError: If the deployment has no job ``job_id``, or the job has not ended
+            without a version (:data:`REQUEUABLE`).
+    """
+    if n_trials is not None and n_trials < 1:
+        raise SearchmergeError(f"--n-trials must be at least 1, got {n_trials}")
+    with engine.connect() as conn:
+        row = conn.execute(sa.select(jobs).where(jobs.c.deployment == deployment, jobs.c.id == job_id)).first()
+    if row is None:
+        raise SearchmergeError(f"deployment {deployment!r} has no job {job_id} (list them with 'searchmerge jobs')")
+    job = _info(row)
+    if job.state not in REQUEUABLE:
+        raise SearchmergeError(f"job {job_id} is {job.state}; only a job that is {', '.join(REQUEUABLE)} can be"
+                               " queued again")
+    values: dict[str, object] = {"state": "queued", "attempts": 0, "finished_at": None, "holder": None,
+                                 "lease_expires_at": None, "message": ""}
+    if n_trials is not None:
+        values["n_trials"] = n_trials
+    with engine.begin() as conn:  # only if nobody re-queued it meanwhile
+        conn.execute(sa.update(jobs).where(jobs.c.id == job_id, jobs.c.state == job.state).values(**values))
+    return _get(engine, job_id)
 
 
 def _find(engine: Engine, deployment: str, parent_study: str, scenario: str) -> JobInfo:
@@ -277,8 +311,9 @@ def _gate(
     if not verdict.judged:
         return (f"trial {best.number}: {refusal} since version {current.version}; version {current.version} is kept."
                 " The drift check does not start this job again: re-queue it once the edges have sent more samples"
-                " (see 'The publish gate' in docs/edge-cloud.md)")
-    return f"{refusal}; version {current.version} is kept"
+                f" ('searchmerge jobs {search.study_file.path} --requeue {job.id}')")
+    return (f"{refusal}; version {current.version} is kept (more trials: 'searchmerge jobs {search.study_file.path}"
+            f" --requeue {job.id} --n-trials N')")
 
 
 def _finish(engine: Engine, job_id: int, holder: str, **values: object) -> bool:

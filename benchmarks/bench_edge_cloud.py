@@ -57,7 +57,7 @@ from searchmerge.service.cloud.db import open_engine
 from searchmerge.service.cloud.db import samples as samples_table
 from searchmerge.service.cloud.jobs import list_jobs
 from searchmerge.service.cloud.labelling import Labeller
-from searchmerge.service.cloud.samples import HOLDOUT_EVERY
+from searchmerge.service.cloud.samples import HOLDOUT_EVERY, held_out_clause
 from searchmerge.service.cloud.tokens import create_edge_token
 from searchmerge.service.cloud.versions import list_versions
 from searchmerge.service.edge.agent import EdgeSettings
@@ -282,11 +282,11 @@ def score_versions(study, storage: str, baselines: dict[str, float], frames: lis
 
 def _stored_samples(storage: str, deployment: str) -> dict[str, dict[str, int]]:
     """Per model, the labelled samples the service still holds (it prunes old ones), by version and scenario,
-    and how many of them are held out for the publish gate (one in ``HOLDOUT_EVERY`` by id) or not."""
+    and how many of them are held out for the publish gate (about one in ``HOLDOUT_EVERY``, by a hash of the id) or not."""
     import sqlalchemy as sa
 
     engine = open_engine(storage)
-    held = samples_table.c.id % HOLDOUT_EVERY == 0
+    held = held_out_clause(samples_table.c.id)
     with engine.connect() as conn:
         found = conn.execute(sa.select(samples_table.c.model, samples_table.c.edge_version, samples_table.c.scenario,
                                        held.label("held"), sa.func.count())
@@ -367,7 +367,7 @@ def print_report(result: dict) -> None:
               f" ({result['switch_bytes'] / result['deployment_bytes']:.1%})")
     print(f"labels (the service's Labeller) that disagree with the edge's logged truth: {result['labels_disagreeing_with_edge_truth']};"
           f" frames whose split position disagrees with the logged index: {result['frames_out_of_place']}")
-    print(f"labelled samples the service still holds (one in {HOLDOUT_EVERY} by id held out for the publish gate):")
+    print(f"labelled samples the service still holds (about one in {HOLDOUT_EVERY}, by a hash of the id, held out for the publish gate):")
     for model, counts in result["stored_samples"].items():
         print(f"  {model:14s} " + ", ".join(f"{key}: {n}" for key, n in counts.items()))
     print(f"ratio = accuracy / the original's validation accuracy (target {result['target']}); edge: its predictions"

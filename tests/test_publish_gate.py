@@ -17,7 +17,7 @@ from searchmerge.search.merge_search import load_search
 from searchmerge.service.cloud import jobs as jobs_module
 from searchmerge.service.cloud.gate import GATE_MIN_SAMPLES, check_held_out
 from searchmerge.service.cloud.jobs import list_jobs, request_research, run_job
-from searchmerge.service.cloud.samples import HOLDOUT_EVERY, recent_samples
+from searchmerge.service.cloud.samples import is_held_out, recent_samples
 from searchmerge.service.cloud.service import MergingService, ServiceSettings
 from searchmerge.service.cloud.versions import current_version
 from searchmerge.service.protocol import SampleBatch
@@ -49,11 +49,12 @@ def test_the_drift_check_never_reads_the_held_out_samples_and_the_gate_reads_onl
     checked = recent_samples(service.engine, service.deployment, since=current.created_at, window=1000, held_out=False)
     held = recent_samples(service.engine, service.deployment, since=current.created_at, window=1000, held_out=True)
     for model in ("a", "b", "c"):
-        assert len(held[model]) == GATE_MIN_SAMPLES and len(checked[model]) == 3 * GATE_MIN_SAMPLES
-        assert all(s.id % HOLDOUT_EVERY == 0 for s in held[model])
+        assert len(held[model]) + len(checked[model]) == 4 * GATE_MIN_SAMPLES  # about a quarter held out
+        assert len(held[model]) >= GATE_MIN_SAMPLES  # ids 1-64, 65-128, 129-192: 16, 17 and 16 held out
+        assert all(is_held_out(s.id) for s in held[model]) and not any(is_held_out(s.id) for s in checked[model])
         assert not {s.id for s in held[model]} & {s.id for s in checked[model]}
     check = service.check()
-    assert check is not None and all(m.samples == 3 * GATE_MIN_SAMPLES for m in check.models)
+    assert check is not None and all(m.samples == len(checked[m.name]) for m in check.models)
     # The deployed plan on the footage it was made for passes the gate.
     search = load_search(service.study, study_name=PARENT)
     verdict = check_held_out(service.engine, search, search.best(), since=current.created_at)  # type: ignore[arg-type]
@@ -84,7 +85,7 @@ def test_a_version_no_model_of_which_could_be_judged_is_held_back_until_the_job_
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     study: StudyFile = service.study
-    short = 4 * GATE_MIN_SAMPLES - 8  # ids 1.. in turn: 14 of each model's are held out, 2 too few
+    short = 4 * GATE_MIN_SAMPLES - 8  # ids 1-56, 57-112, 113-168: 14, 15 and 13 held out, too few
     store(service, None, short)
     before = current_version(service.engine, service.deployment)
     assert before is not None
@@ -105,8 +106,9 @@ def test_a_version_no_model_of_which_could_be_judged_is_held_back_until_the_job_
         ended = run_job(service.engine, study, job, heartbeat_interval=1)
     assert ended.state == "held-back" and ended.version is None, ended.message
     assert current_version(service.engine, service.deployment) == before  # kept
-    held = short // HOLDOUT_EVERY
-    counts = f"a: {held}, b: {held}, c: {held} held-out samples; the gate needs {GATE_MIN_SAMPLES} of a model"
+    held = [sum(is_held_out(i) for i in range(k * short + 1, (k + 1) * short + 1)) for k in range(3)]
+    assert max(held) < GATE_MIN_SAMPLES
+    counts = f"a: {held[0]}, b: {held[1]}, c: {held[2]} held-out samples; the gate needs {GATE_MIN_SAMPLES} of a model"
     (line,) = [r.getMessage() for r in caplog.records if "not published" in r.getMessage()]
     assert f"version {before.version} kept" in line and "no model had enough held-out samples" in line
     assert counts in line and f"not judged (needs {GATE_MIN_SAMPLES})" in line and "MISSES" not in line

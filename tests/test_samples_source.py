@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
+import sqlalchemy as sa
 from PIL import Image
 
 from searchmerge.config.study import StudyFile, open_study_file
 from searchmerge.core.errors import SearchmergeError
-from searchmerge.data.sources.samples import HOLDOUT_EVERY
+from searchmerge.data.sources.samples import held_out_clause, is_held_out
 from searchmerge.search.scenarios import drifted_data, scenario_data
-from searchmerge.service.cloud.db import open_engine
+from searchmerge.service.cloud.db import open_engine, samples
 from searchmerge.service.cloud.labelling import Labeller
 from searchmerge.service.cloud.samples import store_samples
 from searchmerge.service.protocol import DigitsSource, Sample, SampleBatch
@@ -35,7 +37,7 @@ def test_the_samples_of_a_deployment_are_split_by_time_with_original_frames_repl
     store_samples(open_engine(study.storage), study.workload.name, "gate", batch, labeller)
     data = drifted_data(study, f"samples:{study.workload.name}")
     a = data["a"]
-    kept = [i for i in range(40) if (i + 1) % HOLDOUT_EVERY != 0]  # row ids count from 1; the gate's are left out
+    kept = [i for i in range(40) if not is_held_out(i + 1)]  # row ids count from 1; the gate's are left out
     labels = [int(night[i][1]) for i in kept]
     n_train, n_val = round(0.6 * len(kept)), round(0.8 * len(kept)) - round(0.6 * len(kept))
     assert list(a.class_labels("val")) == labels[n_train:n_train + n_val]  # later frames judge: split by time
@@ -77,3 +79,43 @@ def test_samples_and_replayed_frames_batch_together(study: StudyFile) -> None:
     a = drifted_data(study, f"samples:{study.workload.name}")["a"]
     images, labels = next(in_order(a.train, get_kind("classification"), len(a.train)))
     assert images.shape[0] == labels.shape[0] == len(a.train) > 5  # samples first, then the replayed frames
+
+
+def test_every_model_of_an_edge_that_uploads_them_in_turn_has_samples_held_out(study: StudyFile) -> None:
+    """An edge sends one sample of each of its models in turn, so a model's row ids step by the number of
+    models. Held out by ``id % 4`` (the old rule), an edge of four models had all of one model's samples held
+    out and none of the others' (bench_edge_cloud); the hash gives every model about a quarter."""
+    for models in range(1, 9):
+        for first in range(1, models + 1):
+            ids = range(first, first + 400 * models, models)
+            share = sum(map(is_held_out, ids)) / len(ids)
+            assert 0.2 <= share <= 0.3, (models, first, share)
+    # The database applies the same rule (SQLite here; PostgreSQL below).
+    engine = open_engine(study.storage)
+    labeller = Labeller(study)
+    night = labeller.footage.data("night")
+    batch = SampleBatch(samples=[Sample(model=model, frame=digits_frame(night[model].test[i][0]),
+                                        source=DigitsSource(kind="digits", scenario="night", index=i))
+                                 for i in range(40) for model in ("a", "b", "c")])
+    store_samples(engine, study.workload.name, "gate", batch, labeller)
+    with engine.connect() as conn:
+        ids = conn.execute(sa.select(samples.c.id)).scalars().all()
+        held = set(conn.execute(sa.select(samples.c.id).where(held_out_clause(samples.c.id))).scalars())
+    assert held == {i for i in ids if is_held_out(i)} and 0.2 * len(ids) <= len(held) <= 0.3 * len(ids)
+
+
+def test_postgresql_holds_out_the_same_samples() -> None:
+    """The rule in SQL on PostgreSQL (64-bit arithmetic on an int4 id) agrees with Python, up to the largest id."""
+    engine = sa.create_engine("postgresql+psycopg://postgres@127.0.0.1:5432/test")
+    metadata = sa.MetaData()
+    table = sa.Table(f"held_out_check_{uuid.uuid4().hex[:12]}", metadata, sa.Column("id", sa.Integer, primary_key=True))
+    ids = [*range(1, 1001), 2**31 - 1]
+    metadata.create_all(engine)
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.insert(table), [{"id": i} for i in ids])
+            held = set(conn.execute(sa.select(table.c.id).where(held_out_clause(table.c.id))).scalars())
+    finally:
+        metadata.drop_all(engine)
+        engine.dispose()
+    assert held == {i for i in ids if is_held_out(i)} and 200 <= len(held) <= 300

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from searchmerge.cli.commands import main
 from searchmerge.config.study import StudyFile
 from searchmerge.core.errors import SearchmergeError
-from searchmerge.data.sources.samples import HOLDOUT_EVERY
+from searchmerge.data.sources.samples import held_out_clause
 from searchmerge.search.merge_search import load_search
 from searchmerge.service.cloud.app import create_app
 from searchmerge.service.cloud.db import edges, open_engine, samples, versions
@@ -252,7 +252,7 @@ def test_a_drift_seen_in_the_samples_starts_one_research_on_them_that_the_gate_h
     assert current is not None and current.version == 1
     with service.engine.connect() as conn:
         held = dict(conn.execute(sa.select(samples.c.model, sa.func.count()).where(
-            samples.c.id % HOLDOUT_EVERY == 0, samples.c.received_at >= current.created_at)
+            held_out_clause(samples.c.id), samples.c.received_at >= current.created_at)
             .group_by(samples.c.model)).all())
     assert set(held) == {"a", "b", "c"} and max(held.values()) < GATE_MIN_SAMPLES, held
     before = list_versions(service.engine, service.deployment)
@@ -262,7 +262,7 @@ def test_a_drift_seen_in_the_samples_starts_one_research_on_them_that_the_gate_h
     assert research_study.lineage()["scenario"] == data  # type: ignore[index]
     with service.engine.connect() as conn:  # every sample but those held out for the publish gate
         kept = {model: conn.execute(sa.select(sa.func.count()).select_from(samples).where(
-            samples.c.model == model, samples.c.id % HOLDOUT_EVERY != 0)).scalar() for model in ("a", "b", "c")}
+            samples.c.model == model, sa.not_(held_out_clause(samples.c.id)))).scalar() for model in ("a", "b", "c")}
     assert all(data.description.startswith(f"{kept[name]} samples of model {name!r}")
                for name, data in research_study.prepared.data.items())
     # Its one trial's plan is held back unjudged, or it found none; either way version 1 stays (both checked

@@ -16,10 +16,15 @@ import sqlalchemy as sa
 
 from searchmerge.config.study import StudyFile, open_study_file
 from searchmerge.service.cloud.db import open_engine
+from searchmerge.service.cloud.db import samples as samples_table
 from searchmerge.service.cloud.gate import GATE_MIN_SAMPLES
 from searchmerge.service.cloud.jobs import list_jobs, request_research
 from searchmerge.service.cloud.labelling import Labeller
-from searchmerge.service.cloud.samples import HOLDOUT_EVERY, store_samples
+from searchmerge.service.cloud.samples import (
+    HOLDOUT_EVERY,
+    held_out_clause,
+    store_samples,
+)
 from searchmerge.service.cloud.tokens import create_edge_token
 from searchmerge.service.cloud.versions import list_versions, publish_files
 from searchmerge.service.protocol import SampleBatch
@@ -103,13 +108,21 @@ def served_version(port: int, token: str) -> int:
 
 
 def store_held_out_samples(study: StudyFile) -> None:
-    """Undrifted samples of every model, 16 of each held out (ids divisible by HOLDOUT_EVERY), received after
-    version 1: enough for the publish gate to judge each model; the deployed plan the stand-in re-search
+    """Undrifted samples of every model, received after version 1, until the publish gate holds out at least
+    GATE_MIN_SAMPLES of each: enough for it to judge each model; the deployed plan the stand-in re-search
     copies holds its target on them (tests/test_publish_gate.py)."""
     engine, labeller = open_engine(study.storage), Labeller(study)
     for model in ("a", "b", "c"):
-        batch = SampleBatch(samples=digits_samples(labeller.footage, model, None, HOLDOUT_EVERY * GATE_MIN_SAMPLES))
-        store_samples(engine, study.workload.name, "gate", batch, labeller)
+        held, start = 0, 0
+        while held < GATE_MIN_SAMPLES:  # about one in HOLDOUT_EVERY is held out
+            count = HOLDOUT_EVERY * (GATE_MIN_SAMPLES - held)
+            batch = SampleBatch(samples=digits_samples(labeller.footage, model, None, start + count)[start:])
+            store_samples(engine, study.workload.name, "gate", batch, labeller)
+            with engine.connect() as conn:
+                held = int(conn.execute(sa.select(sa.func.count()).select_from(samples_table).where(
+                    samples_table.c.deployment == study.workload.name, samples_table.c.model == model,
+                    held_out_clause(samples_table.c.id))).scalar() or 0)
+            start += count
 
 
 def publishing_service(study: StudyFile, port: int, log: Path, step: str | None) -> object:

@@ -19,6 +19,7 @@ from torch import nn
 from searchmerge.config.study import StudyFile, open_study_file
 from searchmerge.core.errors import SearchmergeError
 from searchmerge.data.sources import get_source
+from searchmerge.data.sources.samples import is_held_out
 from searchmerge.service.cloud.db import open_engine, samples
 from searchmerge.service.cloud.jobs import list_jobs
 from searchmerge.service.cloud.labelling import (
@@ -219,11 +220,13 @@ def test_a_drift_is_judged_from_teacher_labelled_samples_alone(
                                                        for _ in range(24)]))
     check = service.check()
     assert check is not None and [m.name for m in check.missing] == ["left"] and check.scenario is None
-    # 36 samples so far, 27 of them not held out for the publish gate: the re-search waits for 30 to train on.
-    assert not list_jobs(service.engine, service.deployment)
-    assert any("the re-search waits for 30 samples of each" in line and "left: 27 so far" in line for line in lines)
+    # 36 samples so far (ids 1-36), 26 of them not held out for the publish gate: the re-search waits for 30.
+    trainable = sum(not is_held_out(i) for i in range(1, 37))
+    assert trainable < 30 and not list_jobs(service.engine, service.deployment)
+    assert any("the re-search waits for 30 samples of each" in line and f"left: {trainable} so far" in line
+               for line in lines)
     service.store_samples("gate", SampleBatch(samples=[sample("left", square_frame(HEIGHT, WIDTH, LEFT_SQUARE))
-                                                       for _ in range(4)]))
+                                                       for _ in range(8)]))  # ids 37-44: 32 not held out
     service.check()
     (job,) = list_jobs(service.engine, service.deployment)
     assert (job.parent_study, job.scenario) == ("walk-greedy", "samples:walk")

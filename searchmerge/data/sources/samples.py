@@ -8,7 +8,8 @@ as 8-bit PNG, its label, when it arrived); this source reads one model's rows::
     data: {format: samples, storage: sqlite:///studies/digits.db, deployment: digits-edge, model: gate-digit,
            original: {format: digits}, replay: 0.5}
 
-* **Held out**: one row in :data:`HOLDOUT_EVERY` (by id) is left for the service's publish gate.
+* **Held out**: about one row in :data:`HOLDOUT_EVERY`, chosen by a hash of its id
+  (:func:`is_held_out`), is left for the service's publish gate.
 * **Splits by time**: the rows in the order they arrived, cut into train, validation and test
   (``split``, default 0.6/0.2/0.2), never shuffled: neighbouring frames of a camera are near
   duplicates, so a random split would judge the models on copies of their training frames.
@@ -32,7 +33,7 @@ import io
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -53,15 +54,45 @@ from searchmerge.data.sources.base import (
 )
 from searchmerge.data.sources.images import image_files
 
-__all__ = ["HOLDOUT_EVERY", "REPLAY_SHARE", "SAMPLES_TABLE", "SamplesSource"]
+if TYPE_CHECKING:
+    from sqlalchemy import ColumnElement
+
+__all__ = ["HOLDOUT_EVERY", "REPLAY_SHARE", "SAMPLES_TABLE", "SamplesSource", "held_out_clause", "is_held_out"]
 
 #: The share of a re-search's training frames replayed from the original training data. Half:
 #: as much of the day as of the evening, so neither is forgotten (not measured yet).
 REPLAY_SHARE = 0.5
-#: One sample in this many (by id: every process agrees which) is held out for the merging service's
-#: publish gate: the drift check never reads it and this source leaves it out, so a re-searched version
-#: is judged on samples nothing was trained or selected on. 4: a quarter of what the edges send.
+#: About one sample in this many is held out for the merging service's publish gate: the drift check
+#: never reads it and this source leaves it out, so a re-searched version is judged on samples nothing
+#: was trained or selected on. 4: a quarter of what the edges send. Which ones: :func:`is_held_out`.
 HOLDOUT_EVERY = 4
+#: Knuth's multiplicative hash (2^32 over the golden ratio) and its range: the held-out rule's hash of an id.
+_HOLDOUT_HASH = 2654435761
+_HOLDOUT_RANGE = 2**32
+
+
+def is_held_out(sample_id: int) -> bool:
+    """Whether the sample with row id ``sample_id`` is held out for the publish gate.
+
+    Decided by a hash of the id, not by ``id % HOLDOUT_EVERY``: an edge uploads one sample of
+    each of its models in turn, so with four models every id divisible by four was the same
+    model's, and the gate held out all of that model's samples and none of the others'
+    (measured by bench_edge_cloud). The top bits of a multiplicative hash spread every such
+    stride evenly (a quarter, within a few percent, for strides 1-16), and every process,
+    in Python or in SQL (:func:`held_out_clause`), agrees which samples they are.
+    """
+    return (sample_id * _HOLDOUT_HASH) % _HOLDOUT_RANGE < _HOLDOUT_RANGE // HOLDOUT_EVERY
+
+
+def held_out_clause(id_column: ColumnElement[Any]) -> ColumnElement[bool]:
+    """:func:`is_held_out` as a SQL condition on a samples table's id column (SQLite and PostgreSQL)."""
+    import sqlalchemy as sa
+
+    hashed = (sa.cast(id_column, sa.BigInteger) * sa.literal(_HOLDOUT_HASH, sa.BigInteger)) % sa.literal(
+        _HOLDOUT_RANGE, sa.BigInteger)
+    return hashed < _HOLDOUT_RANGE // HOLDOUT_EVERY
+
+
 #: The merging service's table of labelled samples.
 SAMPLES_TABLE = "searchmerge_samples"
 _DEFAULT_SPLIT = {"train": 0.6, "val": 0.2, "test": 0.2}
@@ -198,7 +229,7 @@ def _read(options: Mapping[str, Any], where: str) -> tuple[list[int], list[np.nd
             rows = conn.execute(sa.select(table).where(table.c.deployment == options["deployment"],
                                                        table.c.model == options["model"],
                                                        table.c.encoding == "png",
-                                                       table.c.id % HOLDOUT_EVERY != 0)
+                                                       sa.not_(held_out_clause(table.c.id)))
                                 .order_by(table.c.id)).all()
         engine.dispose()
     except sa.exc.SQLAlchemyError as exc:

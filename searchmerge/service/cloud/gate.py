@@ -5,7 +5,7 @@ small validation splits the plan picked at exactly the target is the one most li
 be below it on the edge (issue 24: a version published at 0.950 scored 0.938 there). So
 before a job publishes, its plan's merged models are scored on labelled samples that
 nothing before had a say on: the share of the edges' samples held out
-(:data:`~searchmerge.data.sources.samples.HOLDOUT_EVERY`, one in four by id) from the drift
+(:func:`~searchmerge.data.sources.samples.is_held_out`, about one in four, by a hash of the id) from the drift
 check, which decides to re-search, and from the re-search's data (a re-search on
 ``samples:DEPLOYMENT`` trains and selects on the other samples; one on a drift scenario, on
 that scenario's data). Only samples received since the current version was published count
@@ -110,7 +110,7 @@ class GateVerdict:
             parts.append(text)
         rule = "measured ratio" if self.accept == "point" else "lower end of the 95% CI"
         margin = f" minus margin {self.accept_margin:g}" if self.accept_margin else ""
-        return (f"trial {self.trial} of {self.study_name!r} on held-out samples (one in {HOLDOUT_EVERY}, judged by the"
+        return (f"trial {self.trial} of {self.study_name!r} on held-out samples (about one in {HOLDOUT_EVERY}, judged by the"
                 f" {rule}{margin}): " + "; ".join(parts))
 
 

@@ -23,11 +23,13 @@ from sqlalchemy.engine import Engine
 
 from searchmerge.data.sources.base import model_input
 from searchmerge.data.sources.samples import HOLDOUT_EVERY as SAMPLES_HOLDOUT_EVERY
+from searchmerge.data.sources.samples import held_out_clause, is_held_out
 from searchmerge.service.cloud.db import now, samples
 from searchmerge.service.cloud.labelling import Labeller, target_json
 from searchmerge.service.protocol import SampleBatch
 
-__all__ = ["HOLDOUT_EVERY", "LabelledSample", "count_samples", "prune_samples", "recent_samples", "store_samples", "stored_frame"]
+__all__ = ["HOLDOUT_EVERY", "LabelledSample", "count_samples", "held_out_clause", "is_held_out", "prune_samples",
+           "recent_samples", "store_samples", "stored_frame"]
 
 
 @dataclass(frozen=True)
@@ -82,8 +84,8 @@ def stored_frame(row: Any) -> np.ndarray:
     return model_input(pixels, tuple(json.loads(row.normalisation_json)))
 
 
-#: One sample in this many (by id) is held out for the publish gate (:mod:`searchmerge.service.cloud.gate`):
-#: neither the drift check nor the re-search on the samples (``format: samples``) reads it. Defined with
+#: About one sample in this many (by a hash of its id, see :func:`is_held_out`) is held out for the publish gate
+#: (:mod:`searchmerge.service.cloud.gate`): neither the drift check nor the re-search on the samples (``format: samples``) reads it. Defined with
 #: the samples data source, which must leave the same samples out.
 HOLDOUT_EVERY = SAMPLES_HOLDOUT_EVERY
 
@@ -104,7 +106,7 @@ def recent_samples(
             query = sa.select(samples).where(samples.c.deployment == deployment, samples.c.model == model,
                                              samples.c.received_at >= since)
             if held_out is not None:
-                reserved = samples.c.id % HOLDOUT_EVERY == 0
+                reserved = held_out_clause(samples.c.id)
                 query = query.where(reserved if held_out else sa.not_(reserved))
             rows = conn.execute(query.order_by(samples.c.id.desc()).limit(window)).all()
             found[model] = [
@@ -121,7 +123,7 @@ def count_samples(engine: Engine, deployment: str, *, since: datetime) -> dict[s
     with engine.connect() as conn:
         rows = conn.execute(sa.select(samples.c.model, sa.func.count()).where(
             samples.c.deployment == deployment, samples.c.received_at >= since,
-            samples.c.id % HOLDOUT_EVERY != 0).group_by(samples.c.model)).all()
+            sa.not_(held_out_clause(samples.c.id))).group_by(samples.c.model)).all()
     return {model: int(count) for model, count in rows}
 
 

@@ -240,7 +240,9 @@ def test_an_edge_killed_during_a_switch_restarts_on_a_complete_verified_version(
     try:
         first = wait_for(lambda: health(metrics), alive=restarted, what="the restarted edge", log=log2)
         assert first["status"] == "ok" and first["verified"]  # type: ignore[index]
-        assert f"serving version {named} on" in log2.read_text()  # the version current.json named
+        # The version current.json named (logged just after /healthz starts answering: waited for, not raced).
+        wait_for(lambda: f"serving version {named} on" in log2.read_text(), alive=restarted,
+                 what=f"the restarted edge to log version {named}", log=log2)
         served_now = wait_for(lambda: (h := health(metrics)) and h["version"] == 2 and h, alive=restarted,
                               what="version 2", log=log2)
         assert served_now["weights_sha256"] == v2.weights_sha256  # type: ignore[index]

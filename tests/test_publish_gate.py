@@ -119,7 +119,8 @@ def test_a_version_no_model_of_which_could_be_judged_is_held_back_until_the_job_
     store(service, None)
     args = ["jobs", str(study.path), "--storage", study.storage]
     assert main([*args, "--requeue", str(job.id + 1000)]) == 2  # no such job
-    capsys.readouterr()
+    assert main([*args, "--n-trials", "2"]) == 2  # more trials for which job?
+    assert "--n-trials goes with --requeue" in capsys.readouterr().err
     assert main([*args, "--requeue", str(job.id), "--n-trials", "2"]) == 0
     assert f"job {job.id} (" in capsys.readouterr().out
     assert main([*args, "--requeue", str(job.id)]) == 2  # queued now: nothing to re-queue

@@ -409,6 +409,8 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     from searchmerge.service.cloud.db import open_engine
     from searchmerge.service.cloud.jobs import list_jobs, requeue_job
 
+    if args.n_trials is not None and args.requeue is None:
+        raise SearchmergeError("--n-trials goes with --requeue J (the job whose re-search runs more trials)")
     study = _open_study(args)
     engine = open_engine(study.storage)
     if args.requeue is not None:

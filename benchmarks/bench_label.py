@@ -32,7 +32,7 @@ import numpy as np
 from searchmerge.core.errors import SearchmergeError
 from searchmerge.data.sources.frame_labels import read_frame_labels
 from searchmerge.data.sources.frames import Footage
-from searchmerge.training.labelling import label
+from searchmerge.training.labelling import LabelRun, label
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,6 +42,14 @@ def person_counts(path: Path, footage: Footage, frames: list[int]) -> np.ndarray
     labels = read_frame_labels(path, footage.frame_count, (footage.height, footage.width))
     person = labels.classes.index("person")
     return np.asarray([int((labels.classes_of[frame] == person).sum()) for frame in frames])
+
+
+def label_source(args: argparse.Namespace, out: Path, threshold: float | None) -> tuple[LabelRun, Footage, list[int]]:
+    """Label ``args.source`` into ``out`` as ``searchmerge label`` does; the run, the footage and the frames labelled."""
+    run = label(args.source, args.study, out, stride=args.stride, threshold=threshold,
+                progress=None if args.json else lambda line: print(line, file=sys.stderr))
+    footage = Footage.probe(args.source)
+    return run, footage, list(range(0, footage.frame_count, args.stride))
 
 
 def counts_by_threshold(path: Path, frames: list[int], thresholds: list[float]) -> dict[float, np.ndarray]:
@@ -74,12 +82,9 @@ def tune(args: argparse.Namespace) -> None:
     """Choose the threshold on the first half of the frames, report every candidate on the second."""
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder) / "boxes.json"
-        label(args.source, args.study, out, stride=args.stride, threshold=min(TUNING_THRESHOLDS),
-              progress=None if args.json else lambda line: print(line, file=sys.stderr))
-        footage = Footage.probe(args.source)
-        frames = list(range(0, footage.frame_count, args.stride))
+        _, footage, frames = label_source(args, out, min(TUNING_THRESHOLDS))
         ours = counts_by_threshold(out, frames, TUNING_THRESHOLDS)
-        shipped = counts_by_threshold(args.shipped, frames, [0.0])[0.0]
+        shipped = person_counts(args.shipped, footage, frames)
     half = len(frames) // 2
     tuning = {t: agreement(c[:half], shipped[:half]) for t, c in ours.items()}
     chosen = min(TUNING_THRESHOLDS, key=lambda t: tuning[t]["mean_abs_difference"])
@@ -124,10 +129,7 @@ def main() -> None:
     try:
         with tempfile.TemporaryDirectory() as folder:
             out = Path(folder) / "boxes.json"
-            run = label(args.source, args.study, out, stride=args.stride, threshold=args.threshold,
-                        progress=None if args.json else lambda line: print(line, file=sys.stderr))
-            footage = Footage.probe(args.source)
-            frames = list(range(0, footage.frame_count, args.stride))
+            run, footage, frames = label_source(args, out, args.threshold)
             ours = person_counts(out, footage, frames)
             shipped = person_counts(args.shipped, footage, frames)
     except SearchmergeError as exc:

@@ -6,6 +6,7 @@ the one bright square of a frame, so every label the service gives is known in a
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -254,3 +255,54 @@ def test_an_edge_camera_stream_shows_the_model_its_region_and_sends_the_whole_fr
                                                           Sample(model="left", frame=second.sample)]))  # type: ignore[arg-type]
     assert [item.label for item in labelled] == [1, 0]
     assert np.allclose(labelled[0].view.transpose(2, 0, 1) / 255.0, first.image.numpy())  # what the edge's model saw
+
+
+def test_an_edge_camera_stream_drifts_its_whole_frame_and_the_teacher_labels_what_it_shows(
+    study: StudyFile, tmp_path: Path
+) -> None:
+    """``searchmerge edge --drift`` on camera streams: a knocked camera (``pan``) moves the scene in the whole
+    frame, before the model crops it and before the teacher sees it; the evening look darkens it; the teacher
+    runs once per frame, however many models send it."""
+    from PIL import Image
+
+    from searchmerge.config.drift import drift_scenarios
+    from searchmerge.service.edge.agent import camera_drifts
+    from searchmerge.service.edge.streams import CameraStream
+    from tests import teacher_support
+
+    folder = tmp_path / "camera"
+    folder.mkdir()
+    Image.fromarray(square_frame(HEIGHT, WIDTH, RIGHT_SQUARE)).save(folder / "000.png")
+    settings = dataclasses.replace(study.settings, drift=drift_scenarios({
+        "knocked": {"models": {"left": {"pan": 0.5}}},  # the left camera turned right by half the frame
+        "dusk": {"brightness": -0.2},
+        "elsewhere": {"models": {"left": {"data": {"format": "digits"}}}},
+    }))
+    cameras = {"left": "left", "left-2": "left", "right": "right"}
+    knocked = camera_drifts("knocked", cameras, settings)
+    assert knocked["left"].pan == 0.5 and knocked["right"].pan == 0.0 and knocked["right"].look.is_neutral
+    with pytest.raises(SearchmergeError, match="unknown drift scenario 'nowhere'; known scenarios: .*knocked"):
+        camera_drifts("nowhere", cameras, settings)
+    with pytest.raises(SearchmergeError, match="'elsewhere', model 'left'.* other data"):
+        camera_drifts("elsewhere", cameras, settings)
+
+    stream = CameraStream(folder, (3, 16, 16), (0.0, 0.0, 0.5, 1.0))
+    before = stream.next()
+    assert float(before.image.max()) < 0.1 and before.scenario is None  # the square is in the right half
+    stream.drift("knocked", knocked["left"])
+    after = stream.next()
+    assert after.scenario == "knocked" and float(after.image.max()) == 1.0  # now the left camera sees it
+    assert after.sample is not None and after.sample.encoding == "png"
+    pixels = decode_pixels(after.sample, (HEIGHT, WIDTH), 3)
+    assert pixels[12, 8 + 2].min() == 255 and pixels[12, 40 + 2].max() == 0  # x 40..52 moved by 32 px to 8..20
+    stream.drift("dusk", camera_drifts("dusk", cameras, settings)["left"])
+    dusk = stream.next()
+    assert dusk.sample is not None and decode_pixels(dusk.sample, (HEIGHT, WIDTH), 3).max() == 204  # 255 - 0.2 x 255
+
+    teacher_support.SEEN.clear()
+    labelled = Labeller(study).label(SampleBatch(samples=[
+        Sample(model="left", frame=before.sample), Sample(model="left", frame=after.sample),  # type: ignore[arg-type]
+        Sample(model="right", frame=after.sample), Sample(model="right", frame=before.sample),  # type: ignore[arg-type]
+    ]))
+    assert [item.label for item in labelled] == [0, 1, 0, 1]  # what each frame shows, as the teacher sees it
+    assert len(teacher_support.SEEN) == 2  # two distinct frames: the teacher ran twice for four samples

@@ -942,7 +942,7 @@ def _add_edge(commands: argparse._SubParsersAction) -> None:
                       " on this machine")
     edge.add_argument("--streams", nargs="+", default=None, metavar="MODEL=SOURCE",
                       help="MODEL=digits (the generator's camera of MODEL) or MODEL=FOLDER of images"
-                      " (default: a digits stream per model)")
+                      " (a camera's whole frames for a model on video footage; default: a digits stream per model)")
     edge.add_argument("--state-dir", default="searchmerge-edge", help="the agent's versions and predictions")
     edge.add_argument("--predictions", default=None, help="JSON-lines file (default: STATE_DIR/predictions.jsonl)")
     edge.add_argument("--fps", type=float, default=10.0, help="frames per second per stream (default: 10)")
@@ -951,7 +951,7 @@ def _add_edge(commands: argparse._SubParsersAction) -> None:
     edge.add_argument("--gpu-memory", default="1GiB", help="the device budget (default: 1GiB)")
     edge.add_argument("--device", default="simulated", help="simulated (the CPU) or cuda (default: simulated)")
     edge.add_argument("--drift", default=None, metavar="SCENARIO", help="switch the digits streams to this drift"
-                      " scenario ...")
+                      " scenario, and apply its camera changes to the camera streams' frames ...")
     edge.add_argument("--drift-after", type=float, default=0.0, metavar="SECONDS", help="... this long after start")
     edge.add_argument("--duration", type=float, default=None, metavar="SECONDS", help="stop after (default: never)")
     edge.add_argument("--metrics-host", default="127.0.0.1")

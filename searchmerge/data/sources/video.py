@@ -76,7 +76,7 @@ from searchmerge.data.sources.frame_labels import FrameLabels, read_frame_labels
 from searchmerge.data.sources.frames import Crops, Footage, PixelBox, crop_frame
 from searchmerge.data.sources.images import image_size_option
 
-__all__ = ["FOOTAGE_KEYS", "QUERIES", "Look", "RegionFrames", "RegionQuestion", "VideoSource"]
+__all__ = ["FOOTAGE_KEYS", "QUERIES", "CameraDrift", "Look", "RegionFrames", "RegionQuestion", "VideoSource"]
 
 #: The keys of the top-level ``video:`` section; a model's ``data:`` may override each.
 FOOTAGE_KEYS = ("source", "labels", "split", "stride", "image_size")
@@ -150,6 +150,50 @@ class Look:
             noise = torch.randn(image.shape, generator=torch.Generator().manual_seed(seed))
             image = image + self.noise_std * noise
         return image.clamp_(0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class CameraDrift:
+    """A drift scenario applied to a camera's whole frame, as a real camera would show it.
+
+    The video source simulates drift on each model's crop (its look) and by moving its region
+    (``pan``, ``tilt``). An edge whose camera streams are told to drift (``searchmerge edge
+    --drift``) changes the whole frame instead, before any model crops it, because the whole
+    frame is what it sends to the service's teacher: the look is applied to the frame (its
+    contrast around the whole frame's mean), and a camera knocked by ``pan``/``tilt`` shows the
+    scene shifted the other way, with black where the sensor sees past the old frame's edge.
+    The noise of a frame is drawn from the seed and the frame's index, as in the simulation.
+    """
+
+    look: Look = Look()
+    pan: float = 0.0
+    tilt: float = 0.0
+
+    @classmethod
+    def from_changes(cls, changes: Sequence[Mapping[str, float]], where: str) -> CameraDrift:
+        """The drift of ``changes`` applied in turn (a scenario's common changes, then the model's own)."""
+        look, pan, tilt = Look(), 0.0, 0.0
+        for change in changes:
+            unknown = sorted(set(change) - {*_look_fields(), *POSE_CHANGES})
+            if unknown:
+                raise SearchmergeError(f"{where}: a camera has no {', '.join(unknown)}; its drift changes are"
+                                       f" {', '.join(_look_fields())} (the picture) and pan, tilt (the view moves)")
+            pan, tilt = pan + change.get("pan", 0.0), tilt + change.get("tilt", 0.0)
+            look = Look.from_options(look.changed({k: v for k, v in change.items() if k not in POSE_CHANGES}), where)
+        if not (abs(pan) < 1 and abs(tilt) < 1):
+            raise SearchmergeError(f"{where}: pan {pan} and tilt {tilt} move the view out of the frame")
+        return cls(look, pan, tilt)
+
+    def apply(self, pixels: np.ndarray, seed: int, frame: int) -> np.ndarray:
+        """The camera's frame ``frame`` (H x W x 3, 8-bit) in this drift; ``seed`` is the study's."""
+        image = torch.from_numpy(np.array(pixels, dtype=np.uint8)).permute(2, 0, 1).float().div_(255.0)
+        image = self.look.apply(image, _frame_seed(seed, frame))
+        shifted = torch.zeros_like(image)
+        height, width = image.shape[1:]
+        dx, dy = round(self.pan * width), round(self.tilt * height)
+        shifted[:, max(0, -dy):height - max(0, dy), max(0, -dx):width - max(0, dx)] = \
+            image[:, max(0, dy):height - max(0, -dy), max(0, dx):width - max(0, -dx)]
+        return shifted.mul_(255.0).round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
 
 
 def _look_fields() -> tuple[str, ...]:

@@ -27,6 +27,7 @@ not run, a frame that does not decode or does not fit the model
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import json
 import threading
@@ -42,7 +43,7 @@ from searchmerge.config.study import StudyFile
 from searchmerge.config.teacher import load_teacher
 from searchmerge.core.errors import SearchmergeError
 from searchmerge.data.sources.video import RegionQuestion, VideoSource
-from searchmerge.data.teacher import Teacher
+from searchmerge.data.teacher import FrameDetections, Teacher
 from searchmerge.service.footage import Footage
 from searchmerge.service.protocol import Frame, Sample, SampleBatch, encode_frame
 from searchmerge.training.prepare import source_context
@@ -62,6 +63,8 @@ __all__ = [
 #: The largest encoded frame of one sample, by default (a 640 x 480 JPEG is about 50 kB; a PNG of
 #: the same frame up to about 500 kB).
 MAX_SAMPLE_BYTES = 512 * 1024
+#: Camera frames whose teacher boxes are kept: the samples of one frame's models arrive together.
+FRAMES_REMEMBERED = 64
 
 
 class SampleTooLarge(SearchmergeError):
@@ -121,6 +124,7 @@ class ImageTeacher:
         self._questions: dict[str, RegionQuestion] = {}
         self._detector: Teacher | None = None
         self._lock = threading.Lock()
+        self._detect = functools.lru_cache(maxsize=FRAMES_REMEMBERED)(self._detect_frame)
 
     def label(self, sample: Sample, request: DataRequest) -> LabelledFrame:
         if not isinstance(request.source, VideoSource):
@@ -141,14 +145,12 @@ class ImageTeacher:
             if not inside or not (left <= x0 and top <= y0 and x1 <= right and y1 <= bottom):
                 raise SearchmergeError(f"its region {region} (pixels) is not inside the {frame_width}x{frame_height}"
                                        f" frame around model {sample.model!r}'s region {list(question.box)}")
-        pixels = decode_pixels(sample.frame, (bottom - top, right - left), 3)
         detector = self.detector()
         unknown = sorted(set(question.classes) - set(detector.classes))
         if unknown:
             raise SearchmergeError(f"model {sample.model!r} asks about {', '.join(unknown)}, which the study's teacher"
                                    f" does not know (it knows {', '.join(detector.classes)})")
-        with self._lock:
-            found = detector.detect([pixels])[0]
+        pixels, found = self._detect(sample.frame.encoding, sample.frame.data, (bottom - top, right - left))
         boxes = found.boxes + np.asarray([left, top, left, top], dtype=np.float32)
         target = question.target(boxes, found.classes, detector.classes)
         local = dataclasses.replace(question, box=(question.box[0] - left, question.box[1] - top,
@@ -158,6 +160,14 @@ class ImageTeacher:
             stored = {"boxes": target["boxes"].tolist(), "labels": target["labels"].tolist()}
             return LabelledFrame(sample.model, -1, stored, view, _png(view))
         return LabelledFrame(sample.model, int(target), None, view, _png(view))
+
+    def _detect_frame(self, encoding: str, data: str, size: tuple[int, int]) -> tuple[np.ndarray, FrameDetections]:
+        """The frame's pixels and the teacher's boxes on them. Cached (:attr:`_detect`): the models that
+        look at regions of one camera each send its whole frame, and the teacher runs once per frame."""
+        pixels = decode_pixels(Frame(encoding=encoding, data=data), size, 3)  # type: ignore[arg-type]
+        detector = self.detector()
+        with self._lock:
+            return pixels, detector.detect([pixels])[0]
 
     def _question(self, model: str, request: DataRequest) -> RegionQuestion:
         if model not in self._questions:

@@ -33,6 +33,7 @@ import random
 import threading
 import time
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -41,9 +42,12 @@ from typing import Any
 import torch
 
 from searchmerge.config.data_request import model_request
+from searchmerge.config.settings import StudySettings
 from searchmerge.core.errors import SearchmergeError
 from searchmerge.core.progress import Progress
 from searchmerge.data.sources.base import pixels_of
+from searchmerge.data.sources.video import CameraDrift
+from searchmerge.search.scenarios import known_scenarios
 from searchmerge.service.edge.client import (
     BadAnswer,
     RateLimited,
@@ -68,7 +72,7 @@ from searchmerge.service.protocol import (
 )
 from searchmerge.service.signing import Verifier
 
-__all__ = ["EdgeAgent", "EdgeSettings", "retry_delay"]
+__all__ = ["EdgeAgent", "EdgeSettings", "camera_drifts", "retry_delay"]
 
 #: Samples waiting for the service at most; the oldest are discarded past it.
 _QUEUE = 10_000
@@ -108,7 +112,8 @@ class EdgeSettings:
         max_backoff: The longest wait between retries while the service is unreachable.
         gpu_memory: The device budget of the runtime.
         device: ``simulated`` (the CPU, with the runtime's accounting) or ``cuda``.
-        drift: A drift scenario that the digits streams switch to ...
+        drift: A drift scenario that the digits streams switch to (and that the camera streams apply
+            to every frame, :class:`~searchmerge.data.sources.video.CameraDrift`) ...
         drift_after: ... this many seconds after the agent started serving.
         duration: Stop after this many seconds of serving (``None``: until stopped).
         predictions: The JSON-lines file of predictions (default: ``state_dir/predictions.jsonl``).
@@ -180,6 +185,27 @@ class _StreamState:
     dropped: int = 0
 
 
+def camera_drifts(name: str, cameras: Mapping[str, str], settings: StudySettings) -> dict[str, CameraDrift]:
+    """Per camera stream (``cameras``: stream name -> its model), the whole-frame drift of scenario ``name``,
+    checked before serving starts.
+
+    Raises:
+        SearchmergeError: If the scenario is unknown, gives a camera model other data, or changes
+            what a camera does not have.
+    """
+    scenarios = known_scenarios(settings)
+    if name not in scenarios:
+        raise SearchmergeError(f"unknown drift scenario {name!r}; known scenarios: {', '.join(sorted(scenarios))}")
+    drifts = {}
+    for stream, model in cameras.items():
+        where = f"drift scenario {name!r}, model {model!r}"
+        if "data" in scenarios[name].models.get(model, {}):
+            raise SearchmergeError(f"{where}: the scenario gives the model other data, which a camera stream cannot"
+                                   " show; give it camera changes")
+        drifts[stream] = CameraDrift.from_changes(scenarios[name].changes_for(model), where)
+    return drifts
+
+
 @dataclass
 class _Refusal:
     """A version refused: why, and whether (and when) it is tried again."""
@@ -222,6 +248,8 @@ class EdgeAgent:
         self.metrics_port: int | None = None
         self._ready: ServingVersion | None = None
         self._lock = threading.Lock()
+        #: Per camera stream, how ``--drift`` changes its frames.
+        self._drifts: dict[str, CameraDrift] = {}
         self._samples: deque[Sample] = deque()
         self._stop = threading.Event()
         self._counted = (0, 0)  # the active runtime's swaps and bytes already counted
@@ -324,15 +352,20 @@ class EdgeAgent:
                 source: DigitsStream | FolderStream | CameraStream = DigitsStream(footage, model)
             elif request.format == "video":  # a camera's whole frames; the model sees its region
                 region = tuple(request.options.get("region") or (0.0, 0.0, 1.0, 1.0))
-                source = CameraStream(Path(where), tuple(workload.spec(model).input_shape), region)  # type: ignore[arg-type]
+                source = CameraStream(Path(where), tuple(workload.spec(model).input_shape), region,  # type: ignore[arg-type]
+                                      seed=version.deployment.settings.seed)
             else:
                 source = FolderStream(Path(where), footage.input_shape(model))
             taken = sum(s.model == model for s in streams)
             streams.append(_StreamState(model if not taken else f"{model}-{taken + 1}", model, source))
         if self.settings.drift is not None:
-            footage.data(self.settings.drift)  # an unknown scenario fails before serving starts
-            if not any(isinstance(s.source, DigitsStream) for s in streams):
-                raise SearchmergeError("--drift needs a digits stream; frame folders cannot drift on request")
+            cameras = {s.name: s.model for s in streams if isinstance(s.source, CameraStream)}
+            self._drifts = camera_drifts(self.settings.drift, cameras, version.deployment.settings)
+            if any(isinstance(s.source, DigitsStream) for s in streams):
+                footage.data(self.settings.drift)  # an unknown scenario fails before serving starts
+            elif not self._drifts:
+                raise SearchmergeError("--drift needs a digits stream or a camera stream (a model on video footage);"
+                                       " frame folders cannot drift on request")
         return streams
 
     # ------------------------------------------------------------------ serving loop
@@ -362,6 +395,8 @@ class EdgeAgent:
                 for stream in self.streams:
                     if isinstance(stream.source, DigitsStream):
                         stream.source.drift(self.settings.drift)
+                    elif isinstance(stream.source, CameraStream):
+                        stream.source.drift(self.settings.drift, self._drifts[stream.name])
                 self.say(f"drift scenario {self.settings.drift!r} switched on")
             for stream in self.streams:
                 self._run_frame(stream, out)
@@ -378,7 +413,7 @@ class EdgeAgent:
         source = frame.source
         out.write({
             "t": time.time(), "stream": stream.name, "model": stream.model, "frame": frame.index,
-            "scenario": source.scenario if source else None, "version": version.info.version,
+            "scenario": frame.scenario, "version": version.info.version,
             "prediction": prediction, "truth": frame.truth,
         })
         if (source is not None or frame.sample is not None) and stream.processed % self.settings.sample_every == 0:

@@ -8,7 +8,10 @@ carry their provenance, so the service can label the samples. A folder stream sh
 the images of a folder (PNG or JPEG, sorted by name), resized to the model's input and
 normalised as the digits data are; its frames have no provenance and are not sampled. A
 camera stream shows a folder of a camera's whole frames to a model on video footage, which
-sees its region of them; each sampled frame goes to the service whole, for its teacher.
+sees its region of them; each sampled frame goes to the service whole, for its teacher. A camera
+stream drifts too (:meth:`CameraStream.drift`): the scenario's camera changes are applied to the
+whole frame (:class:`~searchmerge.data.sources.video.CameraDrift`), which is then what the model
+crops and what the teacher labels.
 """
 
 from __future__ import annotations
@@ -27,10 +30,11 @@ from searchmerge.core.errors import SearchmergeError
 from searchmerge.data.sources import get_source
 from searchmerge.data.sources.base import model_input
 from searchmerge.data.sources.frames import crop_frame
+from searchmerge.data.sources.video import CameraDrift
 from searchmerge.service.footage import Footage
-from searchmerge.service.protocol import DigitsSource, Frame
+from searchmerge.service.protocol import DigitsSource, Frame, encode_frame
 
-__all__ = ["CameraStream", "DigitsStream", "FolderStream", "StreamFrame"]
+__all__ = ["CameraStream", "DigitsStream", "FolderStream", "StreamFrame", "camera_pixels"]
 
 #: Images in [0, 1] are normalised as ``(x - 0.5) / 0.5``, as the digits data are.
 _MEAN, _STD = 0.5, 0.5
@@ -47,6 +51,8 @@ class StreamFrame:
     truth: int | None
     #: The camera's whole frame as it came (PNG or JPEG), sent as the sample for the service's teacher.
     sample: Frame | None = None
+    #: The drift scenario the camera was in (``None``: undrifted).
+    scenario: str | None = None
 
 
 class DigitsStream:
@@ -97,7 +103,7 @@ class DigitsStream:
             position -= len(frames)
         image, label = frames[position]
         source = DigitsSource(kind="digits", scenario=self.scenario, split=split, index=position)  # type: ignore[arg-type]
-        return StreamFrame(image, position, source, int(label))
+        return StreamFrame(image, position, source, int(label), scenario=self.scenario)
 
 
 class FolderStream:
@@ -129,38 +135,59 @@ class CameraStream:
 
     The model sees its region of each frame, cropped and resized as the video source does
     (:func:`~searchmerge.data.sources.frames.crop_frame`), in [0, 1]. The frame itself, as the camera
-    gave it, goes to the service as the sample: the service's teacher labels it there.
+    gave it, goes to the service as the sample: the service's teacher labels it there. Once
+    :meth:`drift` is called, every frame is first changed as the scenario says (and re-encoded
+    in its file's format for the sample).
 
     Args:
         folder: The frames.
         shape: The model's input (channels, height, width).
         region: The model's region (x0, y0, x1, y1, shares of the frame).
+        seed: The study's seed (the drifted camera's noise is drawn from it and the frame's index).
     """
 
     normalisation = get_source("video").normalisation
 
-    def __init__(self, folder: Path, shape: tuple[int, ...], region: tuple[float, float, float, float]) -> None:
+    def __init__(self, folder: Path, shape: tuple[int, ...], region: tuple[float, float, float, float], *,
+                 seed: int = 0) -> None:
         self.files = _frame_files(folder)
         self.shape = shape
         self.region = region
+        self.seed = seed
+        self.scenario: str | None = None
+        self._camera: CameraDrift | None = None
         self._position = 0
 
-    def next(self) -> StreamFrame:
-        from PIL import Image
+    def drift(self, scenario: str | None, camera: CameraDrift | None = None) -> None:
+        """Show every frame from the next one on through ``camera`` (``None``: as it came), as ``scenario``."""
+        self.scenario = scenario if camera is not None else None
+        self._camera = camera
 
+    def next(self) -> StreamFrame:
         index = self._position % len(self.files)
         self._position += 1
         raw = self.files[index].read_bytes()
-        with Image.open(io.BytesIO(raw)) as picture:
-            pixels = np.asarray(picture.convert("RGB"), dtype=np.uint8)
+        encoding = "png" if self.files[index].suffix.lower() == ".png" else "jpeg"
+        pixels = camera_pixels(raw)
+        if self._camera is None:
+            sample = Frame(encoding=encoding, data=base64.b64encode(raw).decode())
+        else:
+            pixels = self._camera.apply(pixels, self.seed, index)
+            sample = encode_frame(pixels, encoding=encoding)
         height, width = pixels.shape[:2]
         x0, y0, x1, y1 = self.region
         box = (round(x0 * width), round(y0 * height), round(x1 * width), round(y1 * height))
         view = crop_frame(pixels, box, tuple(self.shape[1:]))  # type: ignore[arg-type]
         image = torch.from_numpy(model_input(view, self.normalisation))
-        encoding = "png" if self.files[index].suffix.lower() == ".png" else "jpeg"
-        sample = Frame(encoding=encoding, data=base64.b64encode(raw).decode())
-        return StreamFrame(image, index, None, None, sample)
+        return StreamFrame(image, index, None, None, sample, self.scenario)
+
+
+def camera_pixels(raw: bytes) -> np.ndarray:
+    """A PNG or JPEG file's bytes as 8-bit RGB pixels (H x W x 3)."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(raw)) as picture:
+        return np.asarray(picture.convert("RGB"), dtype=np.uint8)
 
 
 def _frame_files(folder: Path) -> list[Path]:

@@ -328,3 +328,26 @@ def test_drift_injected_at_the_edge_is_repaired_by_a_new_version_end_to_end(
                                        gpu_memory="1GiB", device="simulated") for n in (1, 2))
     changed = sum(size for size, digest in zip(new.runtime.layout.sizes, new.digests) if digest not in old.digests)
     assert final["last_switch_bytes"] == changed <= final["deployment_bytes"]  # type: ignore[index]
+
+
+def test_an_edge_runs_a_detector_and_its_prediction_is_the_number_of_objects_it_found(tmp_path: Path) -> None:
+    """A video study's detector (campus: the Faster R-CNN over the road) is served like a classifier: the
+    edge logs and samples how many objects it found at a score of at least DETECTION_SCORE."""
+    from searchmerge.config.workload import ModelSpec, Workload
+    from searchmerge.service.edge.serving import DETECTION_SCORE
+
+    specs = [ModelSpec("people", arch="tests.user_data:tiny_detector", input_shape=(3, 32, 32),
+                       options={"task": "detection"}),
+             ModelSpec("kind", arch="tests.user_data:tiny_classifier", kwargs={"num_classes": 3},
+                       input_shape=(3, 32, 32), options={"task": "classification"})]
+    workload = Workload(specs, name="boxes")
+    torch.manual_seed(0)
+    models = {spec.name: spec.build().eval() for spec in specs}
+    folder = export_deployment(tmp_path / "v1", workload, models)
+    version = ServingVersion.prepare(version_info(1, folder), folder, gpu_memory="1GiB", device="simulated")
+    frame = torch.rand(3, 32, 32)
+    with torch.inference_mode():
+        found = models["people"]([frame])[0]
+        expected_class = int(models["kind"](frame[None]).argmax(dim=1)[0])
+    assert version.predict("people", frame) == int((found["scores"] >= DETECTION_SCORE).sum())
+    assert version.predict("kind", frame) == expected_class

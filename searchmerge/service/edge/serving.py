@@ -21,7 +21,10 @@ from searchmerge.runtime.runtime import SwapRuntime
 from searchmerge.service.protocol import VersionInfo
 from searchmerge.training.deployment import Deployment, load_deployment
 
-__all__ = ["ServingVersion", "tensor_digest"]
+__all__ = ["DETECTION_SCORE", "ServingVersion", "tensor_digest"]
+
+#: A detector's box counts as found on the edge from this score on (its prediction is the count).
+DETECTION_SCORE = 0.5
 
 
 def tensor_digest(tensor: torch.Tensor) -> str:
@@ -75,6 +78,10 @@ class ServingVersion:
         return cls(info, deployment, runtime, digests, copied, runtime.layout.resident_bytes)
 
     def predict(self, model: str, frame: torch.Tensor) -> int:
-        """The class ``model`` gives one frame (channels x height x width)."""
+        """What ``model`` says of one frame (channels x height x width): a classifier's class, or the
+        number of objects a detector finds at a score of at least :data:`DETECTION_SCORE`."""
+        if self.deployment.workload.spec(model).options.get("task") == "detection":
+            found = self.runtime.run(model, [frame])[0]
+            return int((found["scores"] >= DETECTION_SCORE).sum())
         outputs = self.runtime.run(model, frame.unsqueeze(0))
         return int(outputs.argmax(dim=1)[0])

@@ -31,7 +31,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,7 +69,14 @@ class Outcome:
 
 
 def outcome(search: MergeSearch, wall_seconds: float) -> Outcome:
-    """Retraining seconds to the first feasible trial (in trial order) and the best saving.
+    """Retraining seconds to the first feasible trial (in trial order) and the best saving of ``search``."""
+    best = search.best()
+    return trials_outcome(search.study_name, search.finished_trials(), best.saved_bytes if best else 0, wall_seconds)
+
+
+def trials_outcome(name: str, finished: Sequence[optuna.trial.FrozenTrial], best_saved: int,
+                   wall_seconds: float) -> Outcome:
+    """Retraining seconds to the first feasible of the ``finished`` trials (in trial order).
 
     A trial whose plan was already evaluated in its study is answered from the checkpoint
     store and retrains nothing, so it adds no seconds (its attributes carry the first
@@ -77,7 +84,7 @@ def outcome(search: MergeSearch, wall_seconds: float) -> Outcome:
     """
     spent, samples, first, to_feasible, samples_to_feasible = 0.0, 0, None, None, None
     progress = []
-    trials = sorted(search.finished_trials(), key=lambda t: t.number)
+    trials = sorted(finished, key=lambda t: t.number)
     seen: set[tuple] = set()
     for position, trial in enumerate(trials, start=1):
         plan = tuple(sorted(trial.params.items()))
@@ -89,9 +96,8 @@ def outcome(search: MergeSearch, wall_seconds: float) -> Outcome:
         progress.append((spent, int(trial.user_attrs.get("saved_bytes", 0)) if feasible else 0))
         if first is None and feasible:
             first, to_feasible, samples_to_feasible = position, spent, samples
-    best = search.best()
-    return Outcome(search.study_name, len(trials), first, to_feasible, spent,
-                   best.saved_bytes if best else 0, wall_seconds, tuple(progress), samples_to_feasible)
+    return Outcome(name, len(trials), first, to_feasible, spent, best_saved, wall_seconds, tuple(progress),
+                   samples_to_feasible)
 
 
 def fresh(storage: str, name: str) -> None:

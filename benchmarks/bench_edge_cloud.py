@@ -50,20 +50,26 @@ from pathlib import Path
 import httpx
 import optuna
 
+from searchmerge.config.data_request import model_request
 from searchmerge.config.study import open_study_file
 from searchmerge.core.uncertainty import wilson
 from searchmerge.search.merge_search import default_study_name, open_search
+from searchmerge.search.research import research
+from searchmerge.search.scenarios import SAMPLES_PREFIX
 from searchmerge.service.cloud.db import open_engine
 from searchmerge.service.cloud.db import samples as samples_table
 from searchmerge.service.cloud.jobs import list_jobs
-from searchmerge.service.cloud.labelling import Labeller
+from searchmerge.service.cloud.labelling import ImageTeacher, Labeller
 from searchmerge.service.cloud.samples import HOLDOUT_EVERY, held_out_clause
 from searchmerge.service.cloud.tokens import create_edge_token
 from searchmerge.service.cloud.versions import list_versions
-from searchmerge.service.edge.agent import EdgeSettings
+from searchmerge.service.edge.agent import EdgeSettings, camera_drifts
+from searchmerge.service.edge.streams import CameraStream
 from searchmerge.service.protocol import DigitsSource, Frame, Sample
 from searchmerge.service.signing import init_keys
 from searchmerge.training.prepare import prepare_study
+
+from bench_drift import compare, measure, trials_outcome  # the sibling benchmark's measures (run as a script)
 
 
 def _port() -> int:
@@ -138,6 +144,12 @@ def main() -> None:
     parser.add_argument("--observe", type=float, default=60.0, help="seconds served by the new version")
     parser.add_argument("--limit", type=float, default=7200.0,
                         help="stop waiting for a new version after this many seconds, and report what was served")
+    parser.add_argument("--from-frame", type=int, default=None,
+                        help="a video study's edges stream its footage from this frame on (default: the first frame"
+                        " after the study's training share, which no model trained on)")
+    parser.add_argument("--compare-trials", type=int, default=0,
+                        help="afterwards, on the samples the service holds: a re-search from the deployed version and"
+                        " a search from scratch of this many trials each (0: skip)")
     parser.add_argument("--json", action="store_true", help="print the report as one JSON document")
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -155,6 +167,8 @@ def main() -> None:
     if child in optuna.get_all_study_names(storage):
         optuna.delete_study(study_name=child, storage=storage)  # a re-search of an earlier run is not reused
     baselines = {name: b.val_accuracy for name, b in prepare_study(study).baselines.items()}
+    video = all(model_request(spec).format == "video" for spec in study.workload.models)
+    folder = camera_frames(study, work / "frames", args.from_frame) if video else None
     token = create_edge_token(storage, study.workload.name, "bench")
     private, public = init_keys(work / "keys")  # versions signed by the service, checked by the edge
 
@@ -180,8 +194,9 @@ def main() -> None:
     try:
         _until(lambda: _json(f"http://127.0.0.1:{port}/healthz"), service, service_log, args.limit)
         environment = {**os.environ, "SEARCHMERGE_EDGE_TOKEN": token}  # as the README passes it
-        edge = _process(["edge", "--server", f"http://127.0.0.1:{port}", "--state-dir",
-                         str(work / "edge"), "--fps", str(args.fps), "--sample-every", str(args.sample_every),
+        streams = ["--streams", *(f"{name}={folder}" for name in study.workload.names)] if folder else []
+        edge = _process(["edge", "--server", f"http://127.0.0.1:{port}", "--state-dir", str(work / "edge"), *streams,
+                         "--fps", str(args.fps), "--sample-every", str(args.sample_every),
                          "--poll", str(args.poll), "--drift", args.scenario, "--drift-after", str(args.drift_after),
                          "--metrics-port", str(metrics), "--trust", str(public)], edge_log, env=environment)
         health = _until(settled, edge, edge_log, args.limit, give_up=False)
@@ -192,11 +207,88 @@ def main() -> None:
             if process is not None:
                 process.terminate()
                 process.wait()
-    result = report(work, study, storage, baselines, health or {}, args)
+    result = report(work, study, storage, baselines, health or {}, args, folder)
+    if args.compare_trials:
+        result["compared"] = compare_on_samples(study, parent, args.compare_trials)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
         print_report(result)
+
+
+def camera_frames(study, folder: Path, first: int | None) -> Path:  # type: ignore[no-untyped-def]
+    """The study's footage from frame ``first`` on, as JPEG files of its frames (the edge's camera streams).
+
+    By default the footage after the share of it the study trains on (``video: split: train``,
+    0.6 by default), so the edges show frames no model was trained on.
+    """
+    from PIL import Image
+
+    from searchmerge.data.sources.frames import Footage
+
+    section = study.settings.video
+    footage = Footage.probe(Path(study.path).parent / section["source"])
+    if first is None:
+        split = section.get("split") or {}
+        first = round(footage.frame_count * float(split.get("train", 0.6) if isinstance(split, dict) else 0.6))
+    folder.mkdir(parents=True, exist_ok=True)
+    for index, pixels in enumerate(footage.frames()):
+        if index >= first:
+            Image.fromarray(pixels).save(folder / f"{index:05d}.jpg", quality=95)
+    return folder
+
+
+def camera_labels(study, folder: Path, frames: list[dict]) -> list[int | None]:  # type: ignore[no-untyped-def]
+    """The label the service's teacher gives each frame the edge served, as the edge showed it.
+
+    Each logged frame (model, index in ``folder``, scenario) is made again by a camera stream of
+    the same folder, drifted as the edge drifted it, and labelled by the study's teacher exactly
+    as the service labels a sample. A detector's frames get ``None`` (its edge prediction is a
+    count of boxes, not scored here).
+    """
+    teacher = ImageTeacher(study)
+    names = study.workload.names
+    requests = {name: model_request(study.workload.spec(name)) for name in names}
+    streams: dict[tuple[str, str | None], CameraStream] = {}
+    wanted = sorted({(f["scenario"] or "", f["frame"], f["model"]) for f in frames})
+    labels: dict[tuple[str, int, str], int | None] = {}
+    for scenario, index, model in wanted:  # in frame order, so that the teacher's cache serves the models of a frame
+        if requests[model].task == "detection":
+            labels[(scenario, index, model)] = None
+            continue
+        if (model, scenario) not in streams:
+            spec = study.workload.spec(model)
+            stream = CameraStream(folder, tuple(spec.input_shape), tuple(requests[model].options["region"]),
+                                  seed=study.settings.seed)
+            if scenario:
+                stream.drift(scenario, camera_drifts(scenario, {model: model}, study.settings)[model])
+            streams[(model, scenario)] = stream
+        shown = streams[(model, scenario)].frame(index)
+        labels[(scenario, index, model)] = teacher.label(Sample(model=model, frame=shown.sample),
+                                                         requests[model]).label
+    return [labels[(f["scenario"] or "", f["frame"], f["model"])] for f in frames]
+
+
+def compare_on_samples(study, parent: str, n_trials: int) -> dict:  # type: ignore[no-untyped-def]
+    """A re-search from the deployed version against a search from scratch, on the samples the service holds.
+
+    Both read the same labelled samples (the service and the edge have stopped), with the study's
+    drift evaluator; reported as bench_drift.py reports its pairs (retraining seconds to the first
+    feasible plan, to a good one, and the best saving).
+    """
+    data = f"{SAMPLES_PREFIX}{study.workload.name}"
+    storage = study.storage
+    incremental = measure(storage, "bench-samples-incremental", lambda name: research(
+        study, scenario=data, parent_study=parent, n_trials=n_trials, study_name=name, strategy="greedy"))
+    scratch = measure(storage, "bench-samples-scratch", lambda name: _searched(study, name, data, n_trials))
+    return {"trials": n_trials, "outcomes": [dataclasses.asdict(o) for o in (incremental, scratch)],
+            "comparison": compare("samples", incremental, scratch)}
+
+
+def _searched(study, name: str, data: str, n_trials: int):  # type: ignore[no-untyped-def]
+    search = open_search(study, study_name=name, scenario=data, strategy="greedy")
+    search.run(n_trials)
+    return search
 
 
 def _read_predictions(folder: Path) -> list[dict]:
@@ -250,7 +342,8 @@ def _ratio(correct: int, samples: int, baseline: float) -> dict:
             "ci95": [interval.low / baseline, interval.high / baseline]}
 
 
-def score_versions(study, storage: str, baselines: dict[str, float], frames: list[dict], labels: list[int]) -> list[dict]:  # type: ignore[no-untyped-def]
+def score_versions(study, storage: str, baselines: dict[str, float], frames: list[dict],  # type: ignore[no-untyped-def]
+                   labels: list[int | None]) -> list[dict]:  # type: ignore[no-untyped-def]
     """Per version the edge served and per model: the ratio its search judged it by, beside the edge's.
 
     The search's ratio is its trial's (``ratio:MODEL``: the plan's accuracy on the validation
@@ -273,8 +366,8 @@ def score_versions(study, storage: str, baselines: dict[str, float], frames: lis
                        "ci95": attrs.get(f"ratio_ci95:{model}"), "baseline": attrs.get(f"baseline_ci95:{model}"),
                        "worst_ratio": attrs.get("worst_ratio"), "worst_model": attrs.get("worst_model")}}
             for part in ("undrifted", "drifted"):
-                chosen = [(f, label) for f, label in mine
-                          if f["model"] == model and (f["scenario"] is None) == (part == "undrifted")]
+                chosen = [(f, label) for f, label in mine if label is not None
+                          and f["model"] == model and (f["scenario"] is None) == (part == "undrifted")]
                 row[part] = _ratio(sum(f["prediction"] == label for f, label in chosen), len(chosen), baseline)
             rows.append(row)
     return rows
@@ -303,7 +396,8 @@ def _stored_samples(storage: str, deployment: str) -> dict[str, dict[str, int]]:
     return counts
 
 
-def report(work: Path, study, storage: str, baselines: dict[str, float], health: dict, args) -> dict:  # type: ignore[no-untyped-def]
+def report(work: Path, study, storage: str, baselines: dict[str, float], health: dict, args,  # type: ignore[no-untyped-def]
+           folder: Path | None) -> dict:
     engine = open_engine(storage)
     jobs = list_jobs(engine, study.workload.name)
     versions = list_versions(engine, study.workload.name)
@@ -316,7 +410,12 @@ def report(work: Path, study, storage: str, baselines: dict[str, float], health:
     for job in jobs:
         version = next((v for v in versions if v.version == job.version), None)
         trials = optuna.load_study(study_name=job.study_name, storage=storage).trials if job.started_at else []
+        finished = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+        saved = [int(t.user_attrs.get("saved_bytes", 0)) for t in finished if t.user_attrs.get("feasible")]
+        cost = trials_outcome(job.study_name, finished, max(saved, default=0), 0.0)
         entry = {"job": job.id, "state": job.state, "study": job.study_name, "trials": len(trials),
+                 "first_feasible_trial": cost.first_feasible_trial, "retraining_s_to_feasible": cost.seconds_to_feasible,
+                 "retraining_s": cost.total_seconds, "best_saved": cost.best_saved,
                  "from_store": sum(bool(t.user_attrs.get("from_store")) for t in trials),
                  "detected": job.detected_at.timestamp() - drift if drift else None, "message": job.message}
         if version is not None:
@@ -328,7 +427,10 @@ def report(work: Path, study, storage: str, baselines: dict[str, float], health:
                          switched=switch - drift if drift and switch else None,
                          dropped_during_switch=sum(d["dropped"] for d in drops if switch and published <= d["t"] <= switch + 1 / args.fps))
         switches.append(entry)
-    labels, untrue, misplaced = teacher_labels(study, frames)
+    if folder is None:
+        labels, untrue, misplaced = teacher_labels(study, frames)
+    else:
+        labels, untrue, misplaced = camera_labels(study, folder, frames), 0, 0
     return {
         "study": study.path.name, "models": len(study.workload.models), "fps": args.fps, "sample_every": args.sample_every,
         "scenario": args.scenario, "drift_after": args.drift_after, "target": study.settings.target,
@@ -355,6 +457,10 @@ def print_report(result: dict) -> None:
         print(f"re-search job {job['job']} {job['study']!r}: {job['state']}, {job['trials']} trial(s),"
               f" {job['from_store']} answered from the checkpoint store"
               + (f"; published trial {job['trial']} as version {job['version']}" if "version" in job else f"; {job['message']}"))
+        if job["first_feasible_trial"] is not None:
+            print(f"  retraining to its first feasible plan (trial {job['first_feasible_trial']}):"
+                  f" {job['retraining_s_to_feasible']:.0f} s; all trials {job['retraining_s']:.0f} s;"
+                  f" best saving {job['best_saved'] / 1e6:.2f} MB")
         print(f"  drift -> detected  {job['detected']:8.1f} s" if job["detected"] is not None else "  (no drift served)")
         if job.get("published") is not None:
             print(f"  drift -> published {job['published']:8.1f} s")
@@ -380,6 +486,17 @@ def print_report(result: dict) -> None:
         verdict = "" if not drifted["samples"] else ("meets" if drifted["ratio"] >= result["target"] else "MISSES")
         print(f"{row['version']:>7d} {row['model']:14s} {judged:32s} {_interval(row['undrifted']):30s}"
               f" {_interval(drifted):30s} {verdict}")
+    if "compared" in result:
+        compared = result["compared"]
+        print(f"on the samples the service held, {compared['trials']} greedy trials each:")
+        for outcome in compared["outcomes"]:
+            to_feasible = outcome["seconds_to_feasible"]
+            print(f"  {outcome['name']:28s} first feasible at trial {outcome['first_feasible_trial']},"
+                  f" retraining {to_feasible if to_feasible is None else round(to_feasible)} s to it,"
+                  f" {outcome['total_seconds']:.0f} s in all, best saving {outcome['best_saved'] / 1e6:.2f} MB")
+        label, first, samples, good, share = compared["comparison"]
+        print(f"  re-search against scratch: {first} less retraining to a first feasible plan ({samples} in samples),"
+              f" {good} to a good one; best saving {share} of scratch's")
     print(f"(run at {result['run_at']}, load average {', '.join(f'{x:.1f}' for x in result['load_average'])};"
           f" logs in {result['work']})")
 

@@ -166,6 +166,10 @@ class CameraStream:
     def next(self) -> StreamFrame:
         index = self._position % len(self.files)
         self._position += 1
+        return self.frame(index)
+
+    def frame(self, index: int) -> StreamFrame:
+        """The ``index``-th frame of the folder as the camera shows it now (drifted or not)."""
         raw = self.files[index].read_bytes()
         encoding = "png" if self.files[index].suffix.lower() == ".png" else "jpeg"
         pixels = camera_pixels(raw)

@@ -5,7 +5,7 @@ Run by hand from the repository root:
     python benchmarks/bench_edge_cloud.py --study studies/digits-edge.yaml --work bench-edge/
 
 It copies the study's SQLite database and checkpoint blobs into ``--work`` (so the run starts
-with no service state), makes sure the parent search has a feasible plan (``--search-trials``
+with no service state; the study file stays where it is), makes sure the parent search has a feasible plan (``--search-trials``
 greedy trials otherwise), starts ``searchmerge serve`` and ``searchmerge edge`` as real
 processes on loopback, switches the edge's digits streams to ``--scenario`` after
 ``--drift-after`` seconds, and waits until the edge serves the re-searched version. From the
@@ -108,7 +108,8 @@ def _until(condition, process: subprocess.Popen[bytes], log: Path, limit: float,
 
 
 def _copy_study(study_path: Path, work: Path) -> tuple[Path, str]:
-    """The study file and its SQLite storage copied into ``work`` (service state starts empty); the storage URL."""
+    """The study file and the storage URL of a copy of its SQLite storage in ``work`` (so the service state
+    starts empty). The study file is used where it is, so that its footage and teacher are found."""
     study = open_study_file(study_path)
     database = Path(study.storage.removeprefix("sqlite:///"))
     if not study.storage.startswith("sqlite:///") or not database.exists():
@@ -116,8 +117,7 @@ def _copy_study(study_path: Path, work: Path) -> tuple[Path, str]:
     work.mkdir(parents=True, exist_ok=True)
     shutil.copy2(database, work / database.name)
     shutil.copytree(Path(f"{database}.checkpoints"), work / f"{database.name}.checkpoints")
-    shutil.copy2(study_path, work / study_path.name)
-    return work / study_path.name, f"sqlite:///{work / database.name}"
+    return study_path, f"sqlite:///{work / database.name}"
 
 
 def _edge_default(name: str) -> object:

@@ -64,7 +64,10 @@ class ModelCheck:
 
     def describe(self) -> str:
         """One phrase in which every number says what it is, for logs."""
-        seen = ", ".join(f"{count} {'undrifted' if scenario is None else scenario}" for scenario, count in self.seen)
+        # Only a provenance sample (the digits generator) names its scenario: camera frames are just frames.
+        named = any(scenario is not None for scenario, _ in self.seen)
+        seen = ", ".join(f"{count} {'undrifted' if scenario is None else scenario}" for scenario, count in self.seen
+                         ) if named else ""
         ratio = self.accuracy / self.baseline if self.baseline else 0.0
         upper = self.upper / self.baseline if self.baseline else 0.0
         interval = self.ratio_interval

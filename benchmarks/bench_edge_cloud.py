@@ -209,7 +209,8 @@ def main() -> None:
                 process.wait()
     result = report(work, study, storage, baselines, health or {}, args, folder)
     if args.compare_trials:
-        result["compared"] = compare_on_samples(study, parent, args.compare_trials)
+        started = [job.started_at for job in list_jobs(engine, study.workload.name) if job.started_at]
+        result["compared"] = compare_on_samples(study, parent, args.compare_trials, min(started, default=None))
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -269,19 +270,33 @@ def camera_labels(study, folder: Path, frames: list[dict]) -> list[int | None]: 
     return [labels[(f["scenario"] or "", f["frame"], f["model"])] for f in frames]
 
 
-def compare_on_samples(study, parent: str, n_trials: int) -> dict:  # type: ignore[no-untyped-def]
-    """A re-search from the deployed version against a search from scratch, on the samples the service holds.
+def compare_on_samples(study, parent: str, n_trials: int, until: datetime | None) -> dict:  # type: ignore[no-untyped-def]
+    """A re-search from the deployed version against a search from scratch, on the samples the first job had.
 
-    Both read the same labelled samples (the service and the edge have stopped), with the study's
-    drift evaluator; reported as bench_drift.py reports its pairs (retraining seconds to the first
-    feasible plan, to a good one, and the best saving).
+    The samples that arrived after the first re-search job started (``until``) are deleted from
+    the run's copy of the database first, so both read what that job read (the edge kept sending
+    while it ran, and on short footage those later samples repeat earlier frames). Both use the
+    study's drift evaluator; reported as bench_drift.py reports its pairs (retraining seconds to the
+    first feasible plan, to a good one, and the best saving).
     """
+    import sqlalchemy as sa
+
     data = f"{SAMPLES_PREFIX}{study.workload.name}"
     storage = study.storage
+    kept = None
+    if until is not None:
+        engine = open_engine(storage)
+        with engine.begin() as conn:
+            conn.execute(sa.delete(samples_table).where(samples_table.c.deployment == study.workload.name,
+                                                        samples_table.c.received_at > until))
+            kept = dict(conn.execute(sa.select(samples_table.c.model, sa.func.count())
+                                     .where(samples_table.c.deployment == study.workload.name)
+                                     .group_by(samples_table.c.model)).all())
     incremental = measure(storage, "bench-samples-incremental", lambda name: research(
         study, scenario=data, parent_study=parent, n_trials=n_trials, study_name=name, strategy="greedy"))
     scratch = measure(storage, "bench-samples-scratch", lambda name: _searched(study, name, data, n_trials))
-    return {"trials": n_trials, "outcomes": [dataclasses.asdict(o) for o in (incremental, scratch)],
+    return {"trials": n_trials, "samples_until": until.isoformat() if until else None, "samples": kept,
+            "outcomes": [dataclasses.asdict(o) for o in (incremental, scratch)],
             "comparison": compare("samples", incremental, scratch)}
 
 
@@ -488,7 +503,8 @@ def print_report(result: dict) -> None:
               f" {_interval(drifted):30s} {verdict}")
     if "compared" in result:
         compared = result["compared"]
-        print(f"on the samples the service held, {compared['trials']} greedy trials each:")
+        print(f"on the samples the service held when the first job started ({compared['samples']}),"
+              f" {compared['trials']} greedy trials each:")
         for outcome in compared["outcomes"]:
             to_feasible = outcome["seconds_to_feasible"]
             print(f"  {outcome['name']:28s} first feasible at trial {outcome['first_feasible_trial']},"

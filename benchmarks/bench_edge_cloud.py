@@ -181,12 +181,16 @@ def main() -> None:
     edge = None
     engine = open_engine(storage)
 
+    snapshots: list[Path] = []  # the database as the first re-search job started (for --compare-trials)
+
     def settled() -> dict | None:
         """The edge's health once it serves a re-searched version, or once every job ended without one."""
         health = _json(f"http://127.0.0.1:{metrics}/healthz")
         if health and health["version"] >= 2:
             return health
         jobs = list_jobs(engine, study.workload.name)
+        if args.compare_trials and not snapshots and any(job.started_at for job in jobs):
+            snapshots.append(_snapshot(storage, work / "at-job-start"))  # the samples the job had, before pruning
         if health and jobs and all(job.state in ("held-back", "no-feasible-plan", "failed") for job in jobs):
             return health
         return None
@@ -210,7 +214,11 @@ def main() -> None:
     result = report(work, study, storage, baselines, health or {}, args, folder)
     if args.compare_trials:
         started = [job.started_at for job in list_jobs(engine, study.workload.name) if job.started_at]
-        result["compared"] = compare_on_samples(study, parent, args.compare_trials, min(started, default=None))
+        if not snapshots:
+            sys.exit("--compare-trials: no re-search job started, so there are no samples to compare on")
+        copy = open_study_file(args.study, storage=f"sqlite:///{snapshots[0]}",
+                               blob_dir=str(Path(storage.removeprefix("sqlite:///")).with_suffix(".db.checkpoints")))
+        result["compared"] = compare_on_samples(copy, parent, args.compare_trials, min(started))
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -270,12 +278,24 @@ def camera_labels(study, folder: Path, frames: list[dict]) -> list[int | None]: 
     return [labels[(f["scenario"] or "", f["frame"], f["model"])] for f in frames]
 
 
+def _snapshot(storage: str, folder: Path) -> Path:
+    """A consistent copy of the run's SQLite database (SQLite's backup API) in ``folder``, while the service writes."""
+    import sqlite3
+
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / Path(storage.removeprefix("sqlite:///")).name
+    with sqlite3.connect(storage.removeprefix("sqlite:///")) as source, sqlite3.connect(target) as copy:
+        source.backup(copy)
+    return target
+
+
 def compare_on_samples(study, parent: str, n_trials: int, until: datetime | None) -> dict:  # type: ignore[no-untyped-def]
     """A re-search from the deployed version against a search from scratch, on the samples the first job had.
 
-    The samples that arrived after the first re-search job started (``until``) are deleted from
-    the run's copy of the database first, so both read what that job read (the edge kept sending
-    while it ran, and on short footage those later samples repeat earlier frames). Both use the
+    ``study`` opens a copy of the database taken as the first re-search job started (the service
+    prunes old samples while the edge keeps sending, and on short footage the later samples repeat
+    earlier frames); the few samples that arrived between the job's start and the copy
+    (``until``) are deleted from it first, so both searches read what that job read. Both use the
     study's drift evaluator; reported as bench_drift.py reports its pairs (retraining seconds to the
     first feasible plan, to a good one, and the best saving).
     """

@@ -182,6 +182,29 @@ def test_drift_darkens_and_moves_a_camera(footage: Path) -> None:
         source.drifted(options, {"rotation_deg": 18.0})
 
 
+
+def test_a_whole_frame_drifts_as_a_camera_would_show_it() -> None:
+    """CameraDrift (the edge's --drift on camera streams): a scenario's common changes then a model's own add
+    up; a knocked camera shifts the scene the other way with black beyond the old edge; the same noise for the
+    same seed and frame; a drift out of the frame, or a change a camera lacks, is refused in one line."""
+    from searchmerge.data.sources.video import CameraDrift
+
+    frame = np.full((10, 20, 3), 200, dtype=np.uint8)
+    frame[:, :10] = 100  # dark left half, bright right half
+    drift = CameraDrift.from_changes([{"tilt": 0.2, "brightness": -0.1}, {"tilt": -0.1, "pan": -0.25}], "here")
+    assert (drift.pan, drift.tilt) == (-0.25, pytest.approx(0.1)) and drift.look.brightness == -0.1
+    shown = drift.apply(frame, seed=0, frame=3)
+    assert shown.shape == frame.shape and shown.dtype == np.uint8
+    assert (shown[9] == 0).all() and (shown[:, :5] == 0).all()  # looked down and left: black bottom row, left band
+    assert shown[0, 5, 0] == 100 - 26 and shown[0, 15, 0] == 200 - 26  # the scene moved right by 5 px, 0.1 darker
+    noisy = CameraDrift.from_changes([{"noise_std": 0.05}], "here")
+    assert np.array_equal(noisy.apply(frame, 0, 7), noisy.apply(frame, 0, 7))
+    assert not np.array_equal(noisy.apply(frame, 0, 7), noisy.apply(frame, 0, 8))
+    with pytest.raises(SearchmergeError, match="here: pan 1.0 and tilt 0.0 move the view out of the frame"):
+        CameraDrift.from_changes([{"pan": 0.5}, {"pan": 0.5}], "here")
+    with pytest.raises(SearchmergeError, match="here: a camera has no rotation_deg"):
+        CameraDrift.from_changes([{"rotation_deg": 18.0}], "here")
+
 STUDY = """
 name: walk
 seed: 0

@@ -523,11 +523,12 @@ def print_report(result: dict) -> None:
               f" {_interval(drifted):30s} {verdict}")
     if "compared" in result:
         compared = result["compared"]
-        print(f"on the samples the service held when the first job started ({compared['samples']}),"
+        held = ", ".join(f"{model}: {count}" for model, count in (compared["samples"] or {}).items())
+        print(f"on the samples the service held when the first job started ({held}),"
               f" {compared['trials']} greedy trials each:")
         for outcome in compared["outcomes"]:
-            to_feasible = outcome["seconds_to_feasible"]
-            print(f"  {outcome['name']:28s} first feasible at trial {outcome['first_feasible_trial']},"
+            to_feasible, first = outcome["seconds_to_feasible"], outcome["first_feasible_trial"]
+            print(f"  {outcome['name']:28s} first feasible at trial {'-' if first is None else first - 1},"
                   f" retraining {to_feasible if to_feasible is None else round(to_feasible)} s to it,"
                   f" {outcome['total_seconds']:.0f} s in all, best saving {outcome['best_saved'] / 1e6:.2f} MB")
         label, first, samples, good, share = compared["comparison"]

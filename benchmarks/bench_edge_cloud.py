@@ -449,7 +449,8 @@ def report(work: Path, study, storage: str, baselines: dict[str, float], health:
         saved = [int(t.user_attrs.get("saved_bytes", 0)) for t in finished if t.user_attrs.get("feasible")]
         cost = trials_outcome(job.study_name, finished, max(saved, default=0), 0.0)
         entry = {"job": job.id, "state": job.state, "study": job.study_name, "trials": len(trials),
-                 "first_feasible_trial": cost.first_feasible_trial, "retraining_s_to_feasible": cost.seconds_to_feasible,
+                 "first_feasible_trial": cost.first_feasible_trial,  # 1 = its first trial
+                 "retraining_s_to_feasible": cost.seconds_to_feasible,
                  "retraining_s": cost.total_seconds, "best_saved": cost.best_saved,
                  "from_store": sum(bool(t.user_attrs.get("from_store")) for t in trials),
                  "detected": job.detected_at.timestamp() - drift if drift else None, "message": job.message}
@@ -493,7 +494,7 @@ def print_report(result: dict) -> None:
               f" {job['from_store']} answered from the checkpoint store"
               + (f"; published trial {job['trial']} as version {job['version']}" if "version" in job else f"; {job['message']}"))
         if job["first_feasible_trial"] is not None:
-            print(f"  retraining to its first feasible plan (trial {job['first_feasible_trial']}):"
+            print(f"  retraining to its first feasible plan (trial {job['first_feasible_trial'] - 1}):"
                   f" {job['retraining_s_to_feasible']:.0f} s; all trials {job['retraining_s']:.0f} s;"
                   f" best saving {job['best_saved'] / 1e6:.2f} MB")
         print(f"  drift -> detected  {job['detected']:8.1f} s" if job["detected"] is not None else "  (no drift served)")

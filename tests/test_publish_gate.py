@@ -93,13 +93,18 @@ def test_a_version_no_model_of_which_could_be_judged_is_held_back_until_the_job_
 
     def copied(*_a: object, **_k: object) -> object:
         """A stand-in re-search: the parent's trials copied into the job's study (its best is the deployed plan,
-        which holds on undrifted samples), so a pass publishes a version of the job's study."""
+        judged on undrifted samples), so a pass publishes a version of the job's study."""
         try:
             optuna.copy_study(from_study_name=PARENT, from_storage=study.storage, to_storage=study.storage,
                               to_study_name=job.study_name)
         except optuna.exceptions.DuplicatedStudyError:
             pass  # copied by the first run
-        return load_search(study, study_name=job.study_name)
+        search = load_search(study, study_name=job.study_name)
+        # What is tested is the re-queue, not this tiny plan's accuracy: on about 30 held-out test-footage
+        # samples its model b scores 0.71-0.8 of its baseline, at the study's target 0.8 either way, so the
+        # plan is held to 0.6 here and a pass means that the gate had enough samples to judge it.
+        search.evaluator.target = 0.6
+        return search
 
     monkeypatch.setattr(jobs_module, "research", copied)
     with caplog.at_level(logging.WARNING, logger="searchmerge.service"):

@@ -289,7 +289,7 @@ def _snapshot(storage: str, folder: Path) -> Path:
     return target
 
 
-def compare_on_samples(study, parent: str, n_trials: int, until: datetime | None) -> dict:  # type: ignore[no-untyped-def]
+def compare_on_samples(study, parent: str, n_trials: int, until: datetime) -> dict:  # type: ignore[no-untyped-def]
     """A re-search from the deployed version against a search from scratch, on the samples the first job had.
 
     ``study`` opens a copy of the database taken as the first re-search job started (the service
@@ -303,19 +303,16 @@ def compare_on_samples(study, parent: str, n_trials: int, until: datetime | None
 
     data = f"{SAMPLES_PREFIX}{study.workload.name}"
     storage = study.storage
-    kept = None
-    if until is not None:
-        engine = open_engine(storage)
-        with engine.begin() as conn:
-            conn.execute(sa.delete(samples_table).where(samples_table.c.deployment == study.workload.name,
-                                                        samples_table.c.received_at > until))
-            kept = dict(conn.execute(sa.select(samples_table.c.model, sa.func.count())
-                                     .where(samples_table.c.deployment == study.workload.name)
-                                     .group_by(samples_table.c.model)).all())
+    with open_engine(storage).begin() as conn:
+        conn.execute(sa.delete(samples_table).where(samples_table.c.deployment == study.workload.name,
+                                                    samples_table.c.received_at > until))
+        kept = dict(conn.execute(sa.select(samples_table.c.model, sa.func.count())
+                                 .where(samples_table.c.deployment == study.workload.name)
+                                 .group_by(samples_table.c.model)).all())
     incremental = measure(storage, "bench-samples-incremental", lambda name: research(
         study, scenario=data, parent_study=parent, n_trials=n_trials, study_name=name, strategy="greedy"))
     scratch = measure(storage, "bench-samples-scratch", lambda name: _searched(study, name, data, n_trials))
-    return {"trials": n_trials, "samples_until": until.isoformat() if until else None, "samples": kept,
+    return {"trials": n_trials, "samples_until": until.isoformat(), "samples": kept,
             "outcomes": [dataclasses.asdict(o) for o in (incremental, scratch)],
             "comparison": compare("samples", incremental, scratch)}
 
@@ -378,7 +375,7 @@ def _ratio(correct: int, samples: int, baseline: float) -> dict:
 
 
 def score_versions(study, storage: str, baselines: dict[str, float], frames: list[dict],  # type: ignore[no-untyped-def]
-                   labels: list[int | None]) -> list[dict]:  # type: ignore[no-untyped-def]
+                   labels: list[int | None]) -> list[dict]:
     """Per version the edge served and per model: the ratio its search judged it by, beside the edge's.
 
     The search's ratio is its trial's (``ratio:MODEL``: the plan's accuracy on the validation
@@ -524,7 +521,7 @@ def print_report(result: dict) -> None:
               f" {_interval(drifted):30s} {verdict}")
     if "compared" in result:
         compared = result["compared"]
-        held = ", ".join(f"{model}: {count}" for model, count in (compared["samples"] or {}).items())
+        held = ", ".join(f"{model}: {count}" for model, count in compared["samples"].items())
         print(f"on the samples the service held when the first job started ({held}),"
               f" {compared['trials']} greedy trials each:")
         for outcome in compared["outcomes"]:

@@ -34,7 +34,7 @@ from searchmerge.data.sources.video import CameraDrift
 from searchmerge.service.footage import Footage
 from searchmerge.service.protocol import DigitsSource, Frame, encode_frame
 
-__all__ = ["CameraStream", "DigitsStream", "FolderStream", "StreamFrame", "camera_pixels"]
+__all__ = ["CameraStream", "DigitsStream", "FolderStream", "StreamFrame"]
 
 #: Images in [0, 1] are normalised as ``(x - 0.5) / 0.5``, as the digits data are.
 _MEAN, _STD = 0.5, 0.5
@@ -172,7 +172,7 @@ class CameraStream:
         """The ``index``-th frame of the folder as the camera shows it now (drifted or not)."""
         raw = self.files[index].read_bytes()
         encoding = "png" if self.files[index].suffix.lower() == ".png" else "jpeg"
-        pixels = camera_pixels(raw)
+        pixels = _decoded(raw)
         if self._camera is None:
             sample = Frame(encoding=encoding, data=base64.b64encode(raw).decode())
         else:
@@ -186,7 +186,7 @@ class CameraStream:
         return StreamFrame(image, index, None, None, sample, self.scenario)
 
 
-def camera_pixels(raw: bytes) -> np.ndarray:
+def _decoded(raw: bytes) -> np.ndarray:
     """A PNG or JPEG file's bytes as 8-bit RGB pixels (H x W x 3)."""
     from PIL import Image
 

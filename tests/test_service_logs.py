@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 from datetime import datetime, timezone
 
@@ -22,10 +23,13 @@ class Constant(nn.Module):
         return torch.tensor([[1.0, 0.0]]).repeat(len(x), 1)
 
 
+_ids = itertools.count()  # a stored sample's id is unique
+
+
 def samples(label: int, scenario: str | None, count: int) -> list[LabelledSample]:
     frame = np.zeros((3, 4, 4), dtype=np.float32)
     stamp = datetime.now(timezone.utc)
-    return [LabelledSample(i, "gate", scenario, label, frame, stamp) for i in range(count)]
+    return [LabelledSample(next(_ids), "gate", scenario, label, frame, stamp) for _ in range(count)]
 
 
 def test_a_window_that_already_holds_drifted_frames_names_the_drift_not_undrifted_footage() -> None:
@@ -46,6 +50,32 @@ def test_a_window_of_undrifted_frames_alone_names_no_scenario() -> None:
     window = {"gate": samples(1, None, 64)}
     check = check_samples(1, {"gate": Constant()}, window, {"gate": 0.98}, 0.95, min_samples=32)
     assert [m.name for m in check.missing] == ["gate"] and check.scenario is None
+
+
+class Counting(Constant):
+    """Class 0, counting the frames it was shown."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shown = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.shown += len(x)
+        return super().forward(x)
+
+
+def test_a_check_scores_only_the_samples_no_earlier_check_of_its_version_scored() -> None:
+    model, verdicts = Counting(), {}
+    first = samples(0, None, 40) + samples(1, None, 24)
+    check = check_samples(1, {"gate": model}, {"gate": first}, {"gate": 0.98}, 0.95, verdicts=verdicts)
+    assert model.shown == 64 and check.models[0].correct == 40
+    # The window moved on by 16 samples, all wrong: only those 16 are shown to the model, the count is the window's.
+    moved = first[16:] + samples(1, None, 16)
+    check = check_samples(1, {"gate": model}, {"gate": moved}, {"gate": 0.98}, 0.95, verdicts=verdicts)
+    assert model.shown == 64 + 16 and check.models[0].correct == 24 and check.models[0].samples == 64
+    # Without remembered verdicts (another version, the publish gate) every sample is scored.
+    check_samples(2, {"gate": model}, {"gate": moved}, {"gate": 0.98}, 0.95)
+    assert model.shown == 64 + 16 + 64
 
 
 def test_the_long_running_commands_log_with_time_and_level(capsys: pytest.CaptureFixture[str]) -> None:

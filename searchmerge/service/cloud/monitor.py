@@ -16,7 +16,7 @@ first minutes after a drift): only a window of undrifted frames alone names none
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -114,12 +114,20 @@ def check_samples(
     *,
     min_samples: int = 32,
     confidence: float = 0.9,
+    verdicts: MutableMapping[int, bool] | None = None,
 ) -> SampleCheck:
-    """Score ``models`` (the current version) on each model's ``recent`` samples."""
+    """Score ``models`` (the current version) on each model's ``recent`` samples.
+
+    ``verdicts`` remembers, by sample id, whether the version's model got a sample right: a check
+    scores only the samples no earlier check of the same version scored (give each version a
+    mapping of its own). Consecutive windows overlap almost wholly, so under a steady stream
+    of samples this keeps the check's cost to the new samples instead of the whole window.
+    """
+    verdicts = {} if verdicts is None else verdicts
     checks = []
     for name, model in models.items():
         found = [s for s in recent.get(name, []) if s.label >= 0]  # a detection target (-1) is not a class
-        correct = _correct(model, found) if found else 0
+        correct = _correct(model, found, verdicts)
         upper = wilson(correct / len(found), len(found), confidence).high if found else 1.0
         scenarios = Counter(s.scenario for s in found)
         drifted = Counter({scenario: n for scenario, n in scenarios.items() if scenario is not None})
@@ -131,10 +139,14 @@ def check_samples(
     return SampleCheck(version, tuple(checks))
 
 
-def _correct(model: nn.Module, found: Sequence[LabelledSample]) -> int:
-    frames = torch.from_numpy(np.stack([s.frame for s in found]))
-    labels = torch.tensor([s.label for s in found])
-    model.eval()
-    with torch.inference_mode():
-        predicted = model(frames).argmax(dim=1)
-    return int((predicted == labels).sum())
+def _correct(model: nn.Module, found: Sequence[LabelledSample], verdicts: MutableMapping[int, bool]) -> int:
+    """How many of ``found`` ``model`` gets right; those not in ``verdicts`` are scored and added to it."""
+    new = [s for s in found if s.id not in verdicts]
+    if new:
+        frames = torch.from_numpy(np.stack([s.frame for s in new]))
+        labels = torch.tensor([s.label for s in new])
+        model.eval()
+        with torch.inference_mode():
+            right = (model(frames).argmax(dim=1) == labels).tolist()
+        verdicts.update(zip((s.id for s in new), right))
+    return sum(verdicts[s.id] for s in found)

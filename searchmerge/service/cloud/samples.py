@@ -10,6 +10,7 @@ the upload).
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 from collections.abc import Collection, Mapping
@@ -28,8 +29,43 @@ from searchmerge.service.cloud.db import now, samples
 from searchmerge.service.cloud.labelling import Labeller, target_json
 from searchmerge.service.protocol import SampleBatch
 
-__all__ = ["HOLDOUT_EVERY", "LabelledSample", "count_samples", "held_out_clause", "is_held_out", "prune_samples",
+__all__ = ["HOLDOUT_EVERY", "EncodedFrame", "LabelledSample", "count_samples", "held_out_clause", "is_held_out", "prune_samples",
            "recent_samples", "store_samples", "stored_frame"]
+
+
+@dataclass(frozen=True)
+class EncodedFrame:
+    """A stored frame as the database holds it: decoded only when a model must see it.
+
+    The drift check reads each model's whole window at every check, but scores only the
+    samples it has not scored before (:func:`~searchmerge.service.cloud.monitor.check_samples`):
+    decoding the others would cost the service most of its time under load.
+    """
+
+    data: bytes
+    encoding: str | None
+    shape: tuple[int, int, int]
+    #: The source's (mean, std), which :func:`~searchmerge.data.sources.base.model_input` applies.
+    normalisation: tuple[float, float]
+
+    @classmethod
+    def of(cls, row: Any) -> EncodedFrame:
+        """The frame of a ``samples`` row."""
+        channels, height, width = json.loads(row.shape_json)
+        # A raw frame (stored by an older version) is stored normalised and names none.
+        mean, std = json.loads(row.normalisation_json) if row.normalisation_json else (0.0, 1.0)
+        return cls(row.frame, row.encoding, (channels, height, width), (mean, std))
+
+    def decode(self) -> np.ndarray:
+        """The frame as its model takes it (float32, C x H x W)."""
+        if self.encoding is None:  # stored raw by an older version
+            return np.frombuffer(self.data, dtype="<f4").reshape(self.shape)
+        from PIL import Image
+
+        channels, height, width = self.shape
+        with Image.open(io.BytesIO(self.data)) as image:
+            pixels = np.asarray(image, dtype=np.uint8).reshape(height, width, channels)
+        return model_input(pixels, self.normalisation)
 
 
 @dataclass(frozen=True)
@@ -40,10 +76,16 @@ class LabelledSample:
     model: str
     scenario: str | None
     label: int
-    frame: np.ndarray
+    #: The frame, decoded, or as stored (then decoded the first time :attr:`frame` is read).
+    stored: np.ndarray | EncodedFrame
     received_at: datetime
     #: The edge that sent it (the drift check weighs how many edges saw a drift).
     edge: str = ""
+
+    @functools.cached_property
+    def frame(self) -> np.ndarray:
+        """The frame as its model takes it (float32, C x H x W)."""
+        return self.stored if isinstance(self.stored, np.ndarray) else self.stored.decode()
 
 
 def store_samples(engine: Engine, deployment: str, edge: str, batch: SampleBatch, labeller: Labeller, *,
@@ -74,14 +116,7 @@ def store_samples(engine: Engine, deployment: str, edge: str, batch: SampleBatch
 
 def stored_frame(row: Any) -> np.ndarray:
     """A stored sample's frame as its model takes it (float32, C x H x W)."""
-    shape = json.loads(row.shape_json)
-    if row.encoding is None:  # stored raw by an older version
-        return np.frombuffer(row.frame, dtype="<f4").reshape(shape)
-    from PIL import Image
-
-    with Image.open(io.BytesIO(row.frame)) as image:
-        pixels = np.asarray(image, dtype=np.uint8).reshape(shape[1], shape[2], shape[0])
-    return model_input(pixels, tuple(json.loads(row.normalisation_json)))
+    return EncodedFrame.of(row).decode()
 
 
 #: About one sample in this many (by a hash of its id, see :func:`is_held_out`) is held out for the publish gate
@@ -109,12 +144,8 @@ def recent_samples(
                 reserved = held_out_clause(samples.c.id)
                 query = query.where(reserved if held_out else sa.not_(reserved))
             rows = conn.execute(query.order_by(samples.c.id.desc()).limit(window)).all()
-            found[model] = [
-                LabelledSample(row.id, row.model, row.scenario, row.label,
-                               stored_frame(row),
-                               row.received_at, row.edge)
-                for row in reversed(rows)
-            ]
+            found[model] = [LabelledSample(row.id, row.model, row.scenario, row.label, EncodedFrame.of(row),
+                                           row.received_at, row.edge) for row in reversed(rows)]
     return found
 
 

@@ -179,6 +179,8 @@ class MergingService:
         self._last_note = ""
         self._baselines: dict[str, float] | None = None
         self._loaded: tuple[int, dict[str, nn.Module]] | None = None
+        #: Per version, whether its model got each sample of the window right (the check scores only new samples).
+        self._verdicts: dict[int, dict[int, bool]] = {}
         self._samples_arrived = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -295,9 +297,13 @@ class MergingService:
         # The samples held out for the publish gate are not read here: what decides a re-search never judges its plan.
         recent = recent_samples(self.engine, self.deployment, since=current.created_at, window=self.settings.window,
                                 held_out=False)
+        verdicts = self._verdicts.get(current.version, {})
         check = check_samples(current.version, self._models(current), recent, self._baseline_accuracies(),
                               self.study.settings.target, min_samples=self.settings.min_samples,
-                              confidence=self.settings.confidence)
+                              confidence=self.settings.confidence, verdicts=verdicts)
+        # Only this window's verdicts can be asked for again (windows only move forward), and only this version's.
+        window_ids = {sample.id for found in recent.values() for sample in found}
+        self._verdicts = {current.version: {id_: right for id_, right in verdicts.items() if id_ in window_ids}}
         self.last_check = check
         # Kept: the check's windows, and the samples a re-search trains and judges on.
         prune_samples(self.engine, self.deployment, keep=max(4 * self.settings.window, 2 * self.settings.research_samples))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import optuna
 import pytest
@@ -17,6 +18,7 @@ from searchmerge.core.space import SharingPlan
 from searchmerge.data.sources.digits import CameraCondition, drift_camera
 from searchmerge.data.tasks import get_kind
 from searchmerge.search.drift_check import drift_check
+from searchmerge.search.drift_targets import study_val_baselines
 from searchmerge.search.merge_search import load_search, open_search
 from searchmerge.search.research import (
     WARM_ATTR,
@@ -31,7 +33,8 @@ from searchmerge.search.scenarios import (
     scenario_data,
     scenarios,
 )
-from searchmerge.training.evaluate import Evaluator
+from searchmerge.service.cloud.service import MergingService
+from searchmerge.training.evaluate import Evaluator, merged_key
 from searchmerge.training.prepare import prepare_study
 from searchmerge.training.train import default_device, score
 from tests.conftest import TINY_STUDY, copy_prepared
@@ -309,3 +312,48 @@ def test_a_surrogate_research_learns_from_the_parent_outcomes(parent: StudyFile)
     assert [(r.plan, r.feasible) for r in prior] == [(t.plan, t.feasible) for t in parent_history]
     assert search.lineage()["scenario"] == "dusk"
     assert len(search.finished_trials()) == 2
+
+
+def test_reachable_baselines_hold_a_model_to_what_sharing_nothing_reaches_on_drifted_data(parent: StudyFile) -> None:
+    """On 'blackout' no model can keep its day target even unshared: with ``drift_baseline: reachable`` each is
+    held to what sharing nothing reached there, recorded with the study and used by whoever judges its plans."""
+    path = parent.path.parent / "tiny-reachable.yaml"
+    path.write_text(parent.path.read_text() + "drift_baseline: reachable\ndrift_evaluator: {max_epochs: 1}\n")
+    study = open_study_file(path, storage=parent.storage)
+    day = prepare_study(study).baselines
+    search = research(study, scenario="blackout", n_trials=1, parent_study=PARENT, study_name="reach-blackout")
+    recorded = search.optuna_study.user_attrs["searchmerge:baselines"]
+    assert set(recorded) == set(day) and all(entry["rebased"] for entry in recorded.values())
+    assert all(0 < recorded[n]["val"] < day[n].val_accuracy for n in day)
+    assert search.prepared.rebased == tuple(sorted(day))
+    assert {n: b.val_accuracy for n, b in search.prepared.baselines.items()} == {n: e["val"] for n, e in recorded.items()}
+    assert search.optuna_study.user_attrs["searchmerge:baselines_seconds"] > 0
+    (first,) = search.finished_trials()
+    judged = {m.name: m.baseline for m in trial_evaluation(search, first).models}
+    assert judged == pytest.approx({n: e["val"] for n, e in recorded.items()})
+
+    # Reloaded (the publish gate, a resumed worker): the same baselines, not measured again.
+    again = load_search(study, study_name="reach-blackout")
+    assert again.prepared.baselines == search.prepared.baselines and again.prepared.rebased == search.prepared.rebased
+    assert study_val_baselines(study.storage, "reach-blackout") == {n: e["val"] for n, e in recorded.items()}
+    assert study_val_baselines(study.storage, PARENT) == {}  # a search on the original data keeps the day's
+    # The service's drift check judges a version by the baselines of the study it came from.
+    service = MergingService(study)
+    from_drift = SimpleNamespace(version=2, source_study="reach-blackout")
+    assert service._baseline_accuracies(from_drift) == {n: e["val"] for n, e in recorded.items()}  # type: ignore[arg-type]
+    from_day = SimpleNamespace(version=1, source_study=PARENT)
+    assert service._baseline_accuracies(from_day) == {n: b.val_accuracy for n, b in day.items()}  # type: ignore[arg-type]
+    # Plans judged against other baselines get checkpoints of their own.
+    plan = SharingPlan.of([])
+    assert (merged_key(search.prepared, plan, target=0.9, settings=study.settings.drift_evaluator, seed=0)
+            != merged_key(drifted_workload(study, prepare_study(study), "blackout"), plan, target=0.9,
+                          settings=study.settings.drift_evaluator, seed=0))
+
+    # The default holds every model to its day baseline, and a study cannot switch rule halfway.
+    assert open_search(parent, scenario="blackout", study_name="day-blackout").prepared.baselines == day
+    path.write_text(parent.path.read_text() + "drift_evaluator: {max_epochs: 1}\n")
+    with pytest.raises(SearchmergeError, match="drift_baseline differs"):
+        open_search(open_study_file(path, storage=parent.storage), scenario="blackout", study_name="reach-blackout")
+    path.write_text(parent.path.read_text() + "drift_baseline: highest\n")
+    with pytest.raises(SearchmergeError, match="drift_baseline"):
+        open_study_file(path, storage=parent.storage)

@@ -27,7 +27,7 @@ DATA_KEYS = ("image_size", "channels", "workers", "cache")
 #: The top-level keys of a study file that :class:`StudySettings` reads (the others are
 #: ``name``, ``models`` and ``storage``: see :mod:`searchmerge.config.study`).
 SETTINGS_KEYS = (
-    "seed", "target", "accept", "data", "pretrain", "finetune", "evaluator", "drift_evaluator", "drift", "deploy",
+    "seed", "target", "drift_baseline", "accept", "data", "pretrain", "finetune", "evaluator", "drift_evaluator", "drift", "deploy",
     "video", "teacher",
 )
 #: Top-level keys that belong to the study file as a whole; :meth:`StudySettings.from_document` skips them.
@@ -130,6 +130,9 @@ class StudySettings:
 
     target: float = schema.setting(0.95, above=0, at_most=1, hint="a share of each model's original accuracy")
     seed: int = schema.setting(0, at_least=0)
+    #: What a model is held to on drifted data: its ``original`` (day) baseline, or, when sharing nothing
+    #: cannot reach that there, what it can (``reachable``; :mod:`searchmerge.search.drift_targets`).
+    drift_baseline: str = schema.setting("original", choices=("original", "reachable"))
     image_size: int = schema.setting(32, at_least=1)
     channels: int = schema.setting(3, at_least=1)
     #: Processes that read and decode data for each ``DataLoader`` (0: the calling process).
@@ -168,7 +171,7 @@ class StudySettings:
         """
         own = {k: v for k, v in schema.mapping(document, "a study file").items() if k not in STUDY_FILE_KEYS}
         check_keys("study file", own, SETTINGS_KEYS)
-        top = schema.values(cls, {k: own[k] for k in ("target", "seed") if k in own}, "")
+        top = schema.values(cls, {k: own[k] for k in ("target", "seed", "drift_baseline") if k in own}, "")
         data = schema.values(cls, schema.mapping(own.get("data"), "data", "data settings"), "data", fields=DATA_KEYS)
         pretrain = schema.mapping(own.get("pretrain"), "pretrain", "training settings")
         check_keys("pretrain", pretrain, ["task", *(f.name for f in dataclasses.fields(TrainSettings))])
@@ -201,6 +204,7 @@ class StudySettings:
         document: dict[str, Any] = {
             "target": self.target,
             "seed": self.seed,
+            "drift_baseline": self.drift_baseline,
             "data": {"image_size": self.image_size, "channels": self.channels, "workers": self.workers,
                      "cache": self.cache},
             "pretrain": {"task": self.pretrain_task, **dataclasses.asdict(self.pretrain)},

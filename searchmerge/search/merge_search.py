@@ -46,6 +46,14 @@ from searchmerge.core.progress import Counter, Progress, counted
 from searchmerge.core.space import GroupInfo, SearchSpace, SharingPlan
 from searchmerge.runtime.objective import DeployObjective
 from searchmerge.search.dashboard import constraint_text, save_trial_note
+from searchmerge.search.drift_targets import (
+    BASELINES_ATTR,
+    REACHABLE,
+    baselines_attr,
+    reachable_baselines,
+    rebased,
+    recorded_baselines,
+)
 from searchmerge.search.scenarios import drifted_workload, get_scenario
 from searchmerge.search.strategies import (
     SAVED_BYTES_OBJECTIVE,
@@ -275,6 +283,28 @@ class MergeSearch:
             load_if_exists=True,
         )
         self._claim_study()
+        recorded = recorded_baselines(self.optuna_study.user_attrs, self.prepared) if self.rebases else None
+        if recorded is not None:
+            self._judge_by(recorded)
+
+    @property
+    def rebases(self) -> bool:
+        """Whether this search holds its models to what they can reach on its drifted data
+        (``drift_baseline: reachable``; :mod:`~searchmerge.search.drift_targets`)."""
+        return self.scenario is not None and self.study_file.settings.drift_baseline == REACHABLE
+
+    def _judge_by(self, prepared: PreparedWorkload) -> None:
+        """Judge every plan from now on against ``prepared``'s baselines."""
+        self.prepared = prepared
+        self.evaluator.prepared = prepared
+
+    def _rebase(self) -> None:
+        """Measure what sharing nothing reaches on the drifted data and record the baselines that follow."""
+        reached = reachable_baselines(self.prepared, self.evaluator_settings, self.evaluator.target, seed=self.seed,
+                                      progress=self.say)
+        self._judge_by(rebased(self.prepared, reached.baselines, reached.rebased))
+        self.optuna_study.set_user_attr(_ATTR_PREFIX + "baselines_seconds", round(reached.seconds, 3))
+        self.optuna_study.set_user_attr(BASELINES_ATTR, baselines_attr(self.prepared))
 
     @property
     def evaluator_settings(self) -> EvaluatorSettings:
@@ -298,6 +328,7 @@ class MergeSearch:
             "target": settings.target,
             "evaluator": evaluator_identity(self.evaluator_settings),
             **({"scenario": self.scenario} if self.scenario is not None else {}),
+            **({"drift_baseline": REACHABLE} if self.rebases else {}),
             **({"deploy": settings.deploy.to_dict()} if settings.deploy is not None else {}),
             **(
                 {"parent_study": self.warm_start.parent_study, "parent_checkpoint": self.warm_start.parent_checkpoint}
@@ -334,7 +365,9 @@ class MergeSearch:
             for key, value in sorted(identity.items(), key=lambda item: item[0] == "workload_fingerprint"):
                 self.optuna_study.set_user_attr(_ATTR_PREFIX + key, value)
             return
-        for key, value in identity.items():
+        # ``drift_baseline`` is recorded only when ``reachable`` (older drifted studies lack it): absent is "original".
+        compared = {**identity, "drift_baseline": identity.get("drift_baseline")} if self.scenario else identity
+        for key, value in compared.items():
             if attrs.get(_ATTR_PREFIX + key) != value:
                 raise SearchmergeError(
                     f"study {self.study_name!r} was made for a different workload or settings ({key} differs);"
@@ -354,6 +387,8 @@ class MergeSearch:
         if n_trials < 1:
             raise SearchmergeError(f"n-trials must be at least 1, got {n_trials}")
         self._n_trials = n_trials
+        if self.rebases and BASELINES_ATTR not in self.optuna_study.user_attrs:
+            self._rebase()  # before the first trial: every trial is judged by the same baselines
         done = len(self.finished_trials())
         with counted(self.say if announce else None, n_trials, f"search {self.study_name}", done=min(done, n_trials),
                      unit="trial") as trials:

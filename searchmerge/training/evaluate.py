@@ -602,6 +602,9 @@ def merged_key(
         determined["pruned_after_steps"] = pruned_after_steps
     if start_plan is not None:  # an incremental evaluation (see StartPoint), likewise
         determined["start_plan"] = start_plan.plan_hash
+    if prepared.rebased:  # early exit stops where the baselines say, likewise
+        determined["baselines"] = {name: [prepared.baselines[name].val_accuracy, prepared.baselines[name].test_accuracy]
+                                   for name in prepared.rebased}
     return CheckpointKey(
         prepared.workload_fingerprint, plan.plan_hash, prepared.data_fingerprint, "merged", variant_of(determined)
     )

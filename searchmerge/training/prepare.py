@@ -82,6 +82,9 @@ class PreparedWorkload:
     #: The fingerprint of the data the baselines were measured on: ``data_fingerprint`` when
     #: prepared; a drift scenario's data has another (an original scores less on it).
     baseline_data_fingerprint: str
+    #: The models whose baselines were re-based on this data (a drifted search with ``drift_baseline:
+    #: reachable``, :mod:`searchmerge.search.drift_targets`): their merged weights depend on them.
+    rebased: tuple[str, ...] = ()
 
     @property
     def on_baseline_data(self) -> bool:

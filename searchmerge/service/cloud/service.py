@@ -24,6 +24,7 @@ from searchmerge.config.study import StudyFile
 from searchmerge.core.errors import SearchmergeError
 from searchmerge.core.progress import Progress
 from searchmerge.search.confirmation import confirmation_state
+from searchmerge.search.drift_targets import study_val_baselines
 from searchmerge.search.merge_search import deployed_plan
 from searchmerge.search.scenarios import SAMPLES_PREFIX
 from searchmerge.search.selection import select_search
@@ -177,7 +178,8 @@ class MergingService:
         self._progress = progress
         self.last_check: SampleCheck | None = None
         self._last_note = ""
-        self._baselines: dict[str, float] | None = None
+        self._day_baselines: dict[str, float] | None = None
+        self._baselines: tuple[int, dict[str, float]] | None = None
         self._loaded: tuple[int, dict[str, nn.Module]] | None = None
         #: Per version, whether its model got each sample of the window right (the check scores only new samples).
         self._verdicts: dict[int, dict[int, bool]] = {}
@@ -298,7 +300,7 @@ class MergingService:
         recent = recent_samples(self.engine, self.deployment, since=current.created_at, window=self.settings.window,
                                 held_out=False)
         verdicts = self._verdicts.get(current.version, {})
-        check = check_samples(current.version, self._models(current), recent, self._baseline_accuracies(),
+        check = check_samples(current.version, self._models(current), recent, self._baseline_accuracies(current),
                               self.study.settings.target, min_samples=self.settings.min_samples,
                               confidence=self.settings.confidence, verdicts=verdicts)
         # Only this window's verdicts can be asked for again (windows only move forward), and only this version's.
@@ -363,8 +365,12 @@ class MergingService:
                 self._loaded = (version.version, load_deployment(directory).models)
         return self._loaded[1]
 
-    def _baseline_accuracies(self) -> dict[str, float]:
-        if self._baselines is None:
-            prepared = prepare_study(self.study)
-            self._baselines = {name: b.val_accuracy for name, b in prepared.baselines.items()}
-        return self._baselines
+    def _baseline_accuracies(self, version: VersionInfo) -> dict[str, float]:
+        """What each model of ``version`` is judged against: its original's validation accuracy, or the
+        baseline the study it was found by recorded on drifted data (``drift_baseline: reachable``)."""
+        if self._day_baselines is None:
+            self._day_baselines = {name: b.val_accuracy for name, b in prepare_study(self.study).baselines.items()}
+        if self._baselines is None or self._baselines[0] != version.version:
+            recorded = study_val_baselines(self.study.storage, version.source_study)
+            self._baselines = (version.version, {**self._day_baselines, **recorded})
+        return self._baselines[1]

@@ -71,18 +71,25 @@ class Outcome:
 def outcome(search: MergeSearch, wall_seconds: float) -> Outcome:
     """Retraining seconds to the first feasible trial (in trial order) and the best saving of ``search``."""
     best = search.best()
-    return trials_outcome(search.study_name, search.finished_trials(), best.saved_bytes if best else 0, wall_seconds)
+    return trials_outcome(search.study_name, search.finished_trials(), best.saved_bytes if best else 0, wall_seconds,
+                          before_trials=baselines_seconds(search.optuna_study.user_attrs))
+
+
+def baselines_seconds(attrs: dict) -> float:
+    """The seconds a ``drift_baseline: reachable`` search spent measuring its baselines before its first trial."""
+    return float(attrs.get("searchmerge:baselines_seconds", 0.0))
 
 
 def trials_outcome(name: str, finished: Sequence[optuna.trial.FrozenTrial], best_saved: int,
-                   wall_seconds: float) -> Outcome:
+                   wall_seconds: float, *, before_trials: float = 0.0) -> Outcome:
     """Retraining seconds to the first feasible of the ``finished`` trials (in trial order).
 
     A trial whose plan was already evaluated in its study is answered from the checkpoint
     store and retrains nothing, so it adds no seconds (its attributes carry the first
-    evaluation's cost).
+    evaluation's cost). ``before_trials``: retraining seconds the search spent before its
+    first trial (measuring what sharing nothing reaches), counted first.
     """
-    spent, samples, first, to_feasible, samples_to_feasible = 0.0, 0, None, None, None
+    spent, samples, first, to_feasible, samples_to_feasible = before_trials, 0, None, None, None
     progress = []
     trials = sorted(finished, key=lambda t: t.number)
     seen: set[tuple] = set()

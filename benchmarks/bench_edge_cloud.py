@@ -69,7 +69,7 @@ from searchmerge.service.protocol import DigitsSource, Frame, Sample
 from searchmerge.service.signing import init_keys
 from searchmerge.training.prepare import prepare_study
 
-from bench_drift import compare, measure, trials_outcome  # the sibling benchmark's measures (run as a script)
+from bench_drift import baselines_seconds, compare, measure, trials_outcome  # the sibling benchmark's measures (run as a script)
 
 
 def _port() -> int:
@@ -441,10 +441,12 @@ def report(work: Path, study, storage: str, baselines: dict[str, float], health:
     switches = []
     for job in jobs:
         version = next((v for v in versions if v.version == job.version), None)
-        trials = optuna.load_study(study_name=job.study_name, storage=storage).trials if job.started_at else []
+        job_study = optuna.load_study(study_name=job.study_name, storage=storage) if job.started_at else None
+        trials = job_study.trials if job_study is not None else []
         finished = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
         saved = [int(t.user_attrs.get("saved_bytes", 0)) for t in finished if t.user_attrs.get("feasible")]
-        cost = trials_outcome(job.study_name, finished, max(saved, default=0), 0.0)
+        cost = trials_outcome(job.study_name, finished, max(saved, default=0), 0.0,
+                              before_trials=baselines_seconds(job_study.user_attrs) if job_study is not None else 0.0)
         entry = {"job": job.id, "state": job.state, "study": job.study_name, "trials": len(trials),
                  "first_feasible_trial": cost.first_feasible_trial,  # 1 = its first trial
                  "retraining_s_to_feasible": cost.seconds_to_feasible,

@@ -80,7 +80,7 @@ def test_a_drift_waits_for_a_second_edge_and_jobs_are_limited_per_hour(
     publish_files(service.engine, study, files_of(make_version(tmp_path / "v1", seed=1)), source_study="parent",
                   trial=0, checkpoint="c")
     monkeypatch.setattr(service, "_models", lambda version: {"a": Constant()})
-    monkeypatch.setattr(service, "_baseline_accuracies", lambda: {"a": 0.98})
+    monkeypatch.setattr(service, "_baseline_accuracies", lambda _version: {"a": 0.98})
 
     def send(edge: str, scenario: str | None, count: int, start: int = 0) -> None:
         test = service.footage.data(scenario)["a"].test

@@ -211,7 +211,7 @@ def test_a_drift_is_judged_from_teacher_labelled_samples_alone(
     publish_files(service.engine, study, files_of(make_version(tmp_path / "v1", seed=1)), source_study="walk-greedy",
                   trial=0, checkpoint="c")
     monkeypatch.setattr(service, "_models", lambda version: {"left": Nobody()})
-    monkeypatch.setattr(service, "_baseline_accuracies", lambda: {"left": 0.95})
+    monkeypatch.setattr(service, "_baseline_accuracies", lambda _version: {"left": 0.95})
     empty = square_frame(HEIGHT, WIDTH, None)
     service.store_samples("gate", SampleBatch(samples=[sample("left", empty) for _ in range(12)]))
     check = service.check()

@@ -349,6 +349,12 @@ def test_reachable_baselines_hold_a_model_to_what_sharing_nothing_reaches_on_dri
             != merged_key(drifted_workload(study, prepare_study(study), "blackout"), plan, target=0.9,
                           settings=study.settings.drift_evaluator, seed=0))
 
+    # At dusk sharing nothing still meets every day target: nothing is re-based.
+    dusk = open_search(study, scenario="dusk", study_name="reach-dusk")
+    dusk.run(1)
+    assert not any(entry["rebased"] for entry in dusk.optuna_study.user_attrs["searchmerge:baselines"].values())
+    assert dusk.prepared.baselines == day and dusk.prepared.rebased == ()
+
     # The default holds every model to its day baseline, and a study cannot switch rule halfway.
     assert open_search(parent, scenario="blackout", study_name="day-blackout").prepared.baselines == day
     path.write_text(parent.path.read_text() + "drift_evaluator: {max_epochs: 1}\n")

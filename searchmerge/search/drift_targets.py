@@ -11,7 +11,8 @@ the deployment kept a version that was worse still.
 With ``drift_baseline: reachable`` a search on drifted data first measures what sharing
 nothing reaches there: every original is scored on the new data and the ones that miss
 their target are fine-tuned on it, with the drift evaluator's budget on all the training
-data, never given up early; each model's best validation check counts. A model that
+data, never given up early, until every model meets its target or the budget ends (so it
+costs little when the day targets hold); each model's best validation check counts. A model that
 reaches its target keeps its day baseline. One that cannot is held to what it reached
 (validation and test accuracy at that check): merging may then cost it no more than
 ``1 - target`` of the best an unmerged model does on this data. The baselines are recorded
@@ -63,11 +64,12 @@ def reachable_baselines(
 
     Args:
         drifted: The drifted workload (:func:`~searchmerge.search.scenarios.drifted_workload`), day baselines.
-        settings: The drift evaluator's settings (run on all the training data, to the end of its budget).
+        settings: The drift evaluator's settings (run on all the training data, never given up: it stops
+            when every model meets its target, or at the end of the budget).
     """
     say = progress or (lambda _line: None)
     started = time.perf_counter()
-    evaluator = Evaluator(drifted, full_retraining(settings, judged="end"), target)
+    evaluator = Evaluator(drifted, full_retraining(settings, judged="first-pass"), target)
     best: dict[str, tuple[float, float]] = {}  # model: (val ratio, test accuracy) at its best check so far
 
     def observe(_check: int, ratios: Mapping[str, float], merged: Mapping[str, Any]) -> None:

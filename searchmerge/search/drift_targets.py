@@ -30,6 +30,7 @@ from typing import Any
 
 import optuna
 
+from searchmerge.analysis import AnalysisResult
 from searchmerge.config.settings import EvaluatorSettings
 from searchmerge.core.progress import Progress
 from searchmerge.core.space import SharingPlan
@@ -59,7 +60,7 @@ class Reached:
 
 def reachable_baselines(
     drifted: PreparedWorkload, settings: EvaluatorSettings, target: float, *, seed: int = 0,
-    progress: Progress | None = None,
+    analysis: AnalysisResult | None = None, progress: Progress | None = None,
 ) -> Reached:
     """Fine-tune the originals that miss their target on ``drifted``'s data; their baselines there.
 
@@ -67,6 +68,7 @@ def reachable_baselines(
         drifted: The drifted workload (:func:`~searchmerge.search.scenarios.drifted_workload`), day baselines.
         settings: The drift evaluator's settings (never given up: it stops when every model meets its
             target, or at the end of the budget).
+        analysis: The workload's analysis, when the caller has it (computed from the originals otherwise).
     """
     say = progress or (lambda _line: None)
     started = time.perf_counter()
@@ -74,7 +76,7 @@ def reachable_baselines(
     # counting and detection models reached 0.935 of their day baselines, which no trial, at half the
     # data, could then give an unshared model (0.906; benchmarks/README.md, "The campus loop").
     patient = dataclasses.replace(settings, early_exit=True, min_checks=10**9)  # success stops it; never hopeless
-    evaluator = Evaluator(drifted, patient, target)
+    evaluator = Evaluator(drifted, patient, target, analysis=analysis)
     best: dict[str, tuple[float, float]] = {}  # model: (val ratio, test accuracy) at its best check so far
 
     def observe(_check: int, ratios: Mapping[str, float], merged: Mapping[str, Any]) -> None:

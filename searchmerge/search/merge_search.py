@@ -301,7 +301,7 @@ class MergeSearch:
     def _rebase(self) -> None:
         """Measure what sharing nothing reaches on the drifted data and record the baselines that follow."""
         reached = reachable_baselines(self.prepared, self.evaluator_settings, self.evaluator.target, seed=self.seed,
-                                      progress=self.say)
+                                      analysis=self.evaluator.analysis, progress=self.say)
         self._judge_by(rebased(self.prepared, reached.baselines, reached.rebased))
         self.optuna_study.set_user_attr(_ATTR_PREFIX + "baselines_seconds", round(reached.seconds, 3))
         self.optuna_study.set_user_attr(BASELINES_ATTR, baselines_attr(self.prepared))

@@ -13,9 +13,10 @@ nothing reaches there: every original is scored on the new data and the ones tha
 their target are fine-tuned on it, with the drift evaluator's own settings (its share of
 the data and its budget: what an unshared model gets in any of the search's trials), never
 given up early, until every model meets its target or the budget ends (so it costs little
-when the day targets hold); each model's best validation check counts. A model that
-reaches its target keeps its day baseline. One that cannot is held to what it reached
-(validation and test accuracy at that check): merging may then cost it no more than
+when the day targets hold); each model's best validation check counts, judged by the lower
+of its validation and test ratios there (:func:`held_to`). A model that reaches its target
+keeps its day baseline. One that cannot is held to what it reached (that ratio of its day
+validation accuracy, and its test accuracy at that check): merging may then cost it no more than
 ``1 - target`` of the best an unmerged model does on this data. The baselines are recorded
 with the study (``searchmerge:baselines``), so the publish gate, the drift check of a
 version published from it and a resumed or reloaded search judge by the same numbers.
@@ -25,7 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import optuna
@@ -37,7 +38,7 @@ from searchmerge.core.space import SharingPlan
 from searchmerge.training.evaluate import Evaluator
 from searchmerge.training.prepare import Baseline, PreparedWorkload
 
-__all__ = ["BASELINES_ATTR", "ORIGINAL", "REACHABLE", "Reached", "baselines_attr", "reachable_baselines",
+__all__ = ["BASELINES_ATTR", "ORIGINAL", "REACHABLE", "Reached", "baselines_attr", "held_to", "reachable_baselines",
            "rebased", "recorded_baselines", "study_val_baselines"]
 
 #: The study file's ``drift_baseline`` values.
@@ -55,6 +56,8 @@ class Reached:
     rebased: tuple[str, ...]
     #: Each model's best validation ratio to its day baseline.
     ratios: dict[str, float]
+    #: Each model's test ratio to its day baseline, at its best validation check.
+    test_ratios: dict[str, float]
     seconds: float
 
 
@@ -88,18 +91,41 @@ def reachable_baselines(
     baselines, rebased_names = {}, []
     for name, day in drifted.baselines.items():
         ratio, test = best[name]
-        if evaluator.passes(name, ratio):
-            baselines[name] = day
-        else:
+        held = held_to(day, ratio, test, lambda r, name=name: evaluator.passes(name, r))
+        baselines[name] = held or day
+        if held is not None:
             rebased_names.append(name)
-            baselines[name] = Baseline(ratio * day.val_accuracy, min(test, day.test_accuracy), day.checkpoint_id)
     reached = Reached(baselines, tuple(rebased_names), {n: r for n, (r, _) in best.items()},
+                      {n: _test_ratio(drifted.baselines[n], t) for n, (_, t) in best.items()},
                       time.perf_counter() - started)
     say("sharing nothing on the drifted data reaches " + ", ".join(
-        f"{n} {reached.ratios[n]:.3f}" for n in drifted.baselines) + f" of the day baselines ({reached.seconds:.0f} s);"
+        f"{n} {reached.ratios[n]:.3f} (test {reached.test_ratios[n]:.3f})" for n in drifted.baselines)
+        + f" of the day baselines ({reached.seconds:.0f} s);"
         + (f" held to what they reach: {', '.join(rebased_names)}" if rebased_names else " every model keeps its day"
            " baseline"))
     return reached
+
+
+def _test_ratio(day: Baseline, test_accuracy: float) -> float:
+    return test_accuracy / day.test_accuracy if day.test_accuracy else 1.0
+
+
+def held_to(day: Baseline, val_ratio: float, test_accuracy: float, passes: Callable[[float], bool]) -> Baseline | None:
+    """The baseline a model is held to on drifted data, or ``None`` when it keeps its day baseline.
+
+    What an unshared model reaches is the lower of its validation and test ratios (to its day
+    baselines) at its best validation check. Validation alone is not enough: the best of several
+    checks on a small split flatters it, and on the campus loop crossing-count reached exactly 0.920
+    on its 80 validation samples, kept its day baseline, and then scored 0.889 on the publish gate's
+    held-out samples, so nothing could be published (benchmarks/README.md). The test split had no
+    say in choosing the check, so it is the honest second opinion. A model whose lower ratio meets
+    the target keeps its day baseline; one that misses is held to that ratio of its day validation
+    accuracy (never above the day's), and to its test accuracy there.
+    """
+    reached = min(val_ratio, _test_ratio(day, test_accuracy))
+    if passes(reached):
+        return None
+    return Baseline(min(reached, 1.0) * day.val_accuracy, min(test_accuracy, day.test_accuracy), day.checkpoint_id)
 
 
 def rebased(prepared: PreparedWorkload, baselines: Mapping[str, Baseline], names: tuple[str, ...]) -> PreparedWorkload:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from datetime import datetime, timezone
@@ -75,9 +76,11 @@ def test_a_version_that_misses_on_held_out_samples_is_not_published_and_the_curr
         ended = run_job(service.engine, study, job, heartbeat_interval=1)
     assert ended.state == "held-back" and ended.version is None
     assert current_version(service.engine, service.deployment) == before  # kept
-    (line,) = [r.getMessage() for r in caplog.records if "not published" in r.getMessage()]
-    assert f"version {before.version} kept" in line and "held-out samples" in line and "MISSES" in line
-    assert f"on {GATE_MIN_SAMPLES} held-out samples" in line and "95% CI" in line
+    lines = [r.getMessage() for r in caplog.records if "not published" in r.getMessage()]
+    assert len(lines) == len(load_search(study, study_name=PARENT).ranked())  # every feasible plan tried, each misses
+    for line in lines:
+        assert f"version {before.version} kept" in line and "held-out samples" in line and "MISSES" in line
+        assert f"on {GATE_MIN_SAMPLES} held-out samples" in line and "95% CI" in line
 
 
 def test_a_version_no_model_of_which_could_be_judged_is_held_back_until_the_job_is_requeued(
@@ -140,6 +143,62 @@ def test_a_version_no_model_of_which_could_be_judged_is_held_back_until_the_job_
     assert again.state == "published" and again.version == before.version + 1, again.message
     published = current_version(service.engine, service.deployment)
     assert published is not None and published.version == again.version and published.source_study == job.study_name
+
+
+def test_when_the_best_plan_misses_on_held_out_samples_the_best_one_that_holds_is_published(
+    service: MergingService, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A re-search's best plan may have passed its small validation split by luck; the job then publishes its
+    next feasible plan that holds on the held-out samples, and holds back only when every one misses."""
+    study: StudyFile = service.study
+    store(service, None)
+    before = current_version(service.engine, service.deployment)
+    assert before is not None
+    job, _ = request_research(service.engine, service.deployment, parent_study=PARENT, scenario="night", n_trials=1)
+
+    def copied(*_a: object, **_k: object) -> object:
+        """A stand-in re-search: the parent's trials in the job's study, judged at 0.6 (as in the re-queue test)."""
+        try:
+            optuna.copy_study(from_study_name=PARENT, from_storage=study.storage, to_storage=study.storage,
+                              to_study_name=job.study_name)
+        except optuna.exceptions.DuplicatedStudyError:
+            pass  # copied by the first run
+        search = load_search(study, study_name=job.study_name)
+        search.evaluator.target = 0.6
+        return search
+
+    ranked = copied().ranked()  # type: ignore[attr-defined]
+    assert len(ranked) >= 2 and ranked[0].saved_bytes >= ranked[1].saved_bytes
+    real, missing = jobs_module.check_held_out, {ranked[0].number}
+
+    def judged(engine: object, search: object, trial: object, **kwargs: object) -> object:
+        """The real verdict, but a plan in ``missing`` got only a third of its held-out samples right."""
+        verdict = real(engine, search, trial, **kwargs)  # type: ignore[arg-type]
+        if trial.number not in missing:  # type: ignore[attr-defined]
+            return verdict
+        return dataclasses.replace(verdict, models=tuple(dataclasses.replace(m, correct=m.samples // 3)
+                                                         for m in verdict.models))
+
+    monkeypatch.setattr(jobs_module, "research", copied)
+    monkeypatch.setattr(jobs_module, "check_held_out", judged)
+    # Every plan misses: held back, one line per plan tried, each named in the job's message.
+    missing = {t.number for t in ranked}
+    with caplog.at_level(logging.WARNING, logger="searchmerge.service"):
+        ended = run_job(service.engine, study, job, heartbeat_interval=1)
+    assert ended.state == "held-back" and current_version(service.engine, service.deployment) == before
+    lines = [r.getMessage() for r in caplog.records if "not published" in r.getMessage()]
+    assert [line.split(":")[1].strip() for line in lines] == [f"trial {t.number} not published, version"
+                                                              f" {before.version} kept" for t in ranked]
+    assert f"none of the {len(ranked)} feasible plans holds on held-out samples" in ended.message
+    assert all(f"trial {t.number} misses its target" in ended.message for t in ranked)
+    # Only the best misses: the next best is published.
+    missing = {ranked[0].number}
+    assert main(["jobs", str(study.path), "--storage", study.storage, "--requeue", str(job.id)]) == 0
+    job = next(j for j in list_jobs(service.engine, service.deployment) if j.id == job.id)
+    again = run_job(service.engine, study, job, heartbeat_interval=1)
+    assert again.state == "published" and again.message == f"trial {ranked[1].number}", again.message
+    published = current_version(service.engine, service.deployment)
+    assert published is not None and (published.source_study, published.trial) == (job.study_name, ranked[1].number)
 
 
 def test_the_gate_judges_a_model_on_at_least_one_sample(service: MergingService) -> None:

@@ -564,11 +564,16 @@ class MergeSearch:
 
     def best(self) -> TrialSummary | None:
         """The best feasible trial: most bytes saved (with ``deploy:``, most frames processed first); ``None`` if none."""
+        ranked = self.ranked()
+        return ranked[0] if ranked else None
+
+    def ranked(self) -> list[TrialSummary]:
+        """The feasible trials, best first, as :meth:`best` ranks them (the publish gate tries them in this order)."""
         feasible = [t for t in self.history() if t.feasible]
         if self.study_file.settings.deploy is not None:  # memory-aware: the most frames processed first
             processed = {t.number: t.user_attrs.get("processed_fraction", 0.0) for t in self.finished_trials()}
-            return max(feasible, key=lambda t: (processed[t.number], t.saved_bytes, -t.number)) if feasible else None
-        return max(feasible, key=lambda t: (t.saved_bytes, -t.number)) if feasible else None
+            return sorted(feasible, key=lambda t: (-processed[t.number], -t.saved_bytes, t.number))
+        return sorted(feasible, key=lambda t: (-t.saved_bytes, t.number))
 
     def pareto_front(self) -> list[TrialSummary]:
         """Trials no other trial beats on both bytes saved and worst accuracy ratio."""

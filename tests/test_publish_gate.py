@@ -14,7 +14,7 @@ import pytest
 from searchmerge.cli import main
 from searchmerge.config.study import StudyFile
 from searchmerge.core.errors import SearchmergeError
-from searchmerge.search.merge_search import load_search
+from searchmerge.search.merge_search import MergeSearch, load_search
 from searchmerge.service.cloud import jobs as jobs_module
 from searchmerge.service.cloud.gate import GATE_MIN_SAMPLES, check_held_out
 from searchmerge.service.cloud.jobs import list_jobs, request_research, run_job
@@ -39,6 +39,24 @@ def service(prepared_tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> Me
 def store(service: MergingService, scenario: str | None, count: int = 4 * GATE_MIN_SAMPLES) -> None:
     for model in ("a", "b", "c"):
         service.store_samples("gate", SampleBatch(samples=digits_samples(service.footage, model, scenario, count)))
+
+
+def parent_as(study: StudyFile, study_name: str) -> MergeSearch:
+    """A stand-in re-search: the parent's trials copied into the job's study (its best is the deployed plan,
+    judged on undrifted samples), so a pass publishes a version of the job's study.
+
+    What these tests check is what the job does with the gate's verdicts, not this tiny plan's accuracy: on
+    about 30 held-out test-footage samples its model b scores 0.71-0.8 of its baseline, at the study's target
+    0.8 either way, so the plans are held to 0.6 here and a pass means that the gate had enough samples to judge.
+    """
+    try:
+        optuna.copy_study(from_study_name=PARENT, from_storage=study.storage, to_storage=study.storage,
+                          to_study_name=study_name)
+    except optuna.exceptions.DuplicatedStudyError:
+        pass  # copied by an earlier run
+    search = load_search(study, study_name=study_name)
+    search.evaluator.target = 0.6
+    return search
 
 
 def test_the_drift_check_never_reads_the_held_out_samples_and_the_gate_reads_only_them(
@@ -94,22 +112,7 @@ def test_a_version_no_model_of_which_could_be_judged_is_held_back_until_the_job_
     assert before is not None
     job, _ = request_research(service.engine, service.deployment, parent_study=PARENT, scenario="night", n_trials=1)
 
-    def copied(*_a: object, **_k: object) -> object:
-        """A stand-in re-search: the parent's trials copied into the job's study (its best is the deployed plan,
-        judged on undrifted samples), so a pass publishes a version of the job's study."""
-        try:
-            optuna.copy_study(from_study_name=PARENT, from_storage=study.storage, to_storage=study.storage,
-                              to_study_name=job.study_name)
-        except optuna.exceptions.DuplicatedStudyError:
-            pass  # copied by the first run
-        search = load_search(study, study_name=job.study_name)
-        # What is tested is the re-queue, not this tiny plan's accuracy: on about 30 held-out test-footage
-        # samples its model b scores 0.71-0.8 of its baseline, at the study's target 0.8 either way, so the
-        # plan is held to 0.6 here and a pass means that the gate had enough samples to judge it.
-        search.evaluator.target = 0.6
-        return search
-
-    monkeypatch.setattr(jobs_module, "research", copied)
+    monkeypatch.setattr(jobs_module, "research", lambda *_a, **_k: parent_as(study, job.study_name))
     with caplog.at_level(logging.WARNING, logger="searchmerge.service"):
         ended = run_job(service.engine, study, job, heartbeat_interval=1)
     assert ended.state == "held-back" and ended.version is None, ended.message
@@ -156,18 +159,7 @@ def test_when_the_best_plan_misses_on_held_out_samples_the_best_one_that_holds_i
     assert before is not None
     job, _ = request_research(service.engine, service.deployment, parent_study=PARENT, scenario="night", n_trials=1)
 
-    def copied(*_a: object, **_k: object) -> object:
-        """A stand-in re-search: the parent's trials in the job's study, judged at 0.6 (as in the re-queue test)."""
-        try:
-            optuna.copy_study(from_study_name=PARENT, from_storage=study.storage, to_storage=study.storage,
-                              to_study_name=job.study_name)
-        except optuna.exceptions.DuplicatedStudyError:
-            pass  # copied by the first run
-        search = load_search(study, study_name=job.study_name)
-        search.evaluator.target = 0.6
-        return search
-
-    ranked = copied().ranked()  # type: ignore[attr-defined]
+    ranked = parent_as(study, job.study_name).ranked()
     assert len(ranked) >= 2 and ranked[0].saved_bytes >= ranked[1].saved_bytes
     real, missing = jobs_module.check_held_out, {ranked[0].number}
 
@@ -179,7 +171,7 @@ def test_when_the_best_plan_misses_on_held_out_samples_the_best_one_that_holds_i
         return dataclasses.replace(verdict, models=tuple(dataclasses.replace(m, correct=m.samples // 3)
                                                          for m in verdict.models))
 
-    monkeypatch.setattr(jobs_module, "research", copied)
+    monkeypatch.setattr(jobs_module, "research", lambda *_a, **_k: parent_as(study, job.study_name))
     monkeypatch.setattr(jobs_module, "check_held_out", judged)
     # Every plan misses: held back, one line per plan tried, each named in the job's message.
     missing = {t.number for t in ranked}

@@ -146,7 +146,8 @@ def test_a_holder_that_lost_its_job_publishes_nothing(study: StudyFile, monkeypa
         for trial in range(50):
             progress(f"trial {trial} finished")  # the lease's renewal notices within a second
             threading.Event().wait(0.1)
-        return SimpleNamespace(best=lambda: SimpleNamespace(number=0, worst_ratio=1.0, saved_bytes=1))
+        plan = SimpleNamespace(number=0, worst_ratio=1.0, saved_bytes=1)
+        return SimpleNamespace(best=lambda: plan, ranked=lambda: [plan])
 
     monkeypatch.setattr(jobs_module, "research", research)
     monkeypatch.setattr(jobs_module, "publish", lambda *a, **k: published.append(a))

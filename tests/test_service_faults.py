@@ -230,8 +230,8 @@ def research(study, *, study_name, progress, **kwargs):
     for _ in range(10):
         time.sleep(0.1)
         progress(f"{{study_name}}: working")
-    return SimpleNamespace(study_name=study_name,
-                           best=lambda: SimpleNamespace(number=0, worst_ratio=1.0, saved_bytes=1, checkpoint="c"))
+    plan = SimpleNamespace(number=0, worst_ratio=1.0, saved_bytes=1, checkpoint="c")
+    return SimpleNamespace(study_name=study_name, best=lambda: plan, ranked=lambda: [plan])
 
 def publish(engine, study, search, best, *, scenario=None, signer=None):
     folder = Path({blobs!r}) / f"made-{{os.getpid()}}-{{search.study_name}}"

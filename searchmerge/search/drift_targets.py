@@ -25,6 +25,7 @@ version published from it and a resumed or reloaded search judge by the same num
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -91,7 +92,7 @@ def reachable_baselines(
     baselines, rebased_names = {}, []
     for name, day in drifted.baselines.items():
         ratio, test = best[name]
-        held = held_to(day, ratio, test, lambda r, name=name: evaluator.passes(name, r))
+        held = held_to(day, ratio, test, functools.partial(evaluator.passes, name))
         baselines[name] = held or day
         if held is not None:
             rebased_names.append(name)

@@ -386,7 +386,10 @@ def run_job(
                               study_name=job.study_name, heartbeat_interval=heartbeat_interval, progress=checked)
             held.check()
             ranked = search.ranked()
-            best, refusal = _gated(engine, deployment, job, search, ranked, gate_min_samples, say) if ranked else (None, None)
+            best: TrialSummary | None = None
+            refusal: str | None = None
+            if ranked:
+                best, refusal = _gated(engine, deployment, job, search, ranked, gate_min_samples, say)
             if not ranked:
                 _finish(engine, job.id, holder, state="no-feasible-plan", finished_at=now(),
                         message=f"{job.n_trials} trials found no feasible plan; run more with 'searchmerge research"
